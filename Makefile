@@ -1,0 +1,53 @@
+# local-overlay: one entry point for setting up, building, testing and benchmarking.
+# Every target works as root on a fresh Debian machine: `setup` installs what is missing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+APT_PACKAGES := libfuse2 libfuse-dev fuse3 nix-bin fuse-overlayfs sqlite3 kmod
+NODE_BIN := node_modules/.bin
+
+.PHONY: all setup system-packages deps native build demo test test-unit test-integration bench bench-small clean
+
+all: build
+
+setup: system-packages deps native build
+
+# Installs only the Debian packages that are missing, so a set-up machine runs no apt at all.
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "error: run as root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+deps: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+native: deps
+	bash scripts/build-native.sh
+
+build: deps
+	$(NODE_BIN)/tsc -p tsconfig.json
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
+	$(NODE_BIN)/ava
+
+bench: setup
+	node dist/bench/run.js --profile default
+
+bench-small: setup
+	node dist/bench/run.js --profile small
+
+clean:
+	rm -rf dist

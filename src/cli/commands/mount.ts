@@ -1,0 +1,108 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import type { Argv, CommandModule } from 'yargs';
+import { MetadataMode } from '../../metadata/metadata';
+import { MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
+import { LocalOverlayError } from '../../util/errno';
+import { log } from '../../util/log';
+import { EXIT, runCommand } from '../run';
+
+interface MountArgs {
+  lower: string; upper: string; root: string; work?: string; metadata: MetadataMode;
+  foreground: boolean; log?: string; 'follow-interval': number; 'negative-timeout': number;
+  'ready-fd'?: number;
+}
+
+export const mountCommand: CommandModule<object, MountArgs> = {
+  command: 'mount',
+  describe: 'Mount a merged store: a read-only lower Nix store plus a writable upper layer',
+  builder: (y: Argv) => y
+    .option('lower', { type: 'string', demandOption: true, describe: 'lower root (a Nix root with nix/store and nix/var/nix/db); never written' })
+    .option('upper', { type: 'string', demandOption: true, describe: 'upper dir: holds the objects the merged store adds (kernel OverlayFS upperdir format)' })
+    .option('root', { type: 'string', demandOption: true, describe: 'merged root: the store is mounted at ROOT/nix/store, its DB is ROOT/nix/var/nix/db; use as nix --store ROOT' })
+    .option('work', { type: 'string', describe: 'work dir on the upper dir\'s filesystem [default: UPPER.work beside UPPER]' })
+    .option('metadata', { choices: ['mirror', 'lazy'] as const, default: 'mirror' as MetadataMode, describe: 'mirror: import every lower DB row and follow the lower DB (for plain Nix); lazy: copy a closure when a lookup first resolves to the lower layer (for Nix\'s native local-overlay:// store)' })
+    .option('foreground', { type: 'boolean', default: false, describe: 'serve in this process until SIGINT/SIGTERM instead of starting a daemon' })
+    .option('log', { type: 'string', describe: 'daemon log file [default: ROOT/nix/var/log/local-overlay.log; stderr with --foreground]' })
+    .option('follow-interval', { type: 'number', default: 500, describe: 'how often (ms) to look for new rows in the lower DB' })
+    .option('negative-timeout', { type: 'number', default: 1, describe: 'seconds a missing name stays cached (the lower store can gain it)' })
+    .option('ready-fd', { type: 'number', hidden: true })
+    .example('$0 mount --lower /shared/nix-root --upper /var/lib/local-overlay/upper --root /tmp/m', 'then: nix-build --store /tmp/m ...')
+    .strict(),
+  handler: (argv) => runCommand(() => mount(argv)),
+};
+
+function configFrom(argv: MountArgs): MountConfig {
+  const upperDir = path.resolve(argv.upper);
+  const mergedRoot = path.resolve(argv.root);
+  return {
+    lowerRoot: path.resolve(argv.lower),
+    upperDir,
+    workDir: argv.work ? path.resolve(argv.work) : defaultWorkDir(upperDir),
+    mergedRoot,
+    metadata: argv.metadata,
+    logFile: argv.log ? path.resolve(argv.log) : argv.foreground ? undefined : path.join(mergedRoot, 'nix/var/log/local-overlay.log'),
+    followIntervalMs: argv['follow-interval'],
+    negativeTimeoutS: argv['negative-timeout'],
+  };
+}
+
+async function mount(argv: MountArgs): Promise<number> {
+  const cfg = configFrom(argv);
+  if (argv.foreground) return serve(cfg, argv['ready-fd']);
+  return startDaemon(cfg, argv);
+}
+
+/** Serves the mount in this process; returns when it has been unmounted. */
+async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<number> {
+  const { Daemon } = await import('../../mount/daemon');
+  process.umask(0); // modes come from the kernel request, already masked by the caller's umask
+  const daemon = new Daemon(cfg);
+  const notify = (msg: Record<string, unknown>): void => {
+    if (readyFd === undefined) return;
+    try { fs.writeSync(readyFd, JSON.stringify(msg) + '\n'); fs.closeSync(readyFd); } catch { /* parent gone */ }
+  };
+  try {
+    await daemon.start();
+  } catch (err) {
+    await daemon.stop().catch(() => undefined);
+    notify({ ok: false, code: err instanceof LocalOverlayError ? err.code : 'failed', error: err instanceof Error ? err.message : String(err) });
+    throw err;
+  }
+  notify({ ok: true, pid: process.pid });
+  if (readyFd === undefined) process.stderr.write(`local-overlay: serving ${rootLayout(cfg.mergedRoot).storeDir} (Ctrl-C to unmount)\n`);
+  await new Promise<void>((resolve) => {
+    const onSignal = (sig: string): void => {
+      log.info(`${sig}: unmounting`);
+      void daemon.stop().then(resolve);
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    process.once('SIGHUP', onSignal);
+  });
+  return EXIT.ok;
+}
+
+/** Starts the daemon as a detached child and waits until its mount answers (or fails). */
+async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
+  const args = [process.argv[1], 'mount', '--foreground', '--ready-fd', '3',
+    '--lower', cfg.lowerRoot, '--upper', cfg.upperDir, '--root', cfg.mergedRoot, '--work', cfg.workDir,
+    '--metadata', cfg.metadata, '--follow-interval', String(cfg.followIntervalMs),
+    '--negative-timeout', String(cfg.negativeTimeoutS)];
+  if (cfg.logFile) args.push('--log', cfg.logFile);
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const reply = await new Promise<Record<string, unknown>>((resolve) => {
+    let buf = '';
+    pipe.setEncoding('utf8');
+    pipe.on('data', (d: string) => { buf += d; });
+    pipe.on('end', () => {
+      try { resolve(JSON.parse(buf.trim().split('\n')[0]) as Record<string, unknown>); } catch { resolve({ ok: false, error: `the daemon exited before its mount answered (see ${cfg.logFile ?? 'its log'})` }); }
+    });
+  });
+  child.unref();
+  if (!reply.ok) throw new LocalOverlayError(String(reply.code ?? 'failed'), String(reply.error));
+  process.stdout.write(`mounted ${rootLayout(cfg.mergedRoot).storeDir} (daemon pid ${String(reply.pid)}, metadata ${cfg.metadata}${argv.log || cfg.logFile ? `, log ${cfg.logFile}` : ''})\n`);
+  return EXIT.ok;
+}

@@ -1,0 +1,47 @@
+import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import type { Argv, CommandModule } from 'yargs';
+import { rootLayout } from '../../mount/config';
+import { isMountPoint, processAlive, readRecord } from '../../mount/records';
+import { LocalOverlayError } from '../../util/errno';
+import { EXIT, runCommand } from '../run';
+
+interface UnmountArgs { root: string; timeout: number }
+
+export const unmountCommand: CommandModule<object, UnmountArgs> = {
+  command: 'unmount <root>',
+  aliases: ['umount'],
+  describe: 'Unmount a merged store: the daemon finishes its DB work, unmounts and exits',
+  builder: (y: Argv) => y
+    .positional('root', { type: 'string', demandOption: true, describe: 'the merged root given to mount --root' })
+    .option('timeout', { type: 'number', default: 30, describe: 'seconds to wait for the daemon to exit' })
+    .example('$0 unmount /tmp/m', '')
+    .strict() as unknown as Argv<UnmountArgs>,
+  handler: (argv) => runCommand(() => unmount(path.resolve(argv.root), argv.timeout)),
+};
+
+export async function unmount(root: string, timeoutS: number): Promise<number> {
+  const storeDir = rootLayout(root).storeDir;
+  const rec = readRecord(root);
+  if (rec && processAlive(rec.pid)) {
+    process.kill(rec.pid, 'SIGTERM');
+    const deadline = Date.now() + timeoutS * 1000;
+    while (processAlive(rec.pid) && Date.now() < deadline) await sleep(50);
+    if (processAlive(rec.pid)) throw new LocalOverlayError('timeout', `daemon ${rec.pid} did not exit within ${timeoutS} s`);
+    if (!isMountPoint(storeDir)) {
+      process.stdout.write(`unmounted ${storeDir}\n`);
+      return EXIT.ok;
+    }
+  }
+  if (isMountPoint(storeDir)) {
+    // No daemon behind it (killed, crashed): a stale mount. Detach it.
+    execFileSync('fusermount', ['-uz', storeDir], { stdio: 'pipe' });
+    process.stdout.write(`unmounted ${storeDir} (no daemon was serving it)\n`);
+    return EXIT.ok;
+  }
+  throw new LocalOverlayError('not-mounted', `${storeDir} is not mounted`);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

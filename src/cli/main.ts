@@ -1,0 +1,25 @@
+#!/usr/bin/env node
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { mountCommand } from './commands/mount';
+import { unmountCommand } from './commands/unmount';
+import { EXIT } from './run';
+
+void yargs(hideBin(process.argv))
+  .scriptName('local-overlay')
+  .usage('$0 <command> [options]\n\nA Nix local-overlay store as a FUSE filesystem: a read-only lower store and a writable\nupper layer merged into one ordinary local store that any Nix can use with --store ROOT.')
+  .command(mountCommand)
+  .command(unmountCommand)
+  .demandCommand(1, 'name a command')
+  .strict()
+  .recommendCommands()
+  .completion('completion', 'print a bash completion script')
+  .epilogue('Exit codes: 0 ok, 1 failed, 2 invalid usage or input, 3 not mounted.')
+  .fail((msg, err, y) => {
+    if (err) throw err;
+    process.stderr.write(`${y.help().toString()}\n\nlocal-overlay: error: ${msg}\n`);
+    process.exit(EXIT.usage);
+  })
+  .help()
+  .version()
+  .parseAsync();

@@ -1,0 +1,143 @@
+import Fuse = require('fuse-native');
+import { Attr, Overlay } from '../overlay/overlay';
+import { E, Errno } from '../util/errno';
+import { log } from '../util/log';
+
+/**
+ * Kernel and libfuse options of the mount, and why (see native-notes/ for each one):
+ * - use_ino: the kernel shows our stable inode numbers (layers/inodes.ts), not libfuse's.
+ * - entry/attr_timeout long: store objects are immutable; changes through the mount
+ *   invalidate the kernel's entries themselves. negative_timeout short: the lower store grows.
+ * - kernel_cache: page cache survives opens (objects never change behind the mount).
+ * - big_writes, max_write: writes arrive in 128 KiB requests instead of 4 KiB.
+ * - allow_other + default_permissions: builders and test suites switch users; the kernel
+ *   checks POSIX permissions.
+ * fuse-native 2.2.6 passes only some of these itself, so the adapter builds the list.
+ */
+export interface MountOptions {
+  entryTimeout: number;
+  attrTimeout: number;
+  negativeTimeout: number;
+  debug?: boolean;
+}
+
+export const DEFAULT_MOUNT_OPTIONS: MountOptions = { entryTimeout: 86400, attrTimeout: 86400, negativeTimeout: 1 };
+
+class StoreFuse extends Fuse {
+  constructor(mnt: string, ops: Record<string, (...args: any[]) => void>, private readonly mo: MountOptions) {
+    super(mnt, ops, { force: false, mkdir: false });
+  }
+
+  override _fuseOptions(): string {
+    const o = [
+      'fsname=local-overlay', 'subtype=local-overlay', 'allow_other', 'default_permissions',
+      'use_ino', 'kernel_cache', 'big_writes', 'max_write=131072', 'max_read=131072',
+      `entry_timeout=${this.mo.entryTimeout}`, `attr_timeout=${this.mo.attrTimeout}`,
+      `negative_timeout=${this.mo.negativeTimeout}`,
+    ];
+    if (this.mo.debug) o.push('debug');
+    return '-o' + o.join(',');
+  }
+}
+
+type Cb = (...args: any[]) => void;
+
+/** Answers a callback with a value-or-Errno result: errno becomes `cb(-errno)`. */
+function reply<T>(cb: Cb, r: T | Errno): void {
+  if (typeof r === 'number') cb(r === 0 ? 0 : -r);
+  else cb(0, r);
+}
+
+function unexpected(op: string, path: string, err: unknown): number {
+  log.error(`${op} ${path}: unexpected error: ${err instanceof Error ? err.stack : String(err)}`);
+  return -E.EIO;
+}
+
+/**
+ * The FUSE adapter: translates fuse-native callbacks to Overlay calls and results to
+ * `cb(0, x)` / `cb(-errno)`. It holds no filesystem logic. Anything thrown becomes EIO and is
+ * logged; the daemon never dies of an I/O error.
+ */
+export function fuseOps(ov: Overlay): Record<string, Cb> {
+  const s = ov.stats;
+  const guard = (op: string, f: (...args: any[]) => void): Cb =>
+    (...args: any[]) => {
+      s.op(op);
+      try {
+        f(...args);
+      } catch (err) {
+        args[args.length - 1](unexpected(op, String(args[0]), err));
+      }
+    };
+
+  return {
+    init: (cb: Cb) => cb(0),
+    getattr: guard('getattr', (path: string, cb: Cb) => {
+      const pending = ov.lowerLookupPending(path);
+      if (pending === null) return reply<Attr>(cb, ov.getattr(path));
+      pending.then(
+        () => reply<Attr>(cb, ov.getattr(path)),
+        (err) => {
+          log.warn(`closure sync for ${path} failed, answering the lookup anyway: ${String(err)}`);
+          reply<Attr>(cb, ov.getattr(path));
+        });
+    }),
+    fgetattr: guard('fgetattr', (path: string, fd: number, cb: Cb) => reply(cb, ov.fgetattr(path, fd))),
+    access: guard('access', (path: string, mode: number, cb: Cb) => reply(cb, ov.access(path, mode))),
+    statfs: guard('statfs', (_path: string, cb: Cb) => reply(cb, ov.statfs())),
+    readdir: guard('readdir', (path: string, cb: Cb) => reply(cb, ov.readdir(path))),
+    readlink: guard('readlink', (path: string, cb: Cb) => reply(cb, ov.readlink(path))),
+    open: guard('open', (path: string, flags: number, cb: Cb) => {
+      const fd = ov.open(path, flags);
+      fd < 0 ? cb(fd) : cb(0, fd);
+    }),
+    create: guard('create', (path: string, mode: number, cb: Cb) => {
+      const fd = ov.create(path, mode);
+      fd < 0 ? cb(fd) : cb(0, fd);
+    }),
+    // read and write answer with the byte count (or a negative errno) as the first argument.
+    read: (_path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => cb(ov.read(fd, buf, len, pos)),
+    write: (_path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => cb(ov.write(fd, buf, len, pos)),
+    release: guard('release', (_path: string, fd: number, cb: Cb) => reply(cb, ov.release(fd))),
+    flush: (_path: string, _fd: number, cb: Cb) => cb(0),
+    fsync: guard('fsync', (_path: string, datasync: boolean | number, fd: number, cb: Cb) => reply(cb, ov.fsync(fd, !!datasync))),
+    truncate: guard('truncate', (path: string, size: number, cb: Cb) => reply(cb, ov.truncate(path, size))),
+    ftruncate: guard('ftruncate', (path: string, fd: number, size: number, cb: Cb) => reply(cb, ov.ftruncate(path, fd, size))),
+    unlink: guard('unlink', (path: string, cb: Cb) => reply(cb, ov.unlink(path))),
+    rename: guard('rename', (src: string, dst: string, cb: Cb) => reply(cb, ov.rename(src, dst))),
+    link: guard('link', (src: string, dst: string, cb: Cb) => reply(cb, ov.link(src, dst))),
+    symlink: guard('symlink', (target: string, path: string, cb: Cb) => reply(cb, ov.symlink(target, path))),
+    mkdir: guard('mkdir', (path: string, mode: number, cb: Cb) => reply(cb, ov.mkdir(path, mode))),
+    rmdir: guard('rmdir', (path: string, cb: Cb) => reply(cb, ov.rmdir(path))),
+    chmod: guard('chmod', (path: string, mode: number, cb: Cb) => reply(cb, ov.chmod(path, mode))),
+    chown: guard('chown', (path: string, uid: number, gid: number, cb: Cb) => reply(cb, ov.chown(path, uid, gid))),
+    utimens: guard('utimens', (path: string, atime: unknown, mtime: unknown, cb: Cb) =>
+      reply(cb, ov.utimens(path, timeArg(atime), timeArg(mtime)))),
+  };
+}
+
+/**
+ * utimens times from the patched binding: milliseconds, or a marker for UTIME_NOW / UTIME_OMIT
+ * (see native-notes/). `undefined` means "leave as is".
+ */
+function timeArg(t: unknown): number | undefined {
+  if (t === 'now') return Date.now();
+  if (t === 'omit') return undefined;
+  return typeof t === 'number' ? t : Date.now();
+}
+
+export class FuseMount {
+  private fuse: StoreFuse;
+
+  constructor(readonly mountpoint: string, ov: Overlay, mo: MountOptions = DEFAULT_MOUNT_OPTIONS) {
+    this.fuse = new StoreFuse(mountpoint, fuseOps(ov), mo);
+  }
+
+  mount(): Promise<void> {
+    return new Promise((resolve, reject) => this.fuse.mount((err) => (err ? reject(err) : resolve())));
+  }
+
+  unmount(): Promise<void> {
+    return new Promise((resolve, reject) => this.fuse.unmount((err) => (err ? reject(err) : resolve())));
+  }
+}

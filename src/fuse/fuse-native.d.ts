@@ -1,0 +1,15 @@
+// The small part of fuse-native 2.2.6's API that the adapter uses (the package has no types).
+declare module 'fuse-native' {
+  type Cb = (...args: any[]) => void;
+  class Fuse {
+    constructor(mnt: string, ops: Record<string, Cb>, opts?: Record<string, unknown>);
+    mnt: string;
+    opts: Record<string, unknown>;
+    mount(cb: (err: Error | null) => void): void;
+    unmount(cb: (err: Error | null) => void): void;
+    _fuseOptions(): string;
+    static unmount(mnt: string, cb: (err: Error | null) => void): void;
+    static isConfigured(cb: (err: Error | null, configured: boolean) => void): void;
+  }
+  export = Fuse;
+}

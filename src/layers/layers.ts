@@ -1,0 +1,165 @@
+import * as fs from 'node:fs';
+import { LRUCache } from 'lru-cache';
+import { isBookkeepingName, isStoreObjectName } from '../store/store-path';
+
+/** Which layer a merged top-level name resolves to. */
+export const enum Layer {
+  Upper = 0,
+  Lower = 1,
+}
+
+/** Why a top-level name resolves the way it does (for `explain` and tracing). */
+export type TopReason =
+  | 'upper-object'      // upper has it (the lower may have it too: see `duplicate`)
+  | 'lower-object'      // only the lower has it
+  | 'whiteout'          // upper whiteout hides a lower object of that name
+  | 'lower-bookkeeping' // lower entry that belongs to the lower store's own bookkeeping
+  | 'absent';
+
+export interface LayerDirs {
+  /** The upper store dir: kernel OverlayFS's upperdir. Written only through the mount. */
+  readonly upperDir: string;
+  /** The lower store dir (`<lower root>/nix/store`). Never written. */
+  readonly lowerDir: string;
+  /** Scratch on the upper filesystem: unlinked-but-open files live here until released. */
+  readonly workDir: string;
+}
+
+const WHITEOUT_PREFIX = '.wh.';
+
+type UpperKind = 'object' | 'whiteout';
+
+/**
+ * The top-level index: which layer each merged store-root name resolves to.
+ *
+ * Invariants:
+ * - `upper` mirrors the upper dir's top level exactly. It is read once at start (and again on
+ *   `refresh`); afterwards the upper layer changes only through this process, which updates
+ *   the map on every create, rename and delete at the top level.
+ * - `lower` caches lstat answers for lower names. A positive answer is kept until evicted or
+ *   refreshed (store objects are immutable and are not removed from a shared lower store);
+ *   a negative answer expires after `negativeTtlMs`, so objects added to the lower store show.
+ * - Resolving one name never lists a directory.
+ */
+export class TopLevelIndex {
+  private upper = new Map<string, UpperKind>();
+  private lower: LRUCache<string, boolean>;
+  constructor(readonly dirs: LayerDirs, private readonly negativeTtlMs = 1000, cacheSize = 200_000) {
+    this.lower = new LRUCache<string, boolean>({ max: cacheSize, ttlResolution: 100 });
+    this.scanUpper();
+  }
+
+  /** Re-reads the upper dir's top level and forgets every cached lower answer. */
+  refresh(): void {
+    this.lower.clear();
+    this.scanUpper();
+  }
+
+  private scanUpper(): void {
+    const upper = new Map<string, UpperKind>();
+    for (const ent of fs.readdirSync(this.dirs.upperDir, { withFileTypes: true })) {
+      const name = ent.name;
+      if (name.startsWith(WHITEOUT_PREFIX)) {
+        upper.set(name.slice(WHITEOUT_PREFIX.length), 'whiteout');
+      } else if (ent.isCharacterDevice() && isWhiteoutDevice(`${this.dirs.upperDir}/${name}`)) {
+        upper.set(name, 'whiteout');
+      } else if (upper.get(name) !== 'whiteout') {
+        upper.set(name, 'object');
+      }
+    }
+    this.upper = upper;
+  }
+
+  /** The layer of a top-level name, or null when it does not exist in the merged view. */
+  resolve(name: string): Layer | null {
+    const kind = this.upper.get(name);
+    if (kind === 'object') return Layer.Upper;
+    if (kind === 'whiteout') return null;
+    return this.lowerHas(name) ? Layer.Lower : null;
+  }
+
+  /** Whether the lower store provides `name` (ignoring upper entries and whiteouts). */
+  lowerHas(name: string): boolean {
+    if (!isStoreObjectName(name) || isBookkeepingName(name)) return false;
+    const cached = this.lower.get(name);
+    if (cached !== undefined) return cached;
+    let present: boolean;
+    try {
+      fs.lstatSync(`${this.dirs.lowerDir}/${name}`);
+      present = true;
+    } catch {
+      present = false;
+    }
+    if (present) this.lower.set(name, true);
+    else this.lower.set(name, false, { ttl: this.negativeTtlMs });
+    return present;
+  }
+
+  upperKind(name: string): UpperKind | undefined {
+    return this.upper.get(name);
+  }
+
+  reason(name: string): TopReason {
+    const kind = this.upper.get(name);
+    if (kind === 'object') return 'upper-object';
+    if (kind === 'whiteout') return 'whiteout';
+    if (this.lowerHas(name)) return 'lower-object';
+    const lowerEntry = fs.existsSync(`${this.dirs.lowerDir}/${name}`);
+    return lowerEntry ? 'lower-bookkeeping' : 'absent';
+  }
+
+  /** Records that the upper layer now has an object named `name` (after create/rename/mkdir). */
+  upperAdded(name: string): void {
+    this.upper.set(name, 'object');
+  }
+
+  /** Records that the upper layer no longer has `name`; a lower object of that name shows again. */
+  upperRemoved(name: string): void {
+    this.upper.delete(name);
+  }
+
+  /** Forgets a cached lower answer (the follower calls this for names new in the lower DB). */
+  forgetLower(name: string): void {
+    this.lower.delete(name);
+  }
+
+  /** Removes a whiteout for `name` from the upper dir, so a new upper object can take the name. */
+  clearWhiteout(name: string): void {
+    if (this.upper.get(name) !== 'whiteout') return;
+    for (const p of [`${this.dirs.upperDir}/${name}`, `${this.dirs.upperDir}/${WHITEOUT_PREFIX}${name}`]) {
+      try { fs.unlinkSync(p); } catch { /* either form may be absent */ }
+    }
+    this.upper.delete(name);
+  }
+
+  /**
+   * The merged listing of the store root: upper objects, plus lower store objects that are
+   * neither shadowed nor whited out. Lower bookkeeping names and `.wh.*` files never show.
+   */
+  listRoot(): string[] {
+    const names: string[] = [];
+    for (const [name, kind] of this.upper) if (kind === 'object') names.push(name);
+    let lowerNames: string[];
+    try { lowerNames = fs.readdirSync(this.dirs.lowerDir); } catch { lowerNames = []; }
+    for (const name of lowerNames) {
+      if (this.upper.has(name) || !isStoreObjectName(name) || isBookkeepingName(name)) continue;
+      names.push(name);
+    }
+    return names;
+  }
+
+  /** Upper top-level names by kind, for verify and explain. */
+  upperEntries(): IterableIterator<[string, UpperKind]> {
+    return this.upper.entries();
+  }
+}
+
+/** A kernel OverlayFS whiteout is a character device with device number 0/0. */
+export function isWhiteoutDevice(path: string): boolean {
+  try {
+    const st = fs.lstatSync(path);
+    return st.isCharacterDevice() && st.rdev === 0;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,70 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Db, openDb } from './sqlite';
+import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
+import { PathRow, PATH_COLUMNS } from './rows';
+
+/**
+ * The merged store's own DB (`<merged>/nix/var/nix/db/db.sqlite`): exactly Nix's local-store
+ * schema, created empty when missing and reused otherwise. Nix writes it concurrently with
+ * us, so the connection waits only briefly for locks (callers retry with `withBusyRetry`).
+ */
+export class UpperDb {
+  readonly db: Db;
+  private readonly hasPathStmt;
+
+  private constructor(readonly dbDir: string, db: Db) {
+    this.db = db;
+    this.hasPathStmt = db.prepare('SELECT id FROM ValidPaths WHERE path = ?').pluck();
+  }
+
+  /** Opens the DB in `dbDir`, creating it (schema, `schema` file, WAL mode) when missing. */
+  static open(dbDir: string, opts: { timeoutMs?: number } = {}): UpperDb {
+    const file = path.join(dbDir, 'db.sqlite');
+    const fresh = !fs.existsSync(file);
+    if (fresh) fs.mkdirSync(dbDir, { recursive: true });
+    const db = openDb(file, { timeoutMs: opts.timeoutMs ?? 50 });
+    db.pragma('journal_mode = WAL');
+    db.pragma('foreign_keys = ON');
+    if (fresh) {
+      db.exec(NIX_SCHEMA_SQL);
+      fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION));
+    }
+    return new UpperDb(dbDir, db);
+  }
+
+  /** The schema version the `schema` file declares, or null when there is none. */
+  static schemaVersion(dbDir: string): number | null {
+    try {
+      return Number.parseInt(fs.readFileSync(path.join(dbDir, 'schema'), 'utf8').trim(), 10);
+    } catch {
+      return null;
+    }
+  }
+
+  idOf(storePath: string): number | undefined {
+    return this.hasPathStmt.get(storePath) as number | undefined;
+  }
+
+  pathRow(storePath: string): PathRow | undefined {
+    return this.db.prepare('SELECT * FROM ValidPaths WHERE path = ?').get(storePath) as PathRow | undefined;
+  }
+
+  references(id: number): string[] {
+    return (this.db.prepare(
+      'SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?',
+    ).all(id) as { path: string }[]).map((r) => r.path);
+  }
+
+  insertPath(row: PathRow): number {
+    const info = this.db.prepare(
+      `INSERT INTO ValidPaths (${PATH_COLUMNS}) VALUES (@path, @hash, @registrationTime, @deriver, @narSize, @ultimate, @sigs, @ca)`,
+    ).run(row);
+    return Number(info.lastInsertRowid);
+  }
+
+  close(): void {
+    try { this.db.pragma('wal_checkpoint(PASSIVE)'); } catch { /* Nix may hold it; fine */ }
+    this.db.close();
+  }
+}

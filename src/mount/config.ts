@@ -1,0 +1,37 @@
+import * as path from 'node:path';
+import { MetadataMode } from '../metadata/metadata';
+
+/** Everything a mount needs, with every path absolute. */
+export interface MountConfig {
+  lowerRoot: string;
+  upperDir: string;
+  workDir: string;
+  mergedRoot: string;
+  metadata: MetadataMode;
+  logFile?: string;
+  followIntervalMs: number;
+  negativeTimeoutS: number;
+}
+
+/** The layout Nix expects below a root given as `--store ROOT`. */
+export interface RootLayout {
+  storeDir: string;
+  dbDir: string;
+  dbFile: string;
+  stateDir: string;
+}
+
+export function rootLayout(root: string): RootLayout {
+  const dbDir = path.join(root, 'nix/var/nix/db');
+  return {
+    storeDir: path.join(root, 'nix/store'),
+    dbDir,
+    dbFile: path.join(dbDir, 'db.sqlite'),
+    stateDir: path.join(root, 'nix/var/local-overlay'),
+  };
+}
+
+/** The default work dir: `work` beside the upper dir, on the same filesystem in practice. */
+export function defaultWorkDir(upperDir: string): string {
+  return path.join(path.dirname(upperDir), `${path.basename(upperDir)}.work`);
+}

@@ -1,0 +1,89 @@
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { log } from '../util/log';
+
+interface Controlled {
+  status(): Record<string, unknown>;
+  refresh(): void;
+  stop(): Promise<void>;
+}
+
+/**
+ * The daemon's control socket: one JSON request per line (`{"cmd":"status"}`), one JSON reply
+ * per line. Root-only (mode 0600): it can stop the mount.
+ */
+export class ControlServer {
+  private server: net.Server | null = null;
+
+  constructor(readonly socketPath: string, private readonly target: Controlled) {}
+
+  listen(): Promise<void> {
+    fs.rmSync(this.socketPath, { force: true });
+    const server = net.createServer((sock) => {
+      let buf = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (chunk: string) => {
+        buf += chunk;
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          void this.handle(line).then((reply) => sock.write(JSON.stringify(reply) + '\n'));
+        }
+      });
+      sock.on('error', () => { /* the client went away */ });
+    });
+    this.server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.socketPath, () => {
+        fs.chmodSync(this.socketPath, 0o600);
+        server.unref();
+        resolve();
+      });
+    });
+  }
+
+  private async handle(line: string): Promise<Record<string, unknown>> {
+    try {
+      const req = JSON.parse(line) as { cmd?: string };
+      switch (req.cmd) {
+        case 'status': return { ok: true, status: this.target.status() };
+        case 'refresh': this.target.refresh(); return { ok: true };
+        case 'stop': setImmediate(() => process.kill(process.pid, 'SIGTERM')); return { ok: true };
+        default: return { ok: false, error: `unknown command ${String(req.cmd)}` };
+      }
+    } catch (err) {
+      log.warn(`control: ${String(err)}`);
+      return { ok: false, error: String(err) };
+    }
+  }
+
+  close(): Promise<void> {
+    const s = this.server;
+    this.server = null;
+    if (!s) return Promise.resolve();
+    return new Promise((resolve) => s.close(() => { fs.rmSync(this.socketPath, { force: true }); resolve(); }));
+  }
+}
+
+/** Sends one request to a daemon's control socket and returns its reply. */
+export function controlRequest(socketPath: string, req: Record<string, unknown>, timeoutMs = 5000): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(socketPath);
+    let buf = '';
+    const timer = setTimeout(() => { sock.destroy(); reject(new Error(`no answer from ${socketPath} in ${timeoutMs} ms`)); }, timeoutMs);
+    sock.setEncoding('utf8');
+    sock.on('connect', () => sock.write(JSON.stringify(req) + '\n'));
+    sock.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) {
+        clearTimeout(timer);
+        sock.end();
+        resolve(JSON.parse(buf.slice(0, nl)) as Record<string, unknown>);
+      }
+    });
+    sock.on('error', (err) => { clearTimeout(timer); reject(err); });
+  });
+}

@@ -1,0 +1,103 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LowerDb } from '../metadata/lower-db';
+import { Metadata } from '../metadata/metadata';
+import { UpperDb } from '../metadata/upper-db';
+import { Overlay } from '../overlay/overlay';
+import { log } from '../util/log';
+import { MountConfig, rootLayout } from './config';
+import { ControlServer } from './control';
+import { controlSocketPath, removeRecord, writeRecord } from './records';
+import { validateMount } from './validate';
+
+/** A running mount: the overlay, its metadata module and the FUSE session. */
+export class Daemon {
+  private stopping: Promise<void> | null = null;
+  private fuse: { unmount(): Promise<void> } | null = null;
+  private control: ControlServer | null = null;
+  readonly startedAt = new Date();
+  overlay!: Overlay;
+  metadata!: Metadata;
+
+  constructor(readonly cfg: MountConfig) {}
+
+  /** Validates, creates the merged root, imports metadata and mounts. Resolves once mounted. */
+  async start(): Promise<void> {
+    const cfg = this.cfg;
+    validateMount(cfg);
+    const lower = rootLayout(cfg.lowerRoot);
+    const merged = rootLayout(cfg.mergedRoot);
+
+    for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) fs.mkdirSync(d, { recursive: true });
+    if (fs.statSync(cfg.upperDir).dev !== fs.statSync(cfg.workDir).dev) {
+      throw new Error(`work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir}`);
+    }
+    if (cfg.logFile) log.setFile(cfg.logFile);
+
+    this.overlay = new Overlay({ upperDir: cfg.upperDir, lowerDir: lower.storeDir, workDir: cfg.workDir },
+      { negativeTtlMs: cfg.negativeTimeoutS * 1000 });
+    const upperDb = UpperDb.open(merged.dbDir);
+    const lowerDb = new LowerDb(lower.dbFile);
+    this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
+    if (cfg.metadata === 'mirror') this.metadata.importAll();
+    this.overlay.hooks = {
+      lowerLookup: (name) => this.metadata.lowerLookup(name),
+      upperRemoved: (name) => this.metadata.forget(name),
+    };
+
+    // Loaded here, not at the top: a missing libfuse must be a clear error, not a crash.
+    const { FuseMount, DEFAULT_MOUNT_OPTIONS } = await import('../fuse/adapter');
+    const fuse = new FuseMount(merged.storeDir, this.overlay, { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS });
+    await fuse.mount();
+    this.fuse = fuse;
+    log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
+
+    this.metadata.startFollower(cfg.followIntervalMs, (names) => {
+      for (const n of names) this.overlay.index.forgetLower(n);
+    });
+    this.control = new ControlServer(controlSocketPath(cfg.mergedRoot), this);
+    await this.control.listen();
+    writeRecord({
+      pid: process.pid, startedAt: this.startedAt.toISOString(), config: cfg,
+      controlSocket: controlSocketPath(cfg.mergedRoot), logFile: cfg.logFile ?? null,
+    });
+  }
+
+  /** Unmounts, then finishes DB work and closes the DBs. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.metadata?.stop();
+      await this.control?.close();
+      if (this.fuse) {
+        try {
+          await this.fuse.unmount();
+        } catch (err) {
+          log.warn(`unmount: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      }
+      this.metadata?.close();
+      removeRecord(this.cfg.mergedRoot);
+      try { fs.rmSync(path.join(this.cfg.workDir, 'hidden'), { recursive: true, force: true }); } catch { /* best effort */ }
+      log.info(`unmounted ${rootLayout(this.cfg.mergedRoot).storeDir}`);
+    })();
+    return this.stopping;
+  }
+
+  refresh(): void {
+    this.overlay.refresh();
+    this.metadata.lower.reopen();
+  }
+
+  status(): Record<string, unknown> {
+    const s = this.overlay.stats;
+    return {
+      pid: process.pid,
+      startedAt: this.startedAt.toISOString(),
+      uptimeS: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
+      config: this.cfg,
+      counters: { ...s.counters },
+      ops: { ...s.ops },
+      follower: this.metadata.followerState(),
+    };
+  }
+}

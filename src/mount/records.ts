@@ -1,0 +1,85 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MountConfig, rootLayout } from './config';
+
+/**
+ * A running mount's own record, `<merged>/nix/var/local-overlay/daemon.json`: written once the
+ * mount answers, removed when it ends. `unmount` and `status` find the daemon through it.
+ */
+export interface DaemonRecord {
+  pid: number;
+  startedAt: string;
+  config: MountConfig;
+  controlSocket: string;
+  logFile: string | null;
+}
+
+export function recordPath(mergedRoot: string): string {
+  return path.join(rootLayout(mergedRoot).stateDir, 'daemon.json');
+}
+
+export function controlSocketPath(mergedRoot: string): string {
+  return path.join(rootLayout(mergedRoot).stateDir, 'control.sock');
+}
+
+export function writeRecord(rec: DaemonRecord): void {
+  const file = recordPath(rec.config.mergedRoot);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(`${file}.tmp`, JSON.stringify(rec, null, 2));
+  fs.renameSync(`${file}.tmp`, file);
+}
+
+export function readRecord(mergedRoot: string): DaemonRecord | null {
+  try {
+    return JSON.parse(fs.readFileSync(recordPath(mergedRoot), 'utf8')) as DaemonRecord;
+  } catch {
+    return null;
+  }
+}
+
+export function removeRecord(mergedRoot: string): void {
+  fs.rmSync(recordPath(mergedRoot), { force: true });
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Mount points from /proc/self/mountinfo (octal escapes decoded), with their fs type. */
+export function mountTable(): Map<string, string> {
+  const out = new Map<string, string>();
+  let text = '';
+  try { text = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch { return out; }
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 10) continue;
+    const sep = f.indexOf('-');
+    out.set(unescapeMount(f[4]), f[sep + 1]);
+  }
+  return out;
+}
+
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
+}
+
+export function isMountPoint(dir: string): boolean {
+  return mountTable().has(path.resolve(dir));
+}
+
+/** Every running mount whose record is found under a mount point in the mount table. */
+export function runningRecords(): DaemonRecord[] {
+  const out: DaemonRecord[] = [];
+  for (const [mnt, type] of mountTable()) {
+    if (!type.startsWith('fuse') || !mnt.endsWith('/nix/store')) continue;
+    const root = mnt.slice(0, -'/nix/store'.length) || '/';
+    const rec = readRecord(root);
+    if (rec && processAlive(rec.pid)) out.push(rec);
+  }
+  return out;
+}

@@ -1,0 +1,106 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { LocalOverlayError } from '../util/errno';
+import { NIX_SCHEMA_VERSION } from '../metadata/schema';
+import { MountConfig, rootLayout } from './config';
+import { isMountPoint } from './records';
+
+const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
+
+/** `inner` is `outer` or lies below it (after resolving symlinks of the existing part). */
+function within(inner: string, outer: string): boolean {
+  const a = realish(inner), b = realish(outer);
+  return a === b || a.startsWith(b.endsWith('/') ? b : b + '/');
+}
+
+/** realpath of the longest existing prefix, with the rest appended. */
+function realish(p: string): string {
+  let head = path.resolve(p);
+  const tail: string[] = [];
+  for (;;) {
+    try {
+      return path.join(fs.realpathSync(head), ...tail.reverse());
+    } catch {
+      const parent = path.dirname(head);
+      if (parent === head) return path.resolve(p);
+      tail.push(path.basename(head));
+      head = parent;
+    }
+  }
+}
+
+function isDir(p: string): boolean {
+  return fs.statSync(p, { throwIfNoEntry: false })?.isDirectory() ?? false;
+}
+
+/**
+ * Checks everything a mount needs before anything is created, so a refused mount leaves
+ * nothing behind. Each problem is one LocalOverlayError naming it.
+ */
+export function validateMount(cfg: MountConfig): void {
+  const lower = rootLayout(cfg.lowerRoot);
+  if (!fs.existsSync(cfg.lowerRoot)) fail('lower-missing', `lower root ${cfg.lowerRoot} does not exist`);
+  if (!isDir(cfg.lowerRoot)) fail('lower-not-dir', `lower root ${cfg.lowerRoot} is not a directory`);
+  if (!isDir(lower.storeDir)) fail('lower-no-store', `lower root ${cfg.lowerRoot} has no store directory (${lower.storeDir})`);
+  if (!fs.existsSync(lower.dbFile)) fail('lower-no-db', `lower root ${cfg.lowerRoot} has no Nix database (${lower.dbFile})`);
+  checkSchema(lower.dbDir, 'lower');
+
+  for (const [name, p] of [['upper dir', cfg.upperDir], ['work dir', cfg.workDir], ['merged root', cfg.mergedRoot]] as const) {
+    if (within(p, cfg.lowerRoot)) fail('inside-lower', `${name} ${p} is inside the lower root ${cfg.lowerRoot}, which is never written`);
+    if (within(cfg.lowerRoot, p)) fail('contains-lower', `${name} ${p} contains the lower root ${cfg.lowerRoot}`);
+  }
+  if (within(cfg.upperDir, cfg.workDir) || within(cfg.workDir, cfg.upperDir)) {
+    fail('work-upper-overlap', `work dir ${cfg.workDir} and upper dir ${cfg.upperDir} must not contain each other`);
+  }
+  const merged = rootLayout(cfg.mergedRoot);
+  if (within(merged.storeDir, cfg.upperDir) || within(cfg.upperDir, merged.storeDir)) {
+    fail('upper-merged-overlap', `upper dir ${cfg.upperDir} and the merged store dir ${merged.storeDir} must be separate`);
+  }
+  if (fs.existsSync(cfg.upperDir) && !isDir(cfg.upperDir)) fail('upper-not-dir', `upper dir ${cfg.upperDir} is not a directory`);
+  if (fs.existsSync(cfg.workDir) && !isDir(cfg.workDir)) fail('work-not-dir', `work dir ${cfg.workDir} is not a directory`);
+
+  if (isMountPoint(merged.storeDir)) fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy)`);
+  if (fs.existsSync(merged.storeDir)) {
+    if (!isDir(merged.storeDir)) fail('mountpoint-not-dir', `mount point ${merged.storeDir} is not a directory`);
+    if (fs.readdirSync(merged.storeDir).length > 0) fail('mountpoint-not-empty', `mount point ${merged.storeDir} is not empty`);
+  }
+  if (fs.existsSync(merged.dbFile)) checkSchema(merged.dbDir, 'merged');
+
+  checkFuse();
+}
+
+function checkSchema(dbDir: string, which: string): void {
+  let text: string;
+  try {
+    text = fs.readFileSync(path.join(dbDir, 'schema'), 'utf8').trim();
+  } catch {
+    return fail('schema-missing', `the ${which} Nix database in ${dbDir} has no schema file`);
+  }
+  if (text !== String(NIX_SCHEMA_VERSION)) {
+    fail('schema-version', `the ${which} Nix database in ${dbDir} has schema version ${text}; local-overlay supports version ${NIX_SCHEMA_VERSION} (Nix 2.x)`);
+  }
+}
+
+/** /dev/fuse, fusermount and libfuse.so.2 (loaded by fuse-native), checked before mounting. */
+export function checkFuse(): void {
+  const dev = fs.statSync('/dev/fuse', { throwIfNoEntry: false });
+  if (!dev || !dev.isCharacterDevice()) fail('no-dev-fuse', '/dev/fuse is missing: load the fuse kernel module or pass the device into the container (--device /dev/fuse)');
+  try {
+    fs.accessSync('/dev/fuse', fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    fail('dev-fuse-access', '/dev/fuse is not readable and writable by this user');
+  }
+  try {
+    execFileSync('sh', ['-c', 'command -v fusermount || command -v fusermount3'], { stdio: 'pipe' });
+  } catch {
+    fail('no-fusermount', 'fusermount is not on PATH: install fuse3 (Debian) or fuse');
+  }
+  try {
+    require('fuse-native');
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    if (/libfuse\.so\.2/.test(msg)) fail('no-libfuse', 'libfuse.so.2 cannot be loaded: install libfuse2 (Debian: apt-get install libfuse2)');
+    fail('fuse-native', `the FUSE binding (fuse-native) cannot be loaded: ${msg.split('\n')[0]}`);
+  }
+}

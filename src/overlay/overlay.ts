@@ -1,0 +1,446 @@
+import * as fs from 'node:fs';
+import { E, Errno, toErrno } from '../util/errno';
+import { InodeMap, ROOT_INO } from '../layers/inodes';
+import { Layer, LayerDirs, TopLevelIndex } from '../layers/layers';
+import { OverlayStats } from './stats';
+
+/** The attributes the FUSE adapter hands to the kernel (times in ms since the epoch). */
+export interface Attr {
+  mode: number; uid: number; gid: number; size: number; dev: number; nlink: number;
+  ino: number; rdev: number; blksize: number; blocks: number;
+  atime: number; mtime: number; ctime: number;
+}
+
+export interface StatFs {
+  bsize: number; frsize: number; blocks: number; bfree: number; bavail: number;
+  files: number; ffree: number; favail: number; fsid: number; flag: number; namemax: number;
+}
+
+/** Where a merged path lives: its layer and its real path in that layer (or the work dir). */
+interface Located { layer: Layer; real: string; top: string }
+
+/** Hooks the metadata module attaches; all optional. */
+export interface OverlayHooks {
+  /**
+   * Called when a lookup resolves a top-level name to the lower layer. A returned promise
+   * delays the lookup's answer until it settles (lazy closure copy into the upper DB).
+   */
+  lowerLookup?: (name: string) => Promise<void> | null;
+  /** Called after the upper layer lost a top-level object (delete or rename away). */
+  upperRemoved?: (name: string) => void;
+}
+
+const O_ACCMODE = 3;
+const { O_RDONLY, O_TRUNC, O_APPEND, O_CREAT, O_RDWR, O_NOFOLLOW, O_EXCL } = fs.constants;
+const NAME_MAX = 255;
+const HIDDEN_PREFIX = '.fuse_hidden';
+const UINT32 = 2 ** 32;
+
+/**
+ * The merged store directory as plain operations: each takes merged paths (as FUSE gives
+ * them: absolute, `/` being the store root) and returns a value or an Errno. No FUSE here.
+ *
+ * Semantics (DESIGN.md "The filesystem"):
+ * - `/` is the only merged directory; `/NAME/...` is served wholly by the layer of NAME.
+ * - Anything that would change a lower object fails with EROFS; nothing is copied up.
+ * - New top-level names are created in the upper layer; removing a top-level name removes
+ *   only its upper copy (a lower object of the same name shows again).
+ * - Names libfuse gives to unlinked-but-open files (`.fuse_hidden*`) live in the work dir,
+ *   never in the store, so Nix's GC and directory listings do not see them.
+ * - Paths are resolved inside a layer without following symlinks on the last component; the
+ *   kernel resolves symlinks itself in the merged namespace.
+ */
+export class Overlay {
+  readonly index: TopLevelIndex;
+  readonly stats = new OverlayStats();
+  hooks: OverlayHooks = {};
+  private readonly inodes: InodeMap;
+  private readonly fdLayer = new Map<number, Layer>();
+  private readonly upperDir: string;
+  private readonly lowerDir: string;
+  private readonly hiddenDir: string;
+
+  constructor(readonly dirs: LayerDirs, opts: { negativeTtlMs?: number } = {}) {
+    this.upperDir = dirs.upperDir;
+    this.lowerDir = dirs.lowerDir;
+    this.hiddenDir = `${dirs.workDir}/hidden`;
+    fs.mkdirSync(this.hiddenDir, { recursive: true });
+    this.index = new TopLevelIndex(dirs, opts.negativeTtlMs ?? 1000);
+    const upperDev = fs.statSync(dirs.upperDir).dev;
+    const lowerDev = fs.statSync(dirs.lowerDir).dev;
+    this.inodes = new InodeMap([upperDev, lowerDev]);
+  }
+
+  /** Drops every cache: the upper index is re-read and lower answers are forgotten. */
+  refresh(): void {
+    this.index.refresh();
+  }
+
+  // ---- resolution -------------------------------------------------------------------------
+
+  /** The top-level name of a merged path (`/NAME/...` → NAME), '' for the root. */
+  static topName(path: string): string {
+    const slash = path.indexOf('/', 1);
+    return slash < 0 ? path.slice(1) : path.slice(1, slash);
+  }
+
+  private locate(path: string): Located | Errno {
+    if (path.includes('/..') || path.includes('/./')) return E.ENOENT;
+    const top = Overlay.topName(path);
+    if (isHiddenName(path)) {
+      return { layer: Layer.Upper, real: `${this.hiddenDir}/${basename(path)}`, top };
+    }
+    const layer = this.index.resolve(top);
+    if (layer === null) {
+      this.stats.count('miss');
+      return E.ENOENT;
+    }
+    this.stats.count(layer === Layer.Upper ? 'upper' : 'lower');
+    return { layer, real: (layer === Layer.Upper ? this.upperDir : this.lowerDir) + path, top };
+  }
+
+  /**
+   * Where a new entry at `path` goes: its real upper path. The parent must be the root or an
+   * upper object; a top-level name already visible from the lower layer is EEXIST.
+   */
+  private locateNew(path: string): string | Errno {
+    if (isHiddenName(path)) return `${this.hiddenDir}/${basename(path)}`;
+    if (basename(path).length > NAME_MAX) return E.ENAMETOOLONG;
+    const top = Overlay.topName(path);
+    if (top.length === path.length - 1) {
+      if (this.index.upperKind(top) === 'object' || this.index.resolve(top) === Layer.Lower) return E.EEXIST;
+      return this.upperDir + path;
+    }
+    const layer = this.index.resolve(top);
+    if (layer === null) return E.ENOENT;
+    if (layer === Layer.Lower) return this.refused('create', path);
+    return this.upperDir + path;
+  }
+
+  /** The real path of an existing entry that is about to be changed: EROFS on the lower layer. */
+  private locateWritable(path: string, op: string): Located | Errno {
+    const loc = this.locate(path);
+    if (typeof loc === 'number') return loc;
+    if (loc.layer === Layer.Lower) return this.refused(op, path);
+    return loc;
+  }
+
+  private refused(op: string, path: string): Errno {
+    this.stats.count('refused');
+    this.stats.trace?.('refuse', path, op);
+    return E.EROFS;
+  }
+
+  /** Records a new top-level upper object (clearing a whiteout that had the name). */
+  private created(path: string): void {
+    const top = Overlay.topName(path);
+    if (top.length === path.length - 1 && !isHiddenName(path)) this.index.upperAdded(top);
+  }
+
+  private removedTop(path: string): void {
+    const top = Overlay.topName(path);
+    if (top.length === path.length - 1 && !isHiddenName(path)) {
+      this.index.upperRemoved(top);
+      this.hooks.upperRemoved?.(top);
+    }
+  }
+
+  /** When `path` is a top-level lower object, the pending closure copy its lookup must await. */
+  lowerLookupPending(path: string): Promise<void> | null {
+    const hook = this.hooks.lowerLookup;
+    if (!hook || path.indexOf('/', 1) >= 0 || path.length < 2) return null;
+    const top = path.slice(1);
+    if (this.index.upperKind(top) !== undefined || !this.index.lowerHas(top)) return null;
+    return hook(top);
+  }
+
+  // ---- attributes -------------------------------------------------------------------------
+
+  getattr(path: string): Attr | Errno {
+    if (path === '/') return this.rootAttr();
+    if (path.length > NAME_MAX + 1 && basename(path).length > NAME_MAX) return E.ENAMETOOLONG;
+    const loc = this.locate(path);
+    if (typeof loc === 'number') return loc;
+    const st = fs.lstatSync(loc.real, { throwIfNoEntry: false });
+    if (st === undefined) return E.ENOENT;
+    return this.attr(loc.layer, st);
+  }
+
+  fgetattr(path: string, fd: number): Attr | Errno {
+    const layer = this.fdLayer.get(fd);
+    if (layer === undefined) return this.getattr(path);
+    try {
+      return this.attr(layer, fs.fstatSync(fd));
+    } catch (err) {
+      return toErrno(err);
+    }
+  }
+
+  private rootAttr(): Attr | Errno {
+    try {
+      const st = fs.statSync(this.upperDir);
+      const a = this.attr(Layer.Upper, st);
+      a.ino = ROOT_INO;
+      return a;
+    } catch (err) {
+      return toErrno(err);
+    }
+  }
+
+  private attr(layer: Layer, st: fs.Stats): Attr {
+    return {
+      mode: st.mode, uid: st.uid, gid: st.gid, size: st.size, dev: 0, nlink: st.nlink,
+      ino: this.inodes.ino(layer, st.dev, st.ino), rdev: st.rdev, blksize: st.blksize,
+      blocks: st.blocks, atime: Math.floor(st.atimeMs), mtime: Math.floor(st.mtimeMs),
+      ctime: Math.floor(st.ctimeMs),
+    };
+  }
+
+  access(path: string, mode: number): Errno {
+    const loc = this.locate(path === '/' ? '/' : path);
+    if (path === '/') return tryOp(() => fs.accessSync(this.upperDir, mode));
+    if (typeof loc === 'number') return loc;
+    if (loc.layer === Layer.Lower && (mode & fs.constants.W_OK)) return E.EROFS;
+    return tryOp(() => fs.accessSync(loc.real, mode));
+  }
+
+  readlink(path: string): string | Errno {
+    const loc = this.locate(path);
+    if (typeof loc === 'number') return loc;
+    try {
+      return fs.readlinkSync(loc.real);
+    } catch (err) {
+      return toErrno(err);
+    }
+  }
+
+  statfs(): StatFs | Errno {
+    try {
+      const s = fs.statfsSync(this.upperDir);
+      // fuse-native carries block counts in 32 bits: scale the block size up until they fit.
+      let bsize = s.bsize, blocks = s.blocks, bfree = s.bfree, bavail = s.bavail;
+      while (blocks >= UINT32) { bsize *= 2; blocks = Math.floor(blocks / 2); bfree = Math.floor(bfree / 2); bavail = Math.floor(bavail / 2); }
+      const files = Math.min(s.files, UINT32 - 1), ffree = Math.min(s.ffree, UINT32 - 1);
+      return { bsize, frsize: bsize, blocks, bfree, bavail, files, ffree, favail: ffree, fsid: 0, flag: 0, namemax: NAME_MAX };
+    } catch (err) {
+      return toErrno(err);
+    }
+  }
+
+  // ---- directories ------------------------------------------------------------------------
+
+  readdir(path: string): string[] | Errno {
+    if (path === '/') return ['.', '..', ...this.index.listRoot()];
+    const loc = this.locate(path);
+    if (typeof loc === 'number') return loc;
+    try {
+      return ['.', '..', ...fs.readdirSync(loc.real)];
+    } catch (err) {
+      return toErrno(err);
+    }
+  }
+
+  mkdir(path: string, mode: number): Errno {
+    const real = this.locateNew(path);
+    if (typeof real === 'number') return real;
+    this.index.clearWhiteout(Overlay.topName(path));
+    const err = tryOp(() => fs.mkdirSync(real, mode & 0o7777));
+    if (err === 0) this.created(path);
+    return err;
+  }
+
+  rmdir(path: string): Errno {
+    const loc = this.locateWritable(path, 'rmdir');
+    if (typeof loc === 'number') return loc;
+    const err = tryOp(() => fs.rmdirSync(loc.real));
+    if (err === 0) this.removedTop(path);
+    return err;
+  }
+
+  // ---- files ------------------------------------------------------------------------------
+
+  /** Opens an existing entry; returns a file descriptor, or a negative errno. */
+  open(path: string, flags: number): number {
+    const loc = this.locate(path);
+    if (typeof loc === 'number') return -loc;
+    const writes = (flags & O_ACCMODE) !== O_RDONLY || (flags & (O_TRUNC | O_APPEND)) !== 0;
+    if (loc.layer === Layer.Lower && writes) return -this.refused('open for writing', path);
+    return this.openReal(loc.layer, loc.real, (flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW);
+  }
+
+  /** Creates and opens a file; returns a file descriptor, or a negative errno. */
+  create(path: string, mode: number): number {
+    const real = this.locateNew(path);
+    if (typeof real === 'number') return -real;
+    this.index.clearWhiteout(Overlay.topName(path));
+    const fd = this.openReal(Layer.Upper, real, O_CREAT | O_RDWR | O_NOFOLLOW, mode & 0o7777);
+    if (fd >= 0) this.created(path);
+    return fd;
+  }
+
+  private openReal(layer: Layer, real: string, flags: number, mode?: number): number {
+    try {
+      const fd = fs.openSync(real, flags, mode);
+      this.fdLayer.set(fd, layer);
+      return fd;
+    } catch (err) {
+      return -toErrno(err);
+    }
+  }
+
+  /** Reads into `buf`; returns the byte count or a negative errno. */
+  read(fd: number, buf: Buffer, len: number, pos: number): number {
+    try {
+      return fs.readSync(fd, buf, 0, len, pos);
+    } catch (err) {
+      return -toErrno(err);
+    }
+  }
+
+  write(fd: number, buf: Buffer, len: number, pos: number): number {
+    try {
+      return fs.writeSync(fd, buf, 0, len, pos);
+    } catch (err) {
+      return -toErrno(err);
+    }
+  }
+
+  release(fd: number): Errno {
+    this.fdLayer.delete(fd);
+    return tryOp(() => fs.closeSync(fd));
+  }
+
+  fsync(fd: number, datasync: boolean): Errno {
+    return tryOp(() => (datasync ? fs.fdatasyncSync(fd) : fs.fsyncSync(fd)));
+  }
+
+  truncate(path: string, size: number): Errno {
+    const loc = this.locateWritable(path, 'truncate');
+    if (typeof loc === 'number') return loc;
+    return tryOp(() => fs.truncateSync(loc.real, size));
+  }
+
+  ftruncate(path: string, fd: number, size: number): Errno {
+    if (this.fdLayer.get(fd) === Layer.Lower) return this.refused('ftruncate', path);
+    return tryOp(() => fs.ftruncateSync(fd, size));
+  }
+
+  unlink(path: string): Errno {
+    const loc = this.locateWritable(path, 'unlink');
+    if (typeof loc === 'number') return loc;
+    const err = tryOp(() => fs.unlinkSync(loc.real));
+    if (err === 0) this.removedTop(path);
+    return err;
+  }
+
+  symlink(target: string, path: string): Errno {
+    const real = this.locateNew(path);
+    if (typeof real === 'number') return real;
+    this.index.clearWhiteout(Overlay.topName(path));
+    const err = tryOp(() => fs.symlinkSync(target, real));
+    if (err === 0) this.created(path);
+    return err;
+  }
+
+  /**
+   * Hard links stay inside the upper layer. Linking a lower file fails with EPERM, the answer
+   * on which Nix (and cp, install, ...) fall back to copying; nothing is copied up here.
+   */
+  link(src: string, dst: string): Errno {
+    const from = this.locate(src);
+    if (typeof from === 'number') return from;
+    if (from.layer === Layer.Lower) {
+      this.stats.count('refused');
+      this.stats.trace?.('refuse', src, 'link');
+      return E.EPERM;
+    }
+    const to = this.locateNew(dst);
+    if (typeof to === 'number') return to;
+    this.index.clearWhiteout(Overlay.topName(dst));
+    const err = tryOp(() => fs.linkSync(from.real, to));
+    if (err === 0) this.created(dst);
+    return err;
+  }
+
+  /**
+   * Renames within the upper layer. Replacing a top-level name that only the lower layer has
+   * would store the object twice, so it is EROFS; replacing an upper copy is an ordinary rename.
+   */
+  rename(src: string, dst: string): Errno {
+    const from = this.locateWritable(src, 'rename');
+    if (typeof from === 'number') return from;
+    let to: string;
+    if (isHiddenName(dst)) {
+      to = `${this.hiddenDir}/${basename(dst)}`;
+    } else {
+      if (basename(dst).length > NAME_MAX) return E.ENAMETOOLONG;
+      const top = Overlay.topName(dst);
+      const isTop = top.length === dst.length - 1;
+      const kind = this.index.upperKind(top);
+      if (isTop) {
+        if (kind !== 'object' && this.index.resolve(top) === Layer.Lower) return this.refused('rename over', dst);
+        this.index.clearWhiteout(top);
+      } else {
+        const layer = this.index.resolve(top);
+        if (layer === null) return E.ENOENT;
+        if (layer === Layer.Lower) return this.refused('rename into', dst);
+      }
+      to = this.upperDir + dst;
+    }
+    const err = tryOp(() => fs.renameSync(from.real, to));
+    if (err === 0) {
+      this.removedTop(src);
+      this.created(dst);
+    }
+    return err;
+  }
+
+  chmod(path: string, mode: number): Errno {
+    const loc = this.locateWritable(path, 'chmod');
+    if (typeof loc === 'number') return loc;
+    return tryOp(() => fs.chmodSync(loc.real, mode & 0o7777));
+  }
+
+  chown(path: string, uid: number, gid: number): Errno {
+    const loc = this.locateWritable(path, 'chown');
+    if (typeof loc === 'number') return loc;
+    return tryOp(() => fs.lchownSync(loc.real, uid, gid));
+  }
+
+  /** Times in ms since the epoch; `undefined` leaves that time as it is (UTIME_OMIT). */
+  utimens(path: string, atimeMs: number | undefined, mtimeMs: number | undefined): Errno {
+    const loc = this.locateWritable(path, 'utimens');
+    if (typeof loc === 'number') return loc;
+    try {
+      let a = atimeMs, m = mtimeMs;
+      if (a === undefined || m === undefined) {
+        const st = fs.lstatSync(loc.real);
+        a ??= st.atimeMs;
+        m ??= st.mtimeMs;
+      }
+      fs.lutimesSync(loc.real, a / 1000, m / 1000);
+      return 0;
+    } catch (err) {
+      return toErrno(err);
+    }
+  }
+}
+
+function tryOp(f: () => void): Errno {
+  try {
+    f();
+    return 0;
+  } catch (err) {
+    return toErrno(err);
+  }
+}
+
+function basename(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
+}
+
+/** libfuse renames unlinked-but-open files to `.fuse_hiddenXXXXXXXXYYYYYYYY` in their dir. */
+function isHiddenName(path: string): boolean {
+  return path.charCodeAt(path.lastIndexOf('/') + 1) === 46 /* . */
+    && path.startsWith(HIDDEN_PREFIX, path.lastIndexOf('/') + 1);
+}
