@@ -91,8 +91,10 @@ export function fuseOps(ov: Overlay): Record<string, Cb> {
       const fd = ov.open(path, flags);
       fd < 0 ? cb(fd) : cb(0, fd);
     }),
-    create: guard('create', (path: string, mode: number, cb: Cb) => {
-      const fd = ov.create(path, mode);
+    // The patched binding passes the open flags (native-notes/); the stock one does not.
+    create: guard('create', (path: string, mode: number, flagsOrCb: number | Cb, maybeCb?: Cb) => {
+      const cb = (typeof flagsOrCb === 'function' ? flagsOrCb : maybeCb) as Cb;
+      const fd = ov.create(path, mode, typeof flagsOrCb === 'number' ? flagsOrCb : undefined);
       fd < 0 ? cb(fd) : cb(0, fd);
     }),
     // read and write answer with the byte count (or a negative errno) as the first argument.

@@ -28,7 +28,8 @@ export class Daemon {
     const lower = rootLayout(cfg.lowerRoot);
     const merged = rootLayout(cfg.mergedRoot);
 
-    for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) fs.mkdirSync(d, { recursive: true });
+    for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
+    if (cfg.logFile) fs.mkdirSync(path.dirname(cfg.logFile), { recursive: true, mode: 0o755 });
     if (fs.statSync(cfg.upperDir).dev !== fs.statSync(cfg.workDir).dev) {
       throw new Error(`work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir}`);
     }

@@ -64,7 +64,7 @@ export class Overlay {
     this.upperDir = dirs.upperDir;
     this.lowerDir = dirs.lowerDir;
     this.hiddenDir = `${dirs.workDir}/hidden`;
-    fs.mkdirSync(this.hiddenDir, { recursive: true });
+    fs.mkdirSync(this.hiddenDir, { recursive: true, mode: 0o700 });
     this.index = new TopLevelIndex(dirs, opts.negativeTtlMs ?? 1000);
     const upperDev = fs.statSync(dirs.upperDir).dev;
     const lowerDev = fs.statSync(dirs.lowerDir).dev;
@@ -268,12 +268,12 @@ export class Overlay {
     return this.openReal(loc.layer, loc.real, (flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW);
   }
 
-  /** Creates and opens a file; returns a file descriptor, or a negative errno. */
-  create(path: string, mode: number): number {
+  /** Creates and opens a file (`flags` as open(2) got them); returns an fd or a negative errno. */
+  create(path: string, mode: number, flags = O_RDWR): number {
     const real = this.locateNew(path);
     if (typeof real === 'number') return -real;
     this.index.clearWhiteout(Overlay.topName(path));
-    const fd = this.openReal(Layer.Upper, real, O_CREAT | O_RDWR | O_NOFOLLOW, mode & 0o7777);
+    const fd = this.openReal(Layer.Upper, real, flags | O_CREAT | O_NOFOLLOW, mode & 0o7777);
     if (fd >= 0) this.created(path);
     return fd;
   }

@@ -1,0 +1,52 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { check, run, RunResult } from './exec';
+
+/**
+ * A hermetic environment for Debian's Nix 2.8 driving chroot stores (`--store ROOT`), the
+ * same one scripts/nix/env.sh sets up: offline, sandboxed builds with /bin/sh as builder,
+ * every config and state dir private.
+ */
+export function nixEnv(): NodeJS.ProcessEnv {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lo-nix-env-'));
+  for (const d of ['home', 'conf', 'cache', 'config', 'data', 'state', 'log', 'tmp']) fs.mkdirSync(path.join(tmp, d));
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const k of ['NIX_REMOTE', 'NIX_STORE_DIR', 'NIX_STORE', 'NIX_DAEMON_SOCKET_PATH']) delete env[k];
+  return Object.assign(env, {
+    HOME: `${tmp}/home`, XDG_CACHE_HOME: `${tmp}/cache`, XDG_CONFIG_HOME: `${tmp}/config`,
+    XDG_DATA_HOME: `${tmp}/data`, XDG_CONFIG_DIRS: `${tmp}/config`, NIX_CONF_DIR: `${tmp}/conf`,
+    NIX_USER_CONF_FILES: `${tmp}/conf/none.conf`, NIX_STATE_DIR: `${tmp}/state`, NIX_LOG_DIR: `${tmp}/log`,
+    TMPDIR: `${tmp}/tmp`, NIX_PATH: '',
+    NIX_CONFIG: [
+      'experimental-features = nix-command', 'build-users-group =', 'sandbox = true', 'sandbox-fallback = false',
+      'sandbox-paths = /bin/sh=/bin/sh /lib /lib64 /usr/lib', 'substituters =', 'trusted-substituters =',
+      'builders =', 'nix-path =', 'fsync-metadata = false', 'keep-derivations = true',
+    ].join('\n'),
+  });
+}
+
+let cachedEnv: NodeJS.ProcessEnv | null = null;
+function env(): NodeJS.ProcessEnv {
+  cachedEnv ??= nixEnv();
+  return cachedEnv;
+}
+
+export function haveNix(): boolean {
+  return fs.existsSync('/usr/bin/nix-store') || (process.env.PATH ?? '').split(':').some((d) => fs.existsSync(path.join(d, 'nix-store')));
+}
+
+/** Fails with a clear message when the Nix client is absent (a test must be able to fail). */
+export function requireNix(): void {
+  if (!haveNix()) throw new Error('nix-store is not installed: run `make system-packages` (Debian nix-bin, Nix 2.8)');
+}
+
+export function nix(cmd: 'nix-store' | 'nix-build' | 'nix' | 'nix-collect-garbage' | 'nix-instantiate', args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<RunResult> {
+  requireNix();
+  return run(cmd, args, { env: env(), timeoutMs: opts.timeoutMs ?? 180_000 });
+}
+
+export async function nixOk(cmd: Parameters<typeof nix>[0], args: readonly string[]): Promise<string> {
+  requireNix();
+  return check(cmd, args, { env: env(), timeoutMs: 180_000 });
+}

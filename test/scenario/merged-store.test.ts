@@ -1,0 +1,144 @@
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
+import { mountMerged, tempDir } from '../helpers/mount';
+import { nix, nixOk } from '../helpers/nix';
+import { lowerRootDigest, treeLines } from '../helpers/tree';
+
+// Real Nix 2.8 drives merged roots over the shared lower store built by
+// scripts/make-lower-store.sh. Oracle: the same Nix queries on a private copy of the lower
+// store (querying the shared one would let Nix write beside its DB).
+
+const rel = (p: string): string => p.replace(/^\/nix\/store\//, '');
+
+async function oracle(t: Parameters<typeof tempDir>[0]): Promise<string> {
+  return (await freshLower(tempDir(t))).root;
+}
+
+test('post-init: lower paths are visible, absent from the upper dir, and agree with the lower store', async (t) => {
+  const lower = await sharedLower();
+  const before = await lowerRootDigest(lower.root);
+  const m = await mountMerged(t, lower.root);
+  const copy = await oracle(t);
+  const p = lower.manifest.paths;
+
+  for (const role of ['appOut', 'libOut', 'singleFile', 'dirObject', 'textFile', 'appDrv']) {
+    t.deepEqual(await treeLines(path.join(m.store, rel(p[role]))).catch(() => null) ?? await fs.promises.readFile(path.join(m.store, rel(p[role])), 'utf8'),
+      await treeLines(path.join(lower.root, 'nix/store', rel(p[role]))).catch(() => null) ?? await fs.promises.readFile(path.join(lower.root, 'nix/store', rel(p[role])), 'utf8'),
+      `${role} differs between merged and lower`);
+    t.false(fs.existsSync(path.join(m.upper, rel(p[role]))), `${role} must not be in the upper dir`);
+  }
+  t.is(await fs.promises.readFile(path.join(m.store, rel(p.singleFile)), 'utf8'), lower.manifest.contents.singleFile);
+
+  for (const q of [['--requisites', p.appOut], ['--referrers', p.libOut], ['--deriver', p.appOut], ['--outputs', p.appDrv], ['--references', p.appOut], ['--referrers-closure', p.textFile]]) {
+    const merged = await nixOk('nix-store', ['--store', m.root, '--query', ...q]);
+    const expected = await nixOk('nix-store', ['--store', copy, '--query', ...q]);
+    t.deepEqual(merged.trim().split('\n').sort(), expected.trim().split('\n').sort(), `nix-store --query ${q[0]}`);
+  }
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', p.appOut]);
+  const info = JSON.parse(await nixOk('nix', ['path-info', '--store', m.root, '--json', '--recursive', p.appOut])) as object[];
+  const want = JSON.parse(await nixOk('nix', ['path-info', '--store', copy, '--json', '--recursive', p.appOut])) as object[];
+  t.deepEqual(info, want, 'nix path-info --json (NAR hash, size, references, signatures, deriver)');
+
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+});
+
+test('build: only the new output is built, into the upper dir; lower inputs are used in place', async (t) => {
+  const lower = await sharedLower();
+  const before = await lowerRootDigest(lower.root);
+  const m = await mountMerged(t, lower.root);
+  const p = lower.manifest.paths;
+  const expr = path.join(m.dir, 'build.nix');
+  await fs.promises.writeFile(expr, `
+    { app, single }:
+    derivation {
+      name = "merged-build-test";
+      system = builtins.currentSystem;
+      builder = "/bin/sh";
+      args = [ "-c" "read line < \${single}; echo \\"$line\\" > $out; echo \${app} >> $out; for f in \${app}/*; do echo $f >> $out; done" ];
+    }`);
+  const lowerNames = new Set((await fs.promises.readdir(m.lowerStore)).filter((n) => /^[0-9a-z]{32}-/.test(n)));
+  const upperBefore = new Set(await fs.promises.readdir(m.upper));
+
+  const r = await nix('nix-build', ['--store', m.root, '--no-out-link', expr,
+    '--arg', 'app', `builtins.storePath "${p.appOut}"`, '--arg', 'single', `builtins.storePath "${p.singleFile}"`]);
+  t.is(r.code, 0, r.stderr);
+  const out = r.stdout.trim();
+  t.regex(out, /^\/nix\/store\/[0-9a-z]{32}-merged-build-test$/);
+  t.regex(r.stderr, /building '.*merged-build-test\.drv'/);
+  t.notRegex(r.stderr, /lower-(lib|app)-1\.0\.drv/, 'a lower derivation was rebuilt');
+
+  const upperAfter = await fs.promises.readdir(m.upper);
+  t.true(upperAfter.includes(rel(out)), 'the new output is in the upper dir');
+  for (const name of upperAfter) t.false(lowerNames.has(name), `lower object ${name} was copied into the upper dir`);
+  const added = upperAfter.filter((n) => !upperBefore.has(n) && !n.endsWith('.lock'));
+  t.deepEqual(added.filter((n) => !n.endsWith('.drv')).sort(), [rel(out)], 'only the new output was added');
+
+  const content = await fs.promises.readFile(path.join(m.store, rel(out)), 'utf8');
+  t.true(content.startsWith(lower.manifest.contents.singleFile), 'the single-file input was readable in the sandbox');
+  t.true(content.includes(`${p.appOut}/bin`), 'the lower directory input was readable in the sandbox');
+  const st = await fs.promises.lstat(path.join(m.upper, rel(out)));
+  t.is(st.mtimeMs, 1000, 'Nix canonicalised the output mtime to 1 through the mount');
+
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', out]);
+  const refs = (await nixOk('nix-store', ['--store', m.root, '--query', '--references', out])).trim().split('\n').sort();
+  t.deepEqual(refs, [p.appOut, p.singleFile].sort());
+
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+});
+
+test('redundant add: adding content the lower store has writes nothing to the upper dir', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const p = lower.manifest.paths;
+  const src = path.join(m.dir, rel(p.singleFile).slice(33));
+  await fs.promises.writeFile(src, lower.manifest.contents.singleFile);
+  await nixOk('nix-store', ['--store', m.root, '--query', '--hash', p.singleFile]); // Nix's first open creates .links
+  const upperBefore = await treeLines(m.upper);
+  const added = (await nixOk('nix-store', ['--store', m.root, '--add', src])).trim();
+  t.is(added, p.singleFile, 'the same content gives the lower store path');
+  t.deepEqual(await treeLines(m.upper), upperBefore, 'the upper dir changed');
+});
+
+test('verify: nix-store --verify --check-contents passes on the merged root', async (t) => {
+  const lower = await sharedLower();
+  const before = await lowerRootDigest(lower.root);
+  const m = await mountMerged(t, lower.root);
+  const r = await nix('nix-store', ['--store', m.root, '--verify', '--check-contents']);
+  t.is(r.code, 0, r.stderr);
+  t.notRegex(r.stderr, /was modified|disappeared|error/);
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+});
+
+test('live lower growth: a path added to the lower store is visible and valid within 5 s', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const added = await lowerAdd(lower.root, `grown-${Date.now()}`);
+  const deadline = Date.now() + 5000;
+  let visible = false, valid = false;
+  while (Date.now() < deadline && !(visible && valid)) {
+    visible = fs.existsSync(path.join(m.store, rel(added)));
+    valid = (await nix('nix-store', ['--store', m.root, '--check-validity', added])).code === 0;
+    if (!(visible && valid)) await new Promise((r) => setTimeout(r, 200));
+  }
+  t.true(visible, 'the new lower path shows in the merged dir');
+  t.true(valid, 'the new lower path is valid in the merged DB');
+  t.false(fs.existsSync(path.join(m.upper, rel(added))));
+});
+
+test('lazy metadata: the first lookup of a lower object copies its closure into the upper DB', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { metadata: 'lazy' });
+  const p = lower.manifest.paths;
+  t.not((await nix('nix-store', ['--store', m.root, '--check-validity', p.appOut])).code, 0, 'not valid before any lookup');
+  await fs.promises.lstat(path.join(m.store, rel(p.appOut)));
+  for (const q of [p.appOut, p.libOut, p.singleFile, p.textFile]) {
+    t.is((await nix('nix-store', ['--store', m.root, '--check-validity', q])).code, 0, `${q} valid after the lookup`);
+  }
+  t.not((await nix('nix-store', ['--store', m.root, '--check-validity', p.dirObject])).code, 0, 'objects outside the closure stay unknown');
+});
