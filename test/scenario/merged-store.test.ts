@@ -57,7 +57,7 @@ test('build: only the new output is built, into the upper dir; lower inputs are 
       name = "merged-build-test";
       system = builtins.currentSystem;
       builder = "/bin/sh";
-      args = [ "-c" "read line < \${single}; echo \\"$line\\" > $out; echo \${app} >> $out; for f in \${app}/*; do echo $f >> $out; done" ];
+      args = [ "-c" "read line < \${single}; echo \\"$line\\" > $out; echo \${single} \${app} >> $out; for f in \${app}/*; do echo $f >> $out; done" ];
     }`);
   const lowerNames = new Set((await fs.promises.readdir(m.lowerStore)).filter((n) => /^[0-9a-z]{32}-/.test(n)));
   const upperBefore = new Set(await fs.promises.readdir(m.upper));
