@@ -1,0 +1,112 @@
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CLI, cli, run } from '../helpers/exec';
+import { freshLower, sharedLower } from '../helpers/fixture';
+import { mountMerged, tempDir } from '../helpers/mount';
+
+// Every refused mount: exit code 2, exactly one line on stderr naming the problem, nothing
+// mounted and nothing created (the upper, work and merged dirs did not exist before).
+
+interface Case { lower: string; upper: string; root: string; work: string }
+
+function paths(dir: string, lower: string): Case {
+  return { lower, upper: path.join(dir, 'upper'), root: path.join(dir, 'merged'), work: path.join(dir, 'work') };
+}
+
+function args(c: Case): string[] {
+  return ['mount', '--lower', c.lower, '--upper', c.upper, '--root', c.root, '--work', c.work];
+}
+
+async function mounts(): Promise<string> {
+  return fs.promises.readFile('/proc/self/mountinfo', 'utf8');
+}
+
+async function refused(t: Parameters<typeof tempDir>[0], c: Case, pattern: RegExp, prefix: string[] = [], alreadyMounted = false): Promise<void> {
+  const mountsBefore = (await mounts()).split('\n').filter((l) => l.includes(path.join(c.root, 'nix/store'))).length;
+  const existed = [c.upper, c.root, c.work].filter((p) => fs.existsSync(p));
+  const r = prefix.length ? await run(prefix[0], [...prefix.slice(1), process.execPath, CLI, ...args(c)]) : await cli(args(c));
+  t.is(r.code, 2, `exit code (stderr: ${r.stderr})`);
+  const lines = r.stderr.trim().split('\n');
+  t.is(lines.length, 1, `one line on stderr, got:\n${r.stderr}`);
+  t.regex(lines[0], pattern);
+  t.regex(lines[0], /^local-overlay: error: /);
+  for (const p of [c.upper, c.root, c.work]) {
+    if (!existed.includes(p)) t.false(fs.existsSync(p), `${p} was created`);
+  }
+  const mountsAfter = (await mounts()).split('\n').filter((l) => l.includes(path.join(c.root, 'nix/store'))).length;
+  t.is(mountsAfter, mountsBefore, 'a refused mount changed the mount table');
+  t.is(mountsAfter, alreadyMounted ? 1 : 0);
+}
+
+test('missing lower root', async (t) => {
+  const dir = tempDir(t);
+  await refused(t, paths(dir, path.join(dir, 'no-such-lower')), /lower root .*no-such-lower does not exist/);
+});
+
+test('lower root without a Nix DB', async (t) => {
+  const dir = tempDir(t);
+  const lower = path.join(dir, 'bare');
+  fs.mkdirSync(path.join(lower, 'nix/store'), { recursive: true });
+  await refused(t, paths(dir, lower), /has no Nix database/);
+});
+
+test('lower DB with another schema version', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  fs.writeFileSync(path.join(lower.root, 'nix/var/nix/db/schema'), '11');
+  await refused(t, paths(dir, lower.root), /schema version 11; local-overlay supports version 10/);
+});
+
+test('upper dir inside the lower root', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const c = paths(dir, lower.root);
+  c.upper = path.join(lower.root, 'upper');
+  await refused(t, c, /upper dir .* is inside the lower root/);
+});
+
+test('non-empty mountpoint', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const c = paths(dir, lower.root);
+  fs.mkdirSync(path.join(c.root, 'nix/store'), { recursive: true });
+  fs.writeFileSync(path.join(c.root, 'nix/store/stray'), 'x');
+  await refused(t, c, /mount point .* is not empty/);
+});
+
+test('busy mountpoint: mounting the same merged root twice', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  await refused(t, { lower: lower.root, upper: m.upper, root: m.root, work: m.work }, /already a mount point \(busy\)/, [], true);
+});
+
+test('missing /dev/fuse', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const fake = path.join(dir, 'not-a-device');
+  fs.writeFileSync(fake, '');
+  const c = paths(dir, lower.root);
+  await refused(t, c, /\/dev\/fuse is missing/, ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', `mount --bind ${fake} /dev/fuse && exec "$@"`, 'sh']);
+});
+
+test('missing libfuse.so.2', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const lib = (await run('sh', ['-c', 'ldconfig -p | sed -n "s/.*libfuse.so.2 .*=> //p" | head -n1'])).stdout.trim();
+  t.truthy(lib, 'libfuse.so.2 is not installed on this machine (apt-get install libfuse2)');
+  const empty = path.join(dir, 'empty.so');
+  fs.writeFileSync(empty, '');
+  const c = paths(dir, lower.root);
+  await refused(t, c, /libfuse\.so\.2 cannot be loaded/, ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', `mount --bind ${empty} ${fs.realpathSync(lib)} && exec "$@"`, 'sh']);
+});
+
+test('usage errors exit 2 with help', async (t) => {
+  const r = await cli(['mount', '--lower', '/x']);
+  t.is(r.code, 2);
+  t.regex(r.stderr, /Missing required arguments?: upper, root/);
+  const u = await cli(['unmount', path.join(tempDir(t), 'nothing')]);
+  t.is(u.code, 3, 'unmount of something not mounted is exit 3');
+  t.regex(u.stderr, /is not mounted/);
+});
