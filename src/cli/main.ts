@@ -3,6 +3,9 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { mountCommand } from './commands/mount';
 import { unmountCommand } from './commands/unmount';
+import { explainCommand } from './commands/explain';
+import { statusCommand } from './commands/status';
+import { refreshCommand } from './commands/refresh';
 import { EXIT } from './run';
 
 void yargs(hideBin(process.argv))
@@ -10,6 +13,9 @@ void yargs(hideBin(process.argv))
   .usage('$0 <command> [options]\n\nA Nix local-overlay store as a FUSE filesystem: a read-only lower store and a writable\nupper layer merged into one ordinary local store that any Nix can use with --store ROOT.')
   .command(mountCommand)
   .command(unmountCommand)
+  .command(statusCommand)
+  .command(explainCommand)
+  .command(refreshCommand)
   .demandCommand(1, 'name a command')
   .strict()
   .recommendCommands()

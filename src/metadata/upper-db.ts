@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Db, openDb } from './sqlite';
+import { Db, lowerDbUri, openDb } from './sqlite';
 import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
 import { PathRow, PATH_COLUMNS } from './rows';
 
@@ -31,6 +31,16 @@ export class UpperDb {
       fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION));
     }
     return new UpperDb(dbDir, db);
+  }
+
+  /**
+   * Opens an existing upper DB for reading only (explain, verify): a snapshot through the same
+   * URI rules as the lower DB, so reading creates no files. Null when there is no DB.
+   */
+  static openSnapshot(dbDir: string): UpperDb | null {
+    const file = path.join(dbDir, 'db.sqlite');
+    if (!fs.existsSync(file)) return null;
+    return new UpperDb(dbDir, openDb(lowerDbUri(file, fs.existsSync(`${file}-wal`)), { readonly: true, timeoutMs: 2000 }));
   }
 
   /** The schema version the `schema` file declares, or null when there is none. */
@@ -64,7 +74,7 @@ export class UpperDb {
   }
 
   close(): void {
-    try { this.db.pragma('wal_checkpoint(PASSIVE)'); } catch { /* Nix may hold it; fine */ }
+    if (!this.db.readonly) try { this.db.pragma('wal_checkpoint(PASSIVE)'); } catch { /* Nix may hold it; fine */ }
     this.db.close();
   }
 }

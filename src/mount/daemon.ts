@@ -7,7 +7,7 @@ import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
 import { MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
-import { controlSocketPath, removeRecord, writeRecord } from './records';
+import { controlSocketPath, removeRecord, writeRecord, writeRootConfig } from './records';
 import { validateMount } from './validate';
 
 /** A running mount: the overlay, its metadata module and the FUSE session. */
@@ -34,6 +34,7 @@ export class Daemon {
       throw new Error(`work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir}`);
     }
     if (cfg.logFile) log.setFile(cfg.logFile);
+    writeRootConfig({ config: cfg, mountedAt: this.startedAt.toISOString() });
 
     this.overlay = new Overlay({ upperDir: cfg.upperDir, lowerDir: lower.storeDir, workDir: cfg.workDir },
       { negativeTtlMs: cfg.negativeTimeoutS * 1000 });

@@ -41,6 +41,32 @@ export function removeRecord(mergedRoot: string): void {
   fs.rmSync(recordPath(mergedRoot), { force: true });
 }
 
+/**
+ * The merged root's lasting record, `<merged>/nix/var/local-overlay/config.json`: the layers it
+ * was last mounted with and when. It stays after unmount, so `explain` and `verify` can read
+ * the layers of a merged root that is not mounted.
+ */
+export interface RootConfig { config: MountConfig; mountedAt: string }
+
+export function configPath(mergedRoot: string): string {
+  return path.join(rootLayout(mergedRoot).stateDir, 'config.json');
+}
+
+export function writeRootConfig(rc: RootConfig): void {
+  const file = configPath(rc.config.mergedRoot);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(`${file}.tmp`, JSON.stringify(rc, null, 2));
+  fs.renameSync(`${file}.tmp`, file);
+}
+
+export function readRootConfig(mergedRoot: string): RootConfig | null {
+  try {
+    return JSON.parse(fs.readFileSync(configPath(mergedRoot), 'utf8')) as RootConfig;
+  } catch {
+    return null;
+  }
+}
+
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);

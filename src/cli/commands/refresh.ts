@@ -1,0 +1,27 @@
+import * as path from 'node:path';
+import type { Argv, CommandModule } from 'yargs';
+import { controlRequest } from '../../mount/control';
+import { processAlive, readRecord } from '../../mount/records';
+import { LocalOverlayError } from '../../util/errno';
+import { EXIT, runCommand } from '../run';
+
+interface RefreshArgs { root: string }
+
+export const refreshCommand: CommandModule<object, RefreshArgs> = {
+  command: 'refresh <root>',
+  describe: 'Drop every cache of a running mount (after the upper dir was changed outside the mount)',
+  builder: (y: Argv) => y
+    .positional('root', { type: 'string', demandOption: true, describe: 'the merged root' })
+    .example('$0 refresh /tmp/m', 'also usable as the remount-hook of Nix\'s native local-overlay:// store')
+    .strict() as unknown as Argv<RefreshArgs>,
+  handler: (argv) => runCommand(() => refresh(path.resolve(argv.root))),
+};
+
+export async function refresh(root: string): Promise<number> {
+  const rec = readRecord(root);
+  if (!rec || !processAlive(rec.pid)) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
+  const reply = await controlRequest(rec.controlSocket, { cmd: 'refresh' });
+  if (!reply.ok) throw new Error(String(reply.error));
+  process.stdout.write(`refreshed ${root}/nix/store\n`);
+  return EXIT.ok;
+}

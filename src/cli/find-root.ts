@@ -1,0 +1,34 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { readRootConfig, RootConfig, runningRecords } from '../mount/records';
+import { LocalOverlayError } from '../util/errno';
+
+/**
+ * The merged root a command is about: `--root` when given; else the root whose store dir
+ * contains `hint` (a path inside a merged store); else the only running mount.
+ */
+export function findRoot(root: string | undefined, hint?: string): { root: string; rc: RootConfig } {
+  const candidates: string[] = [];
+  if (root) candidates.push(path.resolve(root));
+  else {
+    if (hint?.startsWith('/')) {
+      const i = path.resolve(hint).lastIndexOf('/nix/store/');
+      if (i > 0) candidates.push(path.resolve(hint).slice(0, i));
+    }
+    if (candidates.length === 0 || !readRootConfig(candidates[0])) {
+      const running = runningRecords();
+      if (running.length === 1) candidates.splice(0, candidates.length, running[0].config.mergedRoot);
+      else if (running.length > 1 && candidates.length === 0) {
+        throw new LocalOverlayError('usage', `${running.length} merged stores are mounted (${running.map((r) => r.config.mergedRoot).join(', ')}): name one with --root`);
+      }
+    }
+  }
+  for (const c of candidates) {
+    const rc = readRootConfig(c);
+    if (rc) return { root: c, rc };
+  }
+  if (root) {
+    throw new LocalOverlayError(fs.existsSync(root) ? 'not-mounted' : 'usage', `${root} is not a local-overlay merged root (no nix/var/local-overlay/config.json: it was never mounted)`);
+  }
+  throw new LocalOverlayError('not-mounted', 'no merged root given and none is mounted: pass --root MERGED');
+}
