@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
-APT_PACKAGES := libfuse2 libfuse-dev fuse3 nix-bin fuse-overlayfs sqlite3 kmod
+APT_PACKAGES := libfuse2 libfuse-dev fuse3 nix-bin fuse-overlayfs sqlite3 pkg-config patch
 NODE_BIN := node_modules/.bin
 
 .PHONY: all setup system-packages deps native build demo test test-unit test-integration bench bench-small clean
@@ -30,17 +30,21 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
+# fuse-native patched and built against the system libfuse 2; better-sqlite3 with URI support.
 native: deps
 	bash scripts/build-native.sh
+	bash scripts/build-sqlite.sh
 
 build: deps
+	rm -rf dist
 	$(NODE_BIN)/tsc -p tsconfig.json
 
 demo: setup
 	bash scripts/demo.sh
 
+# Typecheck and build (tsc, strict), then every test: unit, integration on real FUSE mounts,
+# scenarios driven by the real Nix client. ava prints each test and the summary.
 test: setup
-	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
 	$(NODE_BIN)/ava
 
 bench: setup
