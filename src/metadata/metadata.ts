@@ -2,6 +2,7 @@ import { LRUCache } from 'lru-cache';
 import { OverlayStats } from '../overlay/stats';
 import { log } from '../util/log';
 import { copyClosure } from './closure';
+import { LowerRoots } from './gc-roots';
 import { LowerDb } from './lower-db';
 import { Mirror } from './mirror';
 import { withBusyRetry } from './sqlite';
@@ -26,6 +27,12 @@ export class Metadata {
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | null = null;
   private lastFollow = { at: 0, lagMs: 0 };
+  private rootsTimer: NodeJS.Timeout | null = null;
+  private readonly reconcileTimers = new Map<string, NodeJS.Timeout>();
+  /** Mirror mode only: GC roots that keep lower objects alive for plain Nix's GC. */
+  roots: LowerRoots | null = null;
+  /** Names in both layers; set by the daemon (the overlay's index knows them). */
+  duplicates: () => Set<string> = () => new Set();
 
   constructor(
     readonly upper: UpperDb,
@@ -73,9 +80,67 @@ export class Metadata {
     return p;
   }
 
-  /** Called when the upper layer lost a top-level object: its DB state may change. */
-  forget(name: string): void {
+  /**
+   * The upper layer lost a top-level object. When the lower store has one of that name, its
+   * copy shows again, and Nix (which deleted the row before the files) must find it valid
+   * again: the row is copied back from the lower DB shortly after. The GC roots follow.
+   */
+  upperRemoved(name: string): void {
     this.known.delete(`${this.storeDir}/${name}`);
+    this.reconcileSoon(name);
+    this.syncRootsSoon();
+  }
+
+  /** The upper layer gained a top-level object: it may now shadow a lower one. */
+  upperAdded(name: string): void {
+    if (this.roots && this.lower.pathRow(`${this.storeDir}/${name}`)) this.syncRootsSoon();
+  }
+
+  /**
+   * A change to a lower object was refused. Nix deletes a path's row before its files, so a
+   * refused delete can leave a visible lower object without a row: put it back.
+   */
+  lowerWriteRefused(name: string): void {
+    this.known.delete(`${this.storeDir}/${name}`);
+    this.reconcileSoon(name);
+  }
+
+  /** After a short delay (Nix finishes its own transaction first), restore a missing row. */
+  private reconcileSoon(name: string): void {
+    if (this.reconcileTimers.has(name)) return;
+    const timer = setTimeout(() => {
+      this.reconcileTimers.delete(name);
+      const storePath = `${this.storeDir}/${name}`;
+      if (this.upper.idOf(storePath) !== undefined || !this.lower.pathRow(storePath)) return;
+      withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
+        this.stats.count('rowsCopied', n);
+        this.stats.trace?.('closure', storePath, `restored ${n} rows`);
+        log.info(`restored the DB row of ${storePath} (its lower copy is visible again)`);
+      }, (err) => log.warn(`could not restore the row of ${storePath}: ${String(err)}`));
+    }, 100);
+    timer.unref();
+    this.reconcileTimers.set(name, timer);
+  }
+
+  /** Recomputes the lower GC roots (debounced). */
+  syncRootsSoon(): void {
+    if (!this.roots || this.rootsTimer) return;
+    this.rootsTimer = setTimeout(() => {
+      this.rootsTimer = null;
+      this.syncRoots();
+    }, 100);
+    this.rootsTimer.unref();
+  }
+
+  syncRoots(): void {
+    if (!this.roots) return;
+    try {
+      const t0 = Date.now();
+      const r = this.roots.sync(this.duplicates());
+      if (r.added + r.removed > 0) log.info(`gc roots: +${r.added} -${r.removed} in ${Date.now() - t0} ms`);
+    } catch (err) {
+      log.warn(`gc roots: ${err instanceof Error ? err.message : String(err)}`);
+    }
   }
 
   /**
@@ -94,6 +159,7 @@ export class Metadata {
               this.stats.count('rowsMirrored', added.length);
               for (const p of added) this.known.set(p, true);
               onNewPaths(added.map((p) => p.slice(this.storeDir.length + 1)));
+              this.syncRoots();
               this.stats.trace?.('import', this.storeDir, `${added.length} rows`, Date.now() - t0);
             }
           }
@@ -114,6 +180,10 @@ export class Metadata {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    if (this.rootsTimer) clearTimeout(this.rootsTimer);
+    this.rootsTimer = null;
+    for (const t of this.reconcileTimers.values()) clearTimeout(t);
+    this.reconcileTimers.clear();
   }
 
   close(): void {

@@ -19,6 +19,7 @@ export interface RootLayout {
   dbDir: string;
   dbFile: string;
   stateDir: string;
+  gcRootsDir: string;
 }
 
 export function rootLayout(root: string): RootLayout {
@@ -28,6 +29,7 @@ export function rootLayout(root: string): RootLayout {
     dbDir,
     dbFile: path.join(dbDir, 'db.sqlite'),
     stateDir: path.join(root, 'nix/var/local-overlay'),
+    gcRootsDir: path.join(root, 'nix/var/nix/gcroots'),
   };
 }
 

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LowerDb } from '../metadata/lower-db';
+import { LowerRoots } from '../metadata/gc-roots';
 import { Metadata } from '../metadata/metadata';
 import { UpperDb } from '../metadata/upper-db';
 import { Overlay } from '../overlay/overlay';
@@ -41,10 +42,21 @@ export class Daemon {
     const upperDb = UpperDb.open(merged.dbDir);
     const lowerDb = new LowerDb(lower.dbFile);
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
-    if (cfg.metadata === 'mirror') this.metadata.importAll();
+    const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb);
+    if (cfg.metadata === 'mirror') {
+      this.metadata.importAll();
+      this.metadata.roots = roots;
+      this.metadata.duplicates = () => this.overlay.duplicates();
+      this.metadata.syncRoots();
+    } else {
+      roots.clear();
+      log.warn('lazy metadata: plain Nix cannot garbage-collect this merged store (its GC would try to delete lower objects); use --metadata mirror for that');
+    }
     this.overlay.hooks = {
       lowerLookup: (name) => this.metadata.lowerLookup(name),
-      upperRemoved: (name) => this.metadata.forget(name),
+      upperRemoved: (name) => this.metadata.upperRemoved(name),
+      upperAdded: (name) => this.metadata.upperAdded(name),
+      lowerWriteRefused: (name) => this.metadata.lowerWriteRefused(name),
     };
 
     // Loaded here, not at the top: a missing libfuse must be a clear error, not a crash.

@@ -28,6 +28,10 @@ export interface OverlayHooks {
   lowerLookup?: (name: string) => Promise<void> | null;
   /** Called after the upper layer lost a top-level object (delete or rename away). */
   upperRemoved?: (name: string) => void;
+  /** Called after the upper layer gained a top-level object. */
+  upperAdded?: (name: string) => void;
+  /** Called when a change to a lower object (top-level name given) was refused. */
+  lowerWriteRefused?: (name: string) => void;
 }
 
 const O_ACCMODE = 3;
@@ -125,16 +129,20 @@ export class Overlay {
     return loc;
   }
 
-  private refused(op: string, path: string): Errno {
+  private refused(op: string, path: string, errno: Errno = E.EROFS): Errno {
     this.stats.count('refused');
     this.stats.trace?.('refuse', path, op);
-    return E.EROFS;
+    this.hooks.lowerWriteRefused?.(Overlay.topName(path));
+    return errno;
   }
 
   /** Records a new top-level upper object (clearing a whiteout that had the name). */
   private created(path: string): void {
     const top = Overlay.topName(path);
-    if (top.length === path.length - 1 && !isHiddenName(path)) this.index.upperAdded(top);
+    if (top.length === path.length - 1 && !isHiddenName(path)) {
+      this.index.upperAdded(top);
+      this.hooks.upperAdded?.(top);
+    }
   }
 
   private removedTop(path: string): void {
@@ -143,6 +151,13 @@ export class Overlay {
       this.index.upperRemoved(top);
       this.hooks.upperRemoved?.(top);
     }
+  }
+
+  /** Top-level names both layers have (the upper copy is served). */
+  duplicates(): Set<string> {
+    const out = new Set<string>();
+    for (const [name, kind] of this.index.upperEntries()) if (kind === 'object' && this.index.lowerHas(name)) out.add(name);
+    return out;
   }
 
   /** When `path` is a top-level lower object, the pending closure copy its lookup must await. */
@@ -343,16 +358,15 @@ export class Overlay {
   }
 
   /**
-   * Hard links stay inside the upper layer. Linking a lower file fails with EPERM, the answer
-   * on which Nix (and cp, install, ...) fall back to copying; nothing is copied up here.
+   * Hard links stay inside the upper layer; nothing is copied up. Linking a lower file fails
+   * with EPERM, on which Nix's build (linkOrCopy) falls back to copying, except into `.links`,
+   * where it is ENOSPC, on which `nix-store --optimise` skips the file instead of aborting.
    */
   link(src: string, dst: string): Errno {
     const from = this.locate(src);
     if (typeof from === 'number') return from;
     if (from.layer === Layer.Lower) {
-      this.stats.count('refused');
-      this.stats.trace?.('refuse', src, 'link');
-      return E.EPERM;
+      return this.refused('link', src, dst.startsWith('/.links/') ? E.ENOSPC : E.EPERM);
     }
     const to = this.locateNew(dst);
     if (typeof to === 'number') return to;
@@ -378,12 +392,15 @@ export class Overlay {
       const isTop = top.length === dst.length - 1;
       const kind = this.index.upperKind(top);
       if (isTop) {
-        if (kind !== 'object' && this.index.resolve(top) === Layer.Lower) return this.refused('rename over', dst);
+        // `nix-store --optimise` replaces a file by renaming a `.tmp-link-*` over it; over a lower
+        // object that is EMLINK, on which it skips the file.
+        const errno = Overlay.topName(src).startsWith('.tmp-link-') ? E.EMLINK : E.EROFS;
+        if (kind !== 'object' && this.index.resolve(top) === Layer.Lower) return this.refused('rename over', dst, errno);
         this.index.clearWhiteout(top);
       } else {
         const layer = this.index.resolve(top);
         if (layer === null) return E.ENOENT;
-        if (layer === Layer.Lower) return this.refused('rename into', dst);
+        if (layer === Layer.Lower) return this.refused('rename into', dst, Overlay.topName(src).startsWith('.tmp-link-') ? E.EMLINK : E.EROFS);
       }
       to = this.upperDir + dst;
     }

@@ -1,0 +1,69 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LowerDb } from './lower-db';
+
+/**
+ * GC roots that keep the lower store's objects alive for plain Nix.
+ *
+ * Nix 2.8's GC deletes every store-dir entry that is not reachable from a root, invalidating
+ * its DB row first and then deleting its files, and aborts on the first file it cannot delete.
+ * In a mirror-mode merged store every lower object is valid in the upper DB, so without roots
+ * the GC would drop lower rows and then fail with EROFS. With these roots the GC never
+ * considers a lower object dead: it only deletes upper objects, and it never walks the files of
+ * a lower object (its cost does not grow with the lower store's file count).
+ *
+ * The roots are symlinks `ROOT/nix/var/nix/gcroots/local-overlay-lower-store/<name>` →
+ * `/nix/store/<name>`, for the tops of the lower-only part of the lower store's graph: lower
+ * objects that no other lower object references, except objects that are also in the upper layer
+ * (duplicates), which stay collectable: deleting one removes its upper copy and the lower copy
+ * shows again. A duplicate's lower references are rooted in its place, so whatever only a
+ * duplicate kept alive stays alive. `nix-store --query --roots` names this dir as the reason a
+ * lower object cannot be deleted.
+ */
+export class LowerRoots {
+  constructor(readonly dir: string, private readonly lower: LowerDb, private readonly storeDir = '/nix/store') {}
+
+  /** The root names the lower store needs, given the names the upper layer also has. */
+  wanted(duplicates: ReadonlySet<string>): Set<string> {
+    const db = this.lower.conn();
+    const tops = db.prepare(`
+      SELECT v.path FROM ValidPaths v
+      WHERE NOT EXISTS (SELECT 1 FROM Refs r WHERE r.reference = v.id AND r.referrer != v.id)`).pluck().all() as string[];
+    const out = new Set<string>();
+    const refsOf = db.prepare('SELECT w.path FROM Refs r JOIN ValidPaths v ON v.id = r.referrer JOIN ValidPaths w ON w.id = r.reference WHERE v.path = ? AND w.id != v.id').pluck();
+    const pending: string[] = [];
+    for (const p of tops) {
+      const name = p.slice(this.storeDir.length + 1);
+      if (duplicates.has(name)) pending.push(p); else out.add(name);
+    }
+    const seen = new Set<string>(pending);
+    while (pending.length > 0) {
+      for (const ref of refsOf.all(pending.pop() as string) as string[]) {
+        const name = ref.slice(this.storeDir.length + 1);
+        if (!duplicates.has(name)) out.add(name);
+        else if (!seen.has(ref)) { seen.add(ref); pending.push(ref); }
+      }
+    }
+    return out;
+  }
+
+  /** Makes the roots dir hold exactly the wanted roots; returns how many were added/removed. */
+  sync(duplicates: ReadonlySet<string>): { added: number; removed: number } {
+    const want = this.wanted(duplicates);
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    let added = 0, removed = 0;
+    const have = new Set(fs.readdirSync(this.dir));
+    for (const name of have) {
+      if (!want.has(name)) { fs.rmSync(path.join(this.dir, name), { force: true }); removed++; }
+    }
+    for (const name of want) {
+      if (!have.has(name)) { fs.symlinkSync(`${this.storeDir}/${name}`, path.join(this.dir, name)); added++; }
+    }
+    return { added, removed };
+  }
+
+  /** Removes every root (for a lazy mount, which plain Nix cannot collect anyway). */
+  clear(): void {
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
