@@ -6,16 +6,22 @@ import { unmountCommand } from './commands/unmount';
 import { explainCommand } from './commands/explain';
 import { statusCommand } from './commands/status';
 import { refreshCommand } from './commands/refresh';
+import { optimiseCommand } from './commands/optimise';
+import { verifyCommand } from './commands/verify';
+import { syncCommand } from './commands/sync';
 import { EXIT } from './run';
 
 void yargs(hideBin(process.argv))
   .scriptName('local-overlay')
-  .usage('$0 <command> [options]\n\nA Nix local-overlay store as a FUSE filesystem: a read-only lower store and a writable\nupper layer merged into one ordinary local store that any Nix can use with --store ROOT.')
+  .usage('$0 <command> [options]\n\nA Nix local-overlay store as a FUSE filesystem: a read-only lower store and a writable upper layer merged into one ordinary local store that any Nix can use with --store ROOT.')
   .command(mountCommand)
   .command(unmountCommand)
   .command(statusCommand)
   .command(explainCommand)
   .command(refreshCommand)
+  .command(syncCommand)
+  .command(verifyCommand)
+  .command(optimiseCommand)
   .demandCommand(1, 'name a command')
   .strict()
   .recommendCommands()

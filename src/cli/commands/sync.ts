@@ -1,0 +1,35 @@
+import type { Argv, CommandModule } from 'yargs';
+import { copyClosure } from '../../metadata/closure';
+import { RootView, STORE_DIR } from '../../maintain/view';
+import { LocalOverlayError } from '../../util/errno';
+import { findRoot } from '../find-root';
+import { EXIT, runCommand } from '../run';
+
+interface SyncArgs { paths: string[]; root?: string; all: boolean }
+
+export const syncCommand: CommandModule<object, SyncArgs> = {
+  command: 'sync [paths..]',
+  describe: 'Copy the closures of lower store paths into the upper DB now (what a lazy mount does on lookup)',
+  builder: (y: Argv) => y
+    .positional('paths', { type: 'string', array: true, default: [], describe: 'store paths (/nix/store/...) or names' })
+    .option('root', { type: 'string', describe: 'the merged root [default: the only running mount]' })
+    .option('all', { type: 'boolean', default: false, describe: 'every valid lower path' })
+    .example('$0 sync --root /tmp/m /nix/store/abc...-hello-2.12', '')
+    .strict() as unknown as Argv<SyncArgs>,
+  handler: (argv) => runCommand(async () => {
+    const { rc } = findRoot(argv.root, argv.paths[0]);
+    const view = new RootView(rc.config);
+    try {
+      const paths = argv.all
+        ? (view.lowerDb.conn().prepare('SELECT path FROM ValidPaths').pluck().all() as string[])
+        : argv.paths.map((p) => (p.startsWith('/') ? `${STORE_DIR}/${p.split('/nix/store/')[1]?.split('/')[0]}` : `${STORE_DIR}/${p}`));
+      if (paths.length === 0) throw new LocalOverlayError('usage', 'name store paths to sync, or --all');
+      for (const p of paths) if (!view.lowerDb.pathRow(p)) throw new LocalOverlayError('usage', `${p} is not valid in the lower store`);
+      const n = copyClosure(view.upperDb, view.lowerDb, paths);
+      process.stdout.write(`copied ${n} rows into the upper DB\n`);
+      return EXIT.ok;
+    } finally {
+      view.close();
+    }
+  }),
+};

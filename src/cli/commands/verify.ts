@@ -1,0 +1,43 @@
+import type { Argv, CommandModule } from 'yargs';
+import { controlRequest } from '../../mount/control';
+import { readRecord } from '../../mount/records';
+import { verify } from '../../maintain/verify';
+import { RootView } from '../../maintain/view';
+import { findRoot } from '../find-root';
+import { progress } from '../progress';
+import { EXIT, runCommand } from '../run';
+
+interface VerifyArgs { root?: string; 'check-contents': boolean; repair: boolean; json: boolean }
+
+export const verifyCommand: CommandModule<object, VerifyArgs> = {
+  command: 'verify [root]',
+  describe: 'Check the upper DB against both layers: vanished objects, duplicates, rows that differ from the lower DB, broken closures, whiteouts hiding valid objects',
+  builder: (y: Argv) => y
+    .positional('root', { type: 'string', describe: 'the merged root [default: the only running mount]' })
+    .option('check-contents', { type: 'boolean', default: false, describe: 'also hash every upper object and compare with its row' })
+    .option('repair', { type: 'boolean', default: false, describe: 'fix what can be fixed without touching the lower layer' })
+    .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
+    .example('$0 verify /tmp/m --check-contents', '')
+    .strict() as unknown as Argv<VerifyArgs>,
+  handler: (argv) => runCommand(async () => {
+    const { root, rc } = findRoot(argv.root);
+    const view = new RootView(rc.config);
+    let r;
+    try {
+      r = verify(view, { checkContents: argv['check-contents'], repair: argv.repair, progress: progress('verify') });
+    } finally {
+      view.close();
+    }
+    if (argv.repair && view.mounted) {
+      const rec = readRecord(root);
+      if (rec) await controlRequest(rec.controlSocket, { cmd: 'refresh' }).catch(() => undefined);
+    }
+    if (argv.json) {
+      process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+    } else {
+      for (const p of r.problems) process.stdout.write(`${p.repaired ? 'repaired' : 'problem '} ${p.kind.padEnd(20)} ${p.path}: ${p.detail}\n`);
+      process.stdout.write(`checked ${r.checked} rows: ${r.problems.length} problems, ${r.repaired} repaired\n`);
+    }
+    return r.problems.every((p) => p.repaired) ? EXIT.ok : EXIT.failed;
+  }),
+};

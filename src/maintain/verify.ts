@@ -1,0 +1,124 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { copyClosure } from '../metadata/closure';
+import { PathRow } from '../metadata/rows';
+import { isWhiteoutDevice } from '../layers/layers';
+import { narHash } from '../store/nar';
+import { optimise } from './optimise';
+import { RootView, STORE_DIR } from './view';
+
+export type ProblemKind =
+  | 'row-without-object'    // an upper DB row whose object is in neither layer
+  | 'duplicate'             // an object in both layers
+  | 'row-differs'           // an upper row that disagrees with the lower DB for a lower object
+  | 'broken-closure'        // a valid path whose reference has no row
+  | 'missing-row'           // a visible lower object the upper DB does not know (mirror mode)
+  | 'whiteout-hides-valid'  // a whiteout hides a lower object the upper DB says is valid
+  | 'contents-differ';      // --check-contents: an upper object's NAR hash differs from its row
+
+export interface Problem { kind: ProblemKind; path: string; detail: string; repaired: boolean }
+
+export interface VerifyReport { checked: number; problems: Problem[]; repaired: number }
+
+const rowFields = (r: PathRow): string => JSON.stringify([r.hash, r.narSize, r.deriver, r.ca, r.sigs ?? '']);
+
+/**
+ * Checks the upper DB against both layers. `repair` fixes what it can without touching the
+ * lower layer: rows of vanished objects without referrers are dropped, duplicates are
+ * optimised away, rows that differ from the lower DB for lower-only objects are replaced by
+ * the lower's, missing rows and broken closures are copied from the lower DB, and whiteouts
+ * that hide objects the DB calls valid are removed.
+ */
+export function verify(view: RootView, opts: { checkContents: boolean; repair: boolean; progress?: (done: number, total: number) => void }): VerifyReport {
+  const problems: Problem[] = [];
+  const add = (kind: ProblemKind, p: string, detail: string): Problem => {
+    const pr = { kind, path: p, detail, repaired: false };
+    problems.push(pr);
+    return pr;
+  };
+  const up = view.upperDb;
+  const upperDir = view.cfg.upperDir;
+  const rows = up.db.prepare('SELECT * FROM ValidPaths').all() as PathRow[];
+  const inUpper = (n: string): boolean => {
+    const p = path.join(upperDir, n);
+    return fs.lstatSync(p, { throwIfNoEntry: false }) !== undefined && !isWhiteoutDevice(p);
+  };
+  const whiteout = (n: string): boolean => isWhiteoutDevice(path.join(upperDir, n)) || fs.existsSync(path.join(upperDir, `.wh.${n}`));
+
+  for (const [i, row] of rows.entries()) {
+    if (i % 256 === 0) opts.progress?.(i, rows.length);
+    const name = row.path.slice(STORE_DIR.length + 1);
+    const upper = inUpper(name);
+    const lower = view.lowerHas(name);
+    if (!upper && (!lower || whiteout(name))) {
+      if (lower) {
+        const pr = add('whiteout-hides-valid', row.path, 'a whiteout hides the lower object, but the upper DB says the path is valid');
+        if (opts.repair) {
+          for (const p of [path.join(upperDir, name), path.join(upperDir, `.wh.${name}`)]) fs.rmSync(p, { force: true });
+          pr.repaired = true;
+        }
+        continue;
+      }
+      const pr = add('row-without-object', row.path, 'the upper DB has a row, but neither layer has the object');
+      if (opts.repair) {
+        const referrers = up.db.prepare('SELECT count(*) FROM Refs WHERE reference = ? AND referrer != ?').pluck().get(row.id, row.id) as number;
+        if (referrers === 0) {
+          up.db.prepare('DELETE FROM ValidPaths WHERE id = ?').run(row.id);
+          pr.repaired = true;
+        } else {
+          pr.detail += ` (not dropped: ${referrers} valid paths refer to it)`;
+        }
+      }
+      continue;
+    }
+    if (lower && !upper) {
+      const lrow = view.lowerDb.pathRow(row.path);
+      if (lrow) {
+        const refsU = up.references(row.id).sort().join(' ');
+        const refsL = view.lowerDb.references(lrow.id).sort().join(' ');
+        if (rowFields(row) !== rowFields(lrow) || refsU !== refsL) {
+          const pr = add('row-differs', row.path, 'the upper DB row differs from the lower DB row of the object it serves');
+          if (opts.repair) {
+            up.db.prepare('UPDATE ValidPaths SET hash = ?, narSize = ?, deriver = ?, ca = ?, sigs = ?, ultimate = ?, registrationTime = ? WHERE id = ?')
+              .run(lrow.hash, lrow.narSize, lrow.deriver, lrow.ca, lrow.sigs, lrow.ultimate, lrow.registrationTime, row.id);
+            pr.repaired = refsU === refsL;
+            if (!pr.repaired) pr.detail += ' (its references differ too: not rewritten)';
+          }
+        }
+      }
+    }
+    if (opts.checkContents && upper) {
+      const actual = narHash(path.join(upperDir, name));
+      if (actual.hash !== row.hash) add('contents-differ', row.path, `the upper object's NAR hash is ${actual.hash}, the DB says ${row.hash}`);
+    }
+  }
+
+  // Closures: a reference without a row cannot exist with foreign keys on, but a DB written
+  // with them off can hold one.
+  const broken = up.db.prepare(`
+    SELECT v.path AS path, r.reference AS ref FROM Refs r JOIN ValidPaths v ON v.id = r.referrer
+    WHERE NOT EXISTS (SELECT 1 FROM ValidPaths w WHERE w.id = r.reference)`).all() as { path: string; ref: number }[];
+  for (const b of broken) add('broken-closure', b.path, `references a row (id ${b.ref}) that does not exist`);
+
+  // Visible lower objects the upper DB does not know (mirror mode keeps them all).
+  if (view.cfg.metadata === 'mirror') {
+    const known = new Set(rows.map((r) => r.path));
+    const missing = (view.lowerDb.conn().prepare('SELECT path FROM ValidPaths').pluck().all() as string[])
+      .filter((p) => !known.has(p) && !whiteout(p.slice(STORE_DIR.length + 1)));
+    for (const p of missing) {
+      const pr = add('missing-row', p, 'the lower store has it, the upper DB does not');
+      if (opts.repair) {
+        copyClosure(view.upperDb, view.lowerDb, [p]);
+        pr.repaired = true;
+      }
+    }
+  }
+
+  const dups = optimise(view, { dryRun: !opts.repair, checkContents: opts.checkContents });
+  for (const d of dups.duplicates) {
+    const pr = add('duplicate', d.path, d.skipped ? `in both layers; ${d.skipped}` : `in both layers (${d.bytes} bytes in the upper copy)`);
+    pr.repaired = d.removed;
+  }
+  opts.progress?.(rows.length, rows.length);
+  return { checked: rows.length, problems, repaired: problems.filter((p) => p.repaired).length };
+}

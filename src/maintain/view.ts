@@ -1,0 +1,73 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LowerDb } from '../metadata/lower-db';
+import { UpperDb } from '../metadata/upper-db';
+import { MountConfig, rootLayout } from '../mount/config';
+import { isMountPoint, processAlive, readRecord } from '../mount/records';
+import { isStoreObjectName, isBookkeepingName } from '../store/store-path';
+
+export const STORE_DIR = '/nix/store';
+
+/**
+ * A merged root as the maintenance commands see it: its layers and DBs, and whether a daemon
+ * is serving it. Changes to the upper layer go through the mount when one is running (so the
+ * kernel's caches stay exact), straight to the upper dir otherwise.
+ */
+export class RootView {
+  readonly upperDb: UpperDb;
+  readonly lowerDb: LowerDb;
+  readonly lowerStore: string;
+  readonly mergedStore: string;
+  readonly mounted: boolean;
+
+  constructor(readonly cfg: MountConfig) {
+    this.lowerStore = rootLayout(cfg.lowerRoot).storeDir;
+    this.mergedStore = rootLayout(cfg.mergedRoot).storeDir;
+    this.upperDb = UpperDb.open(rootLayout(cfg.mergedRoot).dbDir, { timeoutMs: 10_000 });
+    this.lowerDb = new LowerDb(rootLayout(cfg.lowerRoot).dbFile);
+    const rec = readRecord(cfg.mergedRoot);
+    this.mounted = rec !== null && processAlive(rec.pid) && isMountPoint(this.mergedStore);
+  }
+
+  close(): void {
+    this.upperDb.close();
+    this.lowerDb.close();
+  }
+
+  /** Upper top-level store objects (not bookkeeping, not whiteouts). */
+  upperObjects(): string[] {
+    return fs.readdirSync(this.cfg.upperDir).filter((n) => isStoreObjectName(n) && !isBookkeepingName(n)
+      && !fs.lstatSync(path.join(this.cfg.upperDir, n)).isCharacterDevice());
+  }
+
+  lowerHas(name: string): boolean {
+    return fs.lstatSync(path.join(this.lowerStore, name), { throwIfNoEntry: false }) !== undefined;
+  }
+
+  /** Removes the upper copy of a top-level object (through the mount when mounted). */
+  removeUpper(name: string): void {
+    if (this.mounted) {
+      fs.rmSync(path.join(this.mergedStore, name), { recursive: true, force: false });
+    } else {
+      const p = path.join(this.cfg.upperDir, name);
+      makeWritable(p);
+      fs.rmSync(p, { recursive: true, force: false });
+    }
+  }
+}
+
+function makeWritable(p: string): void {
+  const st = fs.lstatSync(p);
+  if (!st.isDirectory()) return;
+  fs.chmodSync(p, st.mode | 0o700);
+  for (const n of fs.readdirSync(p)) makeWritable(path.join(p, n));
+}
+
+/** Bytes of regular files and symlinks below `p`. */
+export function diskBytes(p: string): number {
+  const st = fs.lstatSync(p);
+  if (!st.isDirectory()) return st.size;
+  let n = 0;
+  for (const c of fs.readdirSync(p)) n += diskBytes(path.join(p, c));
+  return n;
+}

@@ -1,0 +1,252 @@
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { cli } from '../helpers/exec';
+import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
+import { Merged, mountMerged, tempDir } from '../helpers/mount';
+import { nix, nixOk } from '../helpers/nix';
+import { lowerRootDigest } from '../helpers/tree';
+
+// The merged store's lifecycle with real Nix 2.8 as the actor: GC, delete, duplicates,
+// optimise, verify, refresh. Every test checks that the lower root is byte-identical after.
+
+const rel = (p: string): string => p.replace(/^\/nix\/store\//, '');
+const valid = async (m: Merged, p: string): Promise<boolean> => (await nix('nix-store', ['--store', m.root, '--check-validity', p])).code === 0;
+
+async function build(m: Merged, name: string, inputs: Record<string, string>): Promise<string> {
+  const expr = path.join(m.dir, `${name}.nix`);
+  const args = Object.keys(inputs);
+  await fs.promises.writeFile(expr, `{ ${args.join(', ')} }: derivation {
+    name = "${name}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${args.map((a) => `\${${a}}`).join(' ')} > $out" ];
+  }`);
+  const flags = args.flatMap((a) => ['--arg', a, `builtins.storePath "${inputs[a]}"`]);
+  return (await nixOk('nix-build', ['--store', m.root, '--no-out-link', expr, ...flags])).trim();
+}
+
+async function addText(m: Merged, dir: string, fileName: string, content: string): Promise<string> {
+  const f = path.join(dir, fileName);
+  await fs.promises.writeFile(f, content);
+  return (await nixOk('nix-store', ['--store', m.root, '--add', f])).trim();
+}
+
+async function noWhiteouts(t: ExecutionContext, upper: string): Promise<void> {
+  for (const n of await fs.promises.readdir(upper)) {
+    const st = await fs.promises.lstat(path.join(upper, n));
+    t.false(n.startsWith('.wh.') || (st.isCharacterDevice() && st.rdev === 0), `whiteout ${n} in the upper dir`);
+  }
+}
+
+async function eventually(f: () => Promise<boolean>, ms = 5000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await f()) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return f();
+}
+
+for (const gc of [['nix-collect-garbage'], ['nix-store', '--gc']] as const) {
+  test(`GC with ${gc.join(' ')}: removes unrooted upper objects only; lower objects stay visible and valid`, async (t) => {
+    const lower = await sharedLower();
+    const before = await lowerRootDigest(lower.root);
+    const m = await mountMerged(t, lower.root);
+    const p = lower.manifest.paths;
+    const out = await build(m, 'gc-victim', { app: p.appOut });
+    const added = await addText(m, m.dir, 'gc-added.txt', `unrooted ${Date.now()}\n`);
+    t.true(fs.existsSync(path.join(m.upper, rel(out))));
+
+    const r = await nix(gc[0], ['--store', m.root, ...gc.slice(1)]);
+    t.is(r.code, 0, r.stderr);
+    for (const q of [out, added]) {
+      t.false(fs.existsSync(path.join(m.upper, rel(q))), `${q} still in the upper dir`);
+      t.false(await valid(m, q), `${q} still valid`);
+    }
+    for (const [role, q] of Object.entries(p)) {
+      t.true(fs.existsSync(path.join(m.store, rel(q))), `lower ${role} no longer visible`);
+      t.true(await valid(m, q), `lower ${role} no longer valid`);
+    }
+    await noWhiteouts(t, m.upper);
+    t.is((await nix('nix-store', ['--store', m.root, '--verify'])).code, 0);
+    await m.unmount();
+    t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+  });
+}
+
+test('delete: a referenced upper path cannot be deleted until its referrer is gone', async (t) => {
+  const lower = await sharedLower();
+  const before = await lowerRootDigest(lower.root);
+  const m = await mountMerged(t, lower.root);
+  const a = await addText(m, m.dir, 'referenced.txt', `referenced ${Date.now()}\n`);
+  const b = await build(m, 'referrer', { a });
+  const r1 = await nix('nix-store', ['--store', m.root, '--delete', a]);
+  t.not(r1.code, 0);
+  t.regex(r1.stderr, /Cannot delete path/i);
+  t.true(await valid(m, a));
+  // b and its .drv (which names a as an input) are a's referrers.
+  const bDrv = (await nixOk('nix-store', ['--store', m.root, '--query', '--deriver', b])).trim();
+  await nixOk('nix-store', ['--store', m.root, '--delete', b, bDrv]);
+  await nixOk('nix-store', ['--store', m.root, '--delete', a]);
+  t.false(await valid(m, a));
+  t.false(fs.existsSync(path.join(m.upper, rel(a))));
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+});
+
+test('delete: a lower-only path is refused, naming the lower store\'s GC root; it stays visible and valid', async (t) => {
+  const lower = await sharedLower();
+  const before = await lowerRootDigest(lower.root);
+  const m = await mountMerged(t, lower.root);
+  const p = lower.manifest.paths.appOut;
+  const r = await nix('nix-store', ['--store', m.root, '--delete', p]);
+  t.not(r.code, 0);
+  t.regex(r.stderr, /Cannot delete path .* since it is still alive/i);
+  const roots = await nixOk('nix-store', ['--store', m.root, '--query', '--roots', p]);
+  t.regex(roots, /gcroots\/local-overlay-lower-store\//, 'the root that keeps it says the lower store keeps it');
+  t.true(fs.existsSync(path.join(m.store, rel(p))));
+  t.true(await valid(m, p));
+  await noWhiteouts(t, m.upper);
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+});
+
+test('duplicates: deleting a path in both layers removes the upper copy; the lower copy shows and is valid again', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const name = `dup-${Date.now()}`;
+  const p = await addText(m, dir, `lower-extra-${name}`, `${name}\n`);
+  t.true(fs.existsSync(path.join(m.upper, rel(p))), 'first added to the merged store: upper');
+  t.is(await lowerAdd(lower.root, name), p, 'then the lower store gains the same path');
+  const lowerDigest = await lowerRootDigest(lower.root);
+
+  const ex = JSON.parse((await cli(['explain', '--json', path.join(m.store, rel(p))])).stdout) as { paths: { reason: string }[] };
+  t.is(ex.paths[0].reason, 'duplicate');
+  await nixOk('nix-store', ['--store', m.root, '--delete', p]);
+  t.false(fs.existsSync(path.join(m.upper, rel(p))), 'the upper copy is gone');
+  t.is(await fs.promises.readFile(path.join(m.store, rel(p)), 'utf8'), `${name}\n`, 'the lower copy shows');
+  t.true(await eventually(() => valid(m, p)), 'valid again in the merged DB within 5 s');
+  await noWhiteouts(t, m.upper);
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
+});
+
+test('optimise: removes upper copies of objects the lower store has; the lower copy is served and stays valid', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const name = `opt-${Date.now()}`;
+  const p = await addText(m, dir, `lower-extra-${name}`, `${name}\n`);
+  await lowerAdd(lower.root, name);
+  const lowerDigest = await lowerRootDigest(lower.root);
+
+  const dry = await cli(['optimise', m.root, '--dry-run', '--json']);
+  t.is(dry.code, 0, dry.stderr);
+  const d = JSON.parse(dry.stdout) as { removed: number; duplicates: { path: string; bytes: number; skipped?: string }[] };
+  t.deepEqual(d.duplicates.map((x) => [x.path, x.bytes, x.skipped]), [[p, name.length + 1, undefined]]);
+  t.is(d.removed, 0);
+  t.true(fs.existsSync(path.join(m.upper, rel(p))), 'dry run removed nothing');
+
+  const real = await cli(['optimise', m.root, '--check-contents']);
+  t.is(real.code, 0, real.stderr);
+  t.regex(real.stdout, new RegExp(`removed 1 upper copy, ${name.length + 1} bytes freed`));
+  t.false(fs.existsSync(path.join(m.upper, rel(p))));
+  t.is(await fs.promises.readFile(path.join(m.store, rel(p)), 'utf8'), `${name}\n`);
+  t.true(await valid(m, p));
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', p]);
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
+});
+
+test('nix-store --optimise on the merged root works on upper objects only', async (t) => {
+  const lower = await sharedLower();
+  const before = await lowerRootDigest(lower.root);
+  const m = await mountMerged(t, lower.root);
+  const same = `same content ${Date.now()}\n`;
+  const a = await addText(m, m.dir, 'opt-a.txt', same);
+  const b = await addText(m, m.dir, 'opt-b.txt', same);
+  const r = await nix('nix-store', ['--store', m.root, '--optimise']);
+  t.is(r.code, 0, r.stderr);
+  const sa = await fs.promises.stat(path.join(m.upper, rel(a)));
+  const sb = await fs.promises.stat(path.join(m.upper, rel(b)));
+  t.is(sa.ino, sb.ino, 'identical upper files were hard-linked');
+  for (const q of Object.values(lower.manifest.paths)) t.true(await valid(m, q));
+  t.is((await nix('nix-store', ['--store', m.root, '--verify', '--check-contents'])).code, 0);
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+});
+
+test('verify: finds rows without objects, duplicates and whiteouts hiding valid objects; --repair fixes them', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  let m = await mountMerged(t, lower.root, { dir });
+  const gone = await addText(m, dir, 'vanishing.txt', `vanishing ${Date.now()}\n`);
+  const name = `vdup-${Date.now()}`;
+  const dup = await addText(m, dir, `lower-extra-${name}`, `${name}\n`);
+  await lowerAdd(lower.root, name);
+  await m.unmount();
+  const lowerDigest = await lowerRootDigest(lower.root);
+  // Damage the upper layer behind the mount's back.
+  fs.rmSync(path.join(m.upper, rel(gone)), { force: true });
+  const hidden = lower.manifest.paths.dirObject;
+  fs.writeFileSync(path.join(m.upper, `.wh.${rel(hidden)}`), '');
+
+  const r = await cli(['verify', m.root, '--json']);
+  t.is(r.code, 1, 'problems found: exit 1');
+  const rep = JSON.parse(r.stdout) as { problems: { kind: string; path: string }[] };
+  const kinds = rep.problems.map((p) => `${p.kind} ${p.path}`).sort();
+  t.deepEqual(kinds, [`duplicate ${dup}`, `row-without-object ${gone}`, `whiteout-hides-valid ${hidden}`].sort());
+
+  const fix = await cli(['verify', m.root, '--repair']);
+  t.is(fix.code, 0, fix.stdout + fix.stderr);
+  const again = await cli(['verify', m.root, '--json']);
+  t.is(again.code, 0, again.stdout);
+  m = await mountMerged(t, lower.root, { dir });
+  t.true(fs.existsSync(path.join(m.store, rel(hidden))), 'the whiteout is gone');
+  t.false(await valid(m, gone));
+  t.true(await valid(m, dup));
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
+});
+
+test('Nix verify on a lazy merged root: damage to used lower paths is reported, unused lower paths are not', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir, metadata: 'lazy' });
+  const p = lower.manifest.paths;
+  await fs.promises.lstat(path.join(m.store, rel(p.appOut))); // the merged store uses appOut's closure
+  t.true(await valid(m, p.libOut));
+  // Damage the lower store (a private copy): a used file truncated, a used input deleted,
+  // and an unused path corrupted.
+  const libFile = (await fs.promises.readdir(path.join(lower.root, 'nix/store', rel(p.libOut)), { recursive: true }))
+    .map((f) => path.join(lower.root, 'nix/store', rel(p.libOut), String(f))).find((f) => fs.statSync(f).isFile() && fs.statSync(f).size > 0) as string;
+  fs.chmodSync(path.dirname(libFile), 0o755);
+  fs.chmodSync(libFile, 0o644);
+  fs.truncateSync(libFile, 0);
+  fs.rmSync(path.join(lower.root, 'nix/store', rel(p.textFile)), { force: true });
+  const unused = path.join(lower.root, 'nix/store', rel(p.singleFile));
+  t.false(await valid(m, p.dirObject), 'dirObject is not used by the merged store');
+  const dirFile = path.join(lower.root, 'nix/store', rel(p.dirObject), 'share/data/numbers.txt');
+  fs.chmodSync(path.dirname(dirFile), 0o755);
+  fs.chmodSync(dirFile, 0o644);
+  fs.truncateSync(dirFile, 1);
+  t.truthy(unused);
+
+  const r = await nix('nix-store', ['--store', m.root, '--verify', '--check-contents']);
+  t.regex(r.stderr, new RegExp(`path '${p.libOut}' was modified`));
+  t.regex(r.stderr, new RegExp(`${p.textFile}.* disappeared`));
+  t.notRegex(r.stderr, new RegExp(rel(p.dirObject)), 'an unused lower path was reported');
+});
+
+test('refresh: after the upper dir is changed outside the mount, refresh makes the mount see it', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const name = '0000000000000000000000000000000z-outside-edit';
+  await fs.promises.writeFile(path.join(m.upper, name), 'written beside the mount\n');
+  t.false((await fs.promises.readdir(m.store)).includes(name), 'not seen before refresh');
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 0, r.stderr);
+  t.true((await fs.promises.readdir(m.store)).includes(name), 'seen after refresh');
+  t.is(await fs.promises.readFile(path.join(m.store, name), 'utf8'), 'written beside the mount\n');
+});
