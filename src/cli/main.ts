@@ -9,6 +9,7 @@ import { refreshCommand } from './commands/refresh';
 import { optimiseCommand } from './commands/optimise';
 import { verifyCommand } from './commands/verify';
 import { syncCommand } from './commands/sync';
+import { traceCommand } from './commands/trace';
 import { EXIT } from './run';
 
 void yargs(hideBin(process.argv))
@@ -22,6 +23,7 @@ void yargs(hideBin(process.argv))
   .command(syncCommand)
   .command(verifyCommand)
   .command(optimiseCommand)
+  .command(traceCommand)
   .demandCommand(1, 'name a command')
   .strict()
   .recommendCommands()

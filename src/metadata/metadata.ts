@@ -26,7 +26,8 @@ export class Metadata {
   private readonly known = new LRUCache<string, true>({ max: 100_000 });
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | null = null;
-  private lastFollow = { at: 0, lagMs: 0 };
+  private lastFollow = { at: 0 };
+  private behindSince: number | null = null;
   private rootsTimer: NodeJS.Timeout | null = null;
   private readonly reconcileTimers = new Map<string, NodeJS.Timeout>();
   /** Mirror mode only: GC roots that keep lower objects alive for plain Nix's GC. */
@@ -164,7 +165,7 @@ export class Metadata {
             }
           }
         }
-        this.lastFollow = { at: Date.now(), lagMs: 0 };
+        this.lastFollow = { at: Date.now() };
       } catch (err) {
         log.warn(`follower: ${err instanceof Error ? err.message : String(err)} (will retry)`);
       }
@@ -173,8 +174,25 @@ export class Metadata {
     this.timer.unref();
   }
 
-  followerState(): { lastTickAt: number; lastLowerId: number } {
-    return { lastTickAt: this.lastFollow.at, lastLowerId: this.mirror.lastLowerId };
+  /**
+   * The follower's position: the last lower DB id imported, the newest one the lower DB has,
+   * and how long the lower DB has had rows not yet imported (0 when caught up).
+   */
+  followerState(): { mode: MetadataMode; lastTickAt: string | null; lastLowerId: number; lowerMaxId: number; pendingRows: number; lagMs: number } {
+    let lowerMaxId = 0;
+    try {
+      const fresh = new LowerDb(this.lower.dbFile);
+      lowerMaxId = fresh.maxId();
+      fresh.close();
+    } catch { /* reported by health */ }
+    const pending = this.mode === 'mirror' ? Math.max(0, lowerMaxId - this.mirror.lastLowerId) : 0;
+    if (pending === 0) this.behindSince = null;
+    else this.behindSince ??= Date.now();
+    return {
+      mode: this.mode, lastTickAt: this.lastFollow.at ? new Date(this.lastFollow.at).toISOString() : null,
+      lastLowerId: this.mirror.lastLowerId, lowerMaxId, pendingRows: pending,
+      lagMs: this.behindSince === null ? 0 : Date.now() - this.behindSince,
+    };
   }
 
   stop(): void {

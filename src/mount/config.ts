@@ -11,6 +11,9 @@ export interface MountConfig {
   logFile?: string;
   followIntervalMs: number;
   negativeTimeoutS: number;
+  /** Trace from the start to this file (see Tracer); off when absent. */
+  traceFile?: string;
+  tracePrefix?: string;
 }
 
 /** The layout Nix expects below a root given as `--store ROOT`. */

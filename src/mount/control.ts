@@ -5,6 +5,7 @@ import { log } from '../util/log';
 interface Controlled {
   status(): Record<string, unknown>;
   refresh(): void;
+  trace(on: boolean, file?: string, prefix?: string): string | null;
   stop(): Promise<void>;
 }
 
@@ -46,10 +47,11 @@ export class ControlServer {
 
   private async handle(line: string): Promise<Record<string, unknown>> {
     try {
-      const req = JSON.parse(line) as { cmd?: string };
+      const req = JSON.parse(line) as { cmd?: string; on?: boolean; file?: string; prefix?: string };
       switch (req.cmd) {
         case 'status': return { ok: true, status: this.target.status() };
         case 'refresh': this.target.refresh(); return { ok: true };
+        case 'trace': return { ok: true, file: this.target.trace(req.on !== false, req.file, req.prefix) };
         case 'stop': setImmediate(() => process.kill(process.pid, 'SIGTERM')); return { ok: true };
         default: return { ok: false, error: `unknown command ${String(req.cmd)}` };
       }

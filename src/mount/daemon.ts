@@ -8,6 +8,7 @@ import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
 import { MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
+import { Tracer } from '../overlay/trace';
 import { controlSocketPath, removeRecord, writeRecord, writeRootConfig } from './records';
 import { validateMount } from './validate';
 
@@ -16,6 +17,7 @@ export class Daemon {
   private stopping: Promise<void> | null = null;
   private fuse: { unmount(): Promise<void> } | null = null;
   private control: ControlServer | null = null;
+  private tracer: Tracer | null = null;
   readonly startedAt = new Date();
   overlay!: Overlay;
   metadata!: Metadata;
@@ -41,6 +43,7 @@ export class Daemon {
       { negativeTtlMs: cfg.negativeTimeoutS * 1000 });
     const upperDb = UpperDb.open(merged.dbDir);
     const lowerDb = new LowerDb(lower.dbFile);
+    if (cfg.traceFile) this.trace(true, cfg.traceFile, cfg.tracePrefix);
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
     const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb);
     if (cfg.metadata === 'mirror') {
@@ -90,11 +93,25 @@ export class Daemon {
         }
       }
       this.metadata?.close();
+      this.tracer?.close();
       removeRecord(this.cfg.mergedRoot);
       try { fs.rmSync(path.join(this.cfg.workDir, 'hidden'), { recursive: true, force: true }); } catch { /* best effort */ }
       log.info(`unmounted ${rootLayout(this.cfg.mergedRoot).storeDir}`);
     })();
     return this.stopping;
+  }
+
+  /** Switches tracing on (to `file`, filtered by `prefix`) or off. */
+  trace(on: boolean, file?: string, prefix?: string): string | null {
+    this.tracer?.close();
+    this.tracer = null;
+    this.overlay.stats.trace = undefined;
+    if (!on) return null;
+    const f = file ?? this.cfg.traceFile ?? path.join(rootLayout(this.cfg.mergedRoot).stateDir, 'trace.log');
+    this.tracer = new Tracer(f, prefix ?? this.cfg.tracePrefix);
+    this.overlay.stats.trace = this.tracer.fn;
+    log.info(`tracing to ${f}${prefix ? ` (paths under ${prefix})` : ''}`);
+    return f;
   }
 
   refresh(): void {
@@ -112,6 +129,18 @@ export class Daemon {
       counters: { ...s.counters },
       ops: { ...s.ops },
       follower: this.metadata.followerState(),
+      health: this.health(),
+      tracing: this.tracer ? { file: this.tracer.file, prefix: this.tracer.prefix ?? null } : null,
     };
+  }
+
+  /** Whether the lower store and both DBs answer. */
+  health(): { ok: boolean; problems: string[] } {
+    const problems: string[] = [];
+    try { fs.readdirSync(rootLayout(this.cfg.lowerRoot).storeDir, { withFileTypes: false }).length; } catch (err) { problems.push(`lower store unreadable: ${String(err)}`); }
+    try { this.metadata.lower.maxId(); } catch (err) { problems.push(`lower DB unreadable: ${String(err)}`); }
+    try { this.metadata.upper.idOf('/nix/store/health-check'); } catch (err) { problems.push(`upper DB unreadable: ${String(err)}`); }
+    try { fs.accessSync(this.cfg.upperDir, fs.constants.W_OK); } catch (err) { problems.push(`upper dir not writable: ${String(err)}`); }
+    return { ok: problems.length === 0, problems };
   }
 }

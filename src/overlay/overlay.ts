@@ -175,6 +175,9 @@ export class Overlay {
     if (path === '/') return this.rootAttr();
     if (path.length > NAME_MAX + 1 && basename(path).length > NAME_MAX) return E.ENAMETOOLONG;
     const loc = this.locate(path);
+    if (this.stats.trace !== undefined && path.indexOf('/', 1) < 0) {
+      this.stats.trace('resolve', path, typeof loc === 'number' ? `absent (${this.index.reason(path.slice(1))})` : `${loc.layer === Layer.Upper ? 'upper' : 'lower'} (${this.index.reason(path.slice(1))})`);
+    }
     if (typeof loc === 'number') return loc;
     const st = fs.lstatSync(loc.real, { throwIfNoEntry: false });
     if (st === undefined) return E.ENOENT;

@@ -5,13 +5,13 @@ import type { Argv, CommandModule } from 'yargs';
 import { MetadataMode } from '../../metadata/metadata';
 import { MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
 import { LocalOverlayError } from '../../util/errno';
-import { log } from '../../util/log';
+import { log, LogLevel } from '../../util/log';
 import { EXIT, runCommand } from '../run';
 
 interface MountArgs {
   lower: string; upper: string; root: string; work?: string; metadata: MetadataMode;
   foreground: boolean; log?: string; 'follow-interval': number; 'negative-timeout': number;
-  'ready-fd'?: number;
+  'ready-fd'?: number; trace?: string; 'trace-prefix'?: string; 'log-level': LogLevel;
 }
 
 export const mountCommand: CommandModule<object, MountArgs> = {
@@ -27,6 +27,9 @@ export const mountCommand: CommandModule<object, MountArgs> = {
     .option('log', { type: 'string', describe: 'daemon log file [default: ROOT/nix/var/log/local-overlay.log; stderr with --foreground]' })
     .option('follow-interval', { type: 'number', default: 500, describe: 'how often (ms) to look for new rows in the lower DB' })
     .option('negative-timeout', { type: 'number', default: 1, describe: 'seconds a missing name stays cached (the lower store can gain it)' })
+    .option('trace', { type: 'string', describe: 'write a trace line per resolution decision, refused write, closure sync and DB import to FILE (SIGUSR1 or `local-overlay trace` toggle it later)' })
+    .option('trace-prefix', { type: 'string', describe: 'trace only store paths under this prefix, e.g. /nix/store/abc' })
+    .option('log-level', { choices: ['error', 'warn', 'info', 'debug'] as const, default: 'info' as LogLevel, describe: 'daemon log level' })
     .option('ready-fd', { type: 'number', hidden: true })
     .example('$0 mount --lower /shared/nix-root --upper /var/lib/local-overlay/upper --root /tmp/m', 'then: nix-build --store /tmp/m ...')
     .strict(),
@@ -45,11 +48,14 @@ function configFrom(argv: MountArgs): MountConfig {
     logFile: argv.log ? path.resolve(argv.log) : argv.foreground ? undefined : path.join(mergedRoot, 'nix/var/log/local-overlay.log'),
     followIntervalMs: argv['follow-interval'],
     negativeTimeoutS: argv['negative-timeout'],
+    traceFile: argv.trace ? path.resolve(argv.trace) : undefined,
+    tracePrefix: argv['trace-prefix'],
   };
 }
 
 async function mount(argv: MountArgs): Promise<number> {
   const cfg = configFrom(argv);
+  log.setLevel(argv['log-level']);
   if (argv.foreground) return serve(cfg, argv['ready-fd']);
   return startDaemon(cfg, argv);
 }
@@ -80,6 +86,12 @@ async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<num
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
     process.once('SIGHUP', onSignal);
+    let tracing = cfg.traceFile !== undefined;
+    process.on('SIGUSR1', () => {
+      tracing = !tracing;
+      const f = daemon.trace(tracing);
+      log.info(tracing ? `SIGUSR1: tracing on (${f})` : 'SIGUSR1: tracing off');
+    });
   });
   return EXIT.ok;
 }
@@ -89,7 +101,9 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   const args = [process.argv[1], 'mount', '--foreground', '--ready-fd', '3',
     '--lower', cfg.lowerRoot, '--upper', cfg.upperDir, '--root', cfg.mergedRoot, '--work', cfg.workDir,
     '--metadata', cfg.metadata, '--follow-interval', String(cfg.followIntervalMs),
-    '--negative-timeout', String(cfg.negativeTimeoutS)];
+    '--negative-timeout', String(cfg.negativeTimeoutS), '--log-level', argv['log-level']];
+  if (cfg.traceFile) args.push('--trace', cfg.traceFile);
+  if (cfg.tracePrefix) args.push('--trace-prefix', cfg.tracePrefix);
   if (cfg.logFile) args.push('--log', cfg.logFile);
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
