@@ -1,0 +1,162 @@
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { cli } from '../helpers/exec';
+import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
+import { mountMerged, tempDir } from '../helpers/mount';
+import { nixOk } from '../helpers/nix';
+
+// explain --json, status --json and tracing on scenarios with known answers.
+
+const rel = (p: string): string => p.replace(/^\/nix\/store\//, '');
+
+interface Ex {
+  storePath: string | null; layer: string | null; reason: string; realPath: string | null;
+  appearedAfterMount: boolean; dbRowsEqual: boolean | null; whiteout: string | null;
+  upperDb: { valid: boolean; narHash?: string; references?: string[] } | null;
+  lowerDb: { valid: boolean; narHash?: string } | null;
+  closure: { complete: boolean; size: number } | null;
+  references: { path: string; layer: string | null }[];
+}
+
+async function explain(args: string[]): Promise<Ex[]> {
+  const r = await cli(['explain', '--json', ...args]);
+  if (r.stdout.trim() === '') throw new Error(`explain printed nothing (${r.code}): ${r.stderr}`);
+  return (JSON.parse(r.stdout) as { paths: Ex[] }).paths;
+}
+
+test('explain: upper object, lower object, whiteout, duplicate, bookkeeping name, path added after mount', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const p = lower.manifest.paths;
+  const upper = path.join(dir, 'upper');
+  fs.mkdirSync(upper);
+  fs.writeFileSync(path.join(upper, `.wh.${rel(p.dirObject)}`), '');
+  const m = await mountMerged(t, lower.root, { dir, upper });
+
+  const src = path.join(dir, 'upper-only.txt');
+  fs.writeFileSync(src, `upper only ${Date.now()}\n`);
+  const up = (await nixOk('nix-store', ['--store', m.root, '--add', src])).trim();
+  const name = `after-${Date.now()}`;
+  const dupSrc = path.join(dir, `lower-extra-${name}-dup`);
+  fs.writeFileSync(dupSrc, `${name}-dup\n`);
+  const dup = (await nixOk('nix-store', ['--store', m.root, '--add', dupSrc])).trim();
+  await lowerAdd(lower.root, `${name}-dup`);
+  const grown = await lowerAdd(lower.root, name);
+
+  const [eUp, eLow, eWh, eDup, eLinks, eGrown, eHash] = await explain([
+    path.join(m.store, rel(up)), p.appOut, p.dirObject, dup, path.join(m.store, '.links'), grown,
+    rel(p.libOut).slice(0, 32), '--root', m.root]);
+
+  t.like(eUp, { storePath: up, layer: 'upper', reason: 'upper-object', realPath: path.join(upper, rel(up)) });
+  t.true(eUp.upperDb?.valid);
+  t.false(eUp.lowerDb?.valid);
+
+  t.like(eLow, { layer: 'lower', reason: 'lower-object', dbRowsEqual: true, appearedAfterMount: false });
+  t.is(eLow.realPath, path.join(lower.root, 'nix/store', rel(p.appOut)));
+  t.deepEqual(eLow.closure, { complete: true, size: 4, missing: [] } as unknown as Ex['closure']);
+  t.deepEqual(eLow.references.map((r) => [r.path, r.layer]).sort(), [[p.libOut, 'lower'], [p.singleFile, 'lower']].sort());
+
+  t.like(eWh, { layer: null, reason: 'whiteout', whiteout: 'wh-file' });
+
+  t.like(eDup, { layer: 'upper', reason: 'duplicate' });
+  t.is(eDup.upperDb?.narHash, eDup.lowerDb?.narHash);
+
+  t.like(eLinks, { layer: 'upper', reason: 'bookkeeping' });
+
+  t.like(eGrown, { layer: 'lower', reason: 'lower-object', appearedAfterMount: true });
+  t.like(eHash, { storePath: p.libOut, layer: 'lower' });
+
+  // Unmounted: explain reads the layers and DBs directly.
+  await m.unmount();
+  const [after] = await explain([p.appOut, '--root', m.root]);
+  t.like(after, { layer: 'lower', reason: 'lower-object', appearedAfterMount: false });
+});
+
+test('explain: in lazy mode a lower path is valid in the lower DB but not yet in the upper DB until looked up', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { metadata: 'lazy' });
+  const p = lower.manifest.paths.libOut;
+  const [before] = await explain([p, '--root', m.root]);
+  t.like(before, { layer: 'lower', reason: 'lower-object' });
+  t.false(before.upperDb?.valid);
+  t.true(before.lowerDb?.valid);
+  await fs.promises.lstat(path.join(m.store, rel(p)));
+  const [after] = await explain([p, '--root', m.root]);
+  t.true(after.upperDb?.valid);
+  t.true(after.closure?.complete);
+});
+
+test('explain: a path in neither layer exits 1; human output names the layer', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const r = await cli(['explain', '--root', m.root, '/nix/store/00000000000000000000000000000000-absent']);
+  t.is(r.code, 1);
+  t.regex(r.stdout, /resolves to +nothing: in neither layer/);
+  const h = await cli(['explain', path.join(m.store, rel(lower.manifest.paths.appOut), 'bin')]);
+  t.is(h.code, 0, h.stderr);
+  t.regex(h.stdout, /resolves to +lower: lower object/);
+  t.regex(h.stdout, /real path +.*\/bin$/m);
+});
+
+interface Status { counters: Record<string, number>; ops: Record<string, number>; follower: { mode: string; pendingRows: number }; health: { ok: boolean }; upper: { objects: number } }
+
+async function status(root: string): Promise<Status> {
+  const r = await cli(['status', root, '--json']);
+  if (r.code !== 0) throw new Error(`status failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as Status;
+}
+
+test('status --json: counters move under a scripted workload', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { metadata: 'lazy' });
+  const s0 = await status(m.root);
+  t.true(s0.health.ok);
+  t.is(s0.follower.mode, 'lazy');
+  t.is(s0.counters.rowsMirrored, 0);
+  const names = Object.values(lower.manifest.paths).map(rel);
+  for (const n of names) await fs.promises.lstat(path.join(m.store, n));
+  await fs.promises.lstat(path.join(m.store, '00000000000000000000000000000000-missing')).catch(() => undefined);
+  await fs.promises.writeFile(path.join(m.store, rel(lower.manifest.paths.appOut), 'new'), 'x').catch(() => undefined);
+  await fs.promises.writeFile(path.join(m.store, '00000000000000000000000000000001-new'), 'x');
+  t.is(await fs.promises.readFile(path.join(m.store, '00000000000000000000000000000001-new'), 'utf8'), 'x');
+  const s1 = await status(m.root);
+  t.true(s1.counters.lower - s0.counters.lower >= names.length, 'lower lookups');
+  t.true(s1.counters.miss > s0.counters.miss, 'missing names');
+  t.is(s1.counters.refused - s0.counters.refused, 1, 'one refused write');
+  t.true(s1.counters.closureSyncs >= 1, 'closure syncs in lazy mode');
+  t.true(s1.counters.upper > s0.counters.upper, 'upper hits');
+  t.is(s1.upper.objects, 1);
+  t.true((s1.ops.create ?? 0) >= 1);
+
+  const m2 = await mountMerged(t, lower.root);
+  const s2 = await status(m2.root);
+  t.is(s2.counters.rowsMirrored, names.length, 'mirror imported every lower row');
+  t.is(s2.follower.pendingRows, 0);
+  const all = await cli(['status', '--json']);
+  const roots = (JSON.parse(all.stdout) as { root: string }[]).map((s) => s.root);
+  t.true(roots.includes(m.root) && roots.includes(m2.root), 'status without a root lists every mount');
+});
+
+test('trace: resolution decisions, refused writes and closure syncs, filtered by prefix, switchable at run time', async (t) => {
+  const lower = await sharedLower();
+  const dir = tempDir(t);
+  const trace = path.join(dir, 'trace.log');
+  const p = lower.manifest.paths;
+  const m = await mountMerged(t, lower.root, { dir, metadata: 'lazy', extra: ['--trace', trace, '--trace-prefix', p.appOut] });
+  await fs.promises.lstat(path.join(m.store, rel(p.appOut)));
+  await fs.promises.lstat(path.join(m.store, rel(p.libOut)));
+  await fs.promises.writeFile(path.join(m.store, rel(p.appOut), 'x'), '').catch(() => undefined);
+  const lines = (await fs.promises.readFile(trace, 'utf8')).trim().split('\n');
+  t.true(lines.some((l) => new RegExp(`resolve ${p.appOut} lower \\(lower-object\\)`).test(l)), lines.join('\n'));
+  t.true(lines.some((l) => new RegExp(`closure ${p.appOut} 4 rows \\d+ ms`).test(l)));
+  t.true(lines.some((l) => new RegExp(`refuse ${p.appOut}/x create`).test(l)));
+  t.false(lines.some((l) => l.includes(rel(p.libOut))), 'the prefix filters other paths out');
+
+  const off = await cli(['trace', m.root, 'off']);
+  t.is(off.code, 0, off.stderr);
+  const n = lines.length;
+  await fs.promises.lstat(path.join(m.store, rel(p.appOut), 'bin'));
+  await fs.promises.writeFile(path.join(m.store, rel(p.appOut), 'y'), '').catch(() => undefined);
+  t.is((await fs.promises.readFile(trace, 'utf8')).trim().split('\n').length, n, 'nothing is traced when off');
+});
