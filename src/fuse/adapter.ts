@@ -85,7 +85,8 @@ export function fuseOps(ov: Overlay): Record<string, Cb> {
     fgetattr: guard('fgetattr', (path: string, fd: number, cb: Cb) => reply(cb, ov.fgetattr(path, fd))),
     access: guard('access', (path: string, mode: number, cb: Cb) => reply(cb, ov.access(path, mode))),
     statfs: guard('statfs', (_path: string, cb: Cb) => reply(cb, ov.statfs())),
-    readdir: guard('readdir', (path: string, cb: Cb) => reply(cb, ov.readdir(path))),
+    // The patched binding passes a null path for unlinked-but-open handles (native-notes/).
+    readdir: guard('readdir', (path: string | null, cb: Cb) => (path === null ? cb(-E.ENOENT) : reply(cb, ov.readdir(path)))),
     readlink: guard('readlink', (path: string, cb: Cb) => reply(cb, ov.readlink(path))),
     open: guard('open', (path: string, flags: number, cb: Cb) => {
       const fd = ov.open(path, flags);

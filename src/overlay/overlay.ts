@@ -173,7 +173,7 @@ export class Overlay {
 
   getattr(path: string): Attr | Errno {
     if (path === '/') return this.rootAttr();
-    if (path.length > NAME_MAX + 1 && basename(path).length > NAME_MAX) return E.ENAMETOOLONG;
+    if (path.length > NAME_MAX / 3 && Buffer.byteLength(basename(path)) > NAME_MAX) return E.ENAMETOOLONG; // bytes, not UTF-16 units
     const loc = this.locate(path);
     if (this.stats.trace !== undefined && path.indexOf('/', 1) < 0) {
       this.stats.trace('resolve', path, typeof loc === 'number' ? `absent (${this.index.reason(path.slice(1))})` : `${loc.layer === Layer.Upper ? 'upper' : 'lower'} (${this.index.reason(path.slice(1))})`);

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -14,7 +15,17 @@ export interface Manifest {
 
 export interface LowerFixture { root: string; manifest: Manifest }
 
-const SHARED = path.join(os.tmpdir(), 'local-overlay-test-lower');
+/** Keyed by the scripts that build it, so a changed fixture is rebuilt, never reused stale. */
+const SHARED = path.join(os.tmpdir(), `local-overlay-test-lower-${fixtureKey()}`);
+
+function fixtureKey(): string {
+  const h = createHash('sha256');
+  const dir = path.join(REPO, 'scripts');
+  for (const f of ['make-lower-store.sh', ...fs.readdirSync(path.join(dir, 'nix')).sort().map((n) => `nix/${n}`)]) {
+    h.update(f).update(fs.readFileSync(path.join(dir, f)));
+  }
+  return h.digest('hex').slice(0, 12);
+}
 
 /**
  * The shared lower store, built once per machine with real Nix by scripts/make-lower-store.sh
