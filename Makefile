@@ -46,6 +46,7 @@ demo: setup
 # scenarios driven by the real Nix client. ava prints each test and the summary.
 test: setup
 	$(NODE_BIN)/ava
+	node dist/test/tools/check-lower.js
 
 bench: setup
 	node dist/bench/run.js --profile default

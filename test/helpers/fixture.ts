@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { check, REPO } from './exec';
 import { requireNix } from './nix';
+import { lowerRootDigest } from './tree';
 
 export interface Manifest {
   root: string;
@@ -51,6 +52,8 @@ export async function sharedLower(): Promise<LowerFixture> {
         fs.mkdirSync(SHARED, { recursive: true });
         const tmpManifest = path.join(SHARED, 'manifest.json.tmp');
         await check('bash', [path.join(REPO, 'scripts/make-lower-store.sh'), path.join(SHARED, 'root'), tmpManifest], { timeoutMs: 300_000 });
+        // Recorded once, checked after the whole suite (test/tools/check-lower.ts).
+        fs.writeFileSync(path.join(SHARED, 'digest.txt'), await lowerRootDigest(path.join(SHARED, 'root')));
         fs.renameSync(tmpManifest, done);
       }
     } finally {
@@ -73,8 +76,8 @@ function load(root: string, file: string): LowerFixture {
   return { root, manifest: JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest };
 }
 
-export function sharedLowerRoot(): string {
-  return path.join(SHARED, 'root');
+export function sharedLowerDir(): string {
+  return SHARED;
 }
 
 /** Adds a new object to a lower store with real Nix; returns its store path. */
