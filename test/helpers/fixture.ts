@@ -38,7 +38,11 @@ export async function sharedLower(): Promise<LowerFixture> {
   const done = path.join(SHARED, 'manifest.json');
   const lock = `${SHARED}.lock`;
   for (;;) {
-    if (fs.existsSync(done)) return load(path.join(SHARED, 'root'), done);
+    if (fs.existsSync(done)) {
+      const digest = path.join(SHARED, 'digest.txt');
+      if (!fs.existsSync(digest)) fs.writeFileSync(digest, await lowerRootDigest(path.join(SHARED, 'root')));
+      return load(path.join(SHARED, 'root'), done);
+    }
     try {
       fs.mkdirSync(lock);
     } catch {
