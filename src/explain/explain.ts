@@ -83,7 +83,8 @@ export class Explainer {
     const whFile = lstat(path.join(this.cfg.upperDir, `.wh.${name}`)) !== null;
     const whDev = upperEntry !== null && isWhiteoutDevice(path.join(this.cfg.upperDir, name));
     const lowerEntry = lstat(path.join(this.lowerStore, name));
-    const lowerVisible = lowerEntry !== null && isStoreObjectName(name) && !isBookkeepingName(name);
+    const lowerVisible = lowerEntry !== null && isStoreObjectName(name)
+      && (!isBookkeepingName(name) || this.lowerDb?.pathRow(`${STORE_DIR}/${name}`) !== undefined);
     base.inUpper = upperEntry !== null && !whDev;
     base.inLower = lowerEntry !== null;
     base.whiteout = whDev ? 'device' : whFile ? 'wh-file' : null;
@@ -92,7 +93,8 @@ export class Explainer {
       base.reason = 'whiteout';
     } else if (base.inUpper) {
       base.layer = 'upper';
-      base.reason = lowerVisible ? 'duplicate' : isStoreObjectName(name) && !isBookkeepingName(name) ? 'upper-object' : 'bookkeeping';
+      const upperIsObject = isStoreObjectName(name) && (!isBookkeepingName(name) || this.upperDb?.pathRow(`${STORE_DIR}/${name}`) !== undefined);
+      base.reason = lowerVisible ? 'duplicate' : upperIsObject ? 'upper-object' : 'bookkeeping';
     } else if (lowerVisible) {
       base.layer = 'lower';
       base.reason = 'lower-object';

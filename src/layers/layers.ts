@@ -44,6 +44,14 @@ type UpperKind = 'object' | 'whiteout';
 export class TopLevelIndex {
   private upper = new Map<string, UpperKind>();
   private lower: LRUCache<string, boolean>;
+  /**
+   * Whether the lower DB has `name` as a valid path. Decides names that look like Nix
+   * bookkeeping (`*.lock`, `*.chroot`, `*.check`) but can be real store objects too (a
+   * `builtins.path` of a `Cargo.lock` is `<hash>-Cargo.lock`). Without it, such lower names
+   * are bookkeeping and hidden.
+   */
+  lowerValid: ((name: string) => boolean) | undefined;
+
   constructor(readonly dirs: LayerDirs, private readonly negativeTtlMs = 1000, cacheSize = 200_000) {
     this.lower = new LRUCache<string, boolean>({ max: cacheSize, ttlResolution: 100 });
     this.scanUpper();
@@ -80,7 +88,7 @@ export class TopLevelIndex {
 
   /** Whether the lower store provides `name` (ignoring upper entries and whiteouts). */
   lowerHas(name: string): boolean {
-    if (!isStoreObjectName(name) || isBookkeepingName(name)) return false;
+    if (!this.lowerVisibleName(name)) return false;
     const cached = this.lower.get(name);
     if (cached !== undefined) return cached;
     let present: boolean;
@@ -93,6 +101,12 @@ export class TopLevelIndex {
     if (present) this.lower.set(name, true);
     else this.lower.set(name, false, { ttl: this.negativeTtlMs });
     return present;
+  }
+
+  /** A lower name that can be part of the merged view: a store object, not the lower's bookkeeping. */
+  private lowerVisibleName(name: string): boolean {
+    if (!isStoreObjectName(name)) return false;
+    return !isBookkeepingName(name) || (this.lowerValid?.(name) ?? false);
   }
 
   upperKind(name: string): UpperKind | undefined {
@@ -142,7 +156,7 @@ export class TopLevelIndex {
     let lowerNames: string[];
     try { lowerNames = fs.readdirSync(this.dirs.lowerDir); } catch { lowerNames = []; }
     for (const name of lowerNames) {
-      if (this.upper.has(name) || !isStoreObjectName(name) || isBookkeepingName(name)) continue;
+      if (this.upper.has(name) || !this.lowerVisibleName(name)) continue;
       names.push(name);
     }
     return names;

@@ -43,6 +43,7 @@ export class Daemon {
       { negativeTtlMs: cfg.negativeTimeoutS * 1000 });
     const upperDb = UpperDb.open(merged.dbDir);
     const lowerDb = new LowerDb(lower.dbFile);
+    this.overlay.index.lowerValid = (name) => lowerDb.pathRow(`/nix/store/${name}`) !== undefined;
     if (cfg.traceFile) this.trace(true, cfg.traceFile, cfg.tracePrefix);
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
     const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb);

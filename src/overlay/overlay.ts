@@ -9,6 +9,8 @@ export interface Attr {
   mode: number; uid: number; gid: number; size: number; dev: number; nlink: number;
   ino: number; rdev: number; blksize: number; blocks: number;
   atime: number; mtime: number; ctime: number;
+  /** Nanoseconds below the millisecond (0..999999) of each time, for full precision. */
+  atimeNsRem: number; mtimeNsRem: number; ctimeNsRem: number;
 }
 
 export interface StatFs {
@@ -39,6 +41,7 @@ const { O_RDONLY, O_TRUNC, O_APPEND, O_CREAT, O_RDWR, O_NOFOLLOW, O_EXCL } = fs.
 const NAME_MAX = 255;
 const HIDDEN_PREFIX = '.fuse_hidden';
 const UINT32 = 2 ** 32;
+const MS = 1_000_000n;
 
 /**
  * The merged store directory as plain operations: each takes merged paths (as FUSE gives
@@ -179,6 +182,11 @@ export class Overlay {
       this.stats.trace('resolve', path, typeof loc === 'number' ? `absent (${this.index.reason(path.slice(1))})` : `${loc.layer === Layer.Upper ? 'upper' : 'lower'} (${this.index.reason(path.slice(1))})`);
     }
     if (typeof loc === 'number') return loc;
+    if (loc.layer === Layer.Upper) {
+      // The upper layer is exact, to the nanosecond (a BigInt stat costs ~25% more).
+      const big = fs.lstatSync(loc.real, { throwIfNoEntry: false, bigint: true });
+      return big === undefined ? E.ENOENT : this.attrBig(big);
+    }
     const st = fs.lstatSync(loc.real, { throwIfNoEntry: false });
     if (st === undefined) return E.ENOENT;
     return this.attr(loc.layer, st);
@@ -188,7 +196,7 @@ export class Overlay {
     const layer = this.fdLayer.get(fd);
     if (layer === undefined) return this.getattr(path);
     try {
-      return this.attr(layer, fs.fstatSync(fd));
+      return layer === Layer.Upper ? this.attrBig(fs.fstatSync(fd, { bigint: true })) : this.attr(layer, fs.fstatSync(fd));
     } catch (err) {
       return toErrno(err);
     }
@@ -196,8 +204,7 @@ export class Overlay {
 
   private rootAttr(): Attr | Errno {
     try {
-      const st = fs.statSync(this.upperDir);
-      const a = this.attr(Layer.Upper, st);
+      const a = this.attrBig(fs.statSync(this.upperDir, { bigint: true }));
       a.ino = ROOT_INO;
       return a;
     } catch (err) {
@@ -205,12 +212,26 @@ export class Overlay {
     }
   }
 
+  /** Lower attributes: times to the microsecond (store objects have mtime 1 s anyway). */
   private attr(layer: Layer, st: fs.Stats): Attr {
+    const a = Math.floor(st.atimeMs), m = Math.floor(st.mtimeMs), c = Math.floor(st.ctimeMs);
     return {
       mode: st.mode, uid: st.uid, gid: st.gid, size: st.size, dev: 0, nlink: st.nlink,
       ino: this.inodes.ino(layer, st.dev, st.ino), rdev: st.rdev, blksize: st.blksize,
-      blocks: st.blocks, atime: Math.floor(st.atimeMs), mtime: Math.floor(st.mtimeMs),
-      ctime: Math.floor(st.ctimeMs),
+      blocks: st.blocks, atime: a, mtime: m, ctime: c,
+      atimeNsRem: Math.round((st.atimeMs - a) * 1e6) % 1e6,
+      mtimeNsRem: Math.round((st.mtimeMs - m) * 1e6) % 1e6,
+      ctimeNsRem: Math.round((st.ctimeMs - c) * 1e6) % 1e6,
+    };
+  }
+
+  private attrBig(st: fs.BigIntStats): Attr {
+    return {
+      mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), size: Number(st.size), dev: 0,
+      nlink: Number(st.nlink), ino: this.inodes.ino(Layer.Upper, Number(st.dev), Number(st.ino)),
+      rdev: Number(st.rdev), blksize: Number(st.blksize), blocks: Number(st.blocks),
+      atime: Number(st.atimeNs / MS), mtime: Number(st.mtimeNs / MS), ctime: Number(st.ctimeNs / MS),
+      atimeNsRem: Number(st.atimeNs % MS), mtimeNsRem: Number(st.mtimeNs % MS), ctimeNsRem: Number(st.ctimeNs % MS),
     };
   }
 
