@@ -45,6 +45,7 @@ demo: setup
 # Typecheck and build (tsc, strict), then every test: unit, integration on real FUSE mounts,
 # scenarios driven by the real Nix client. ava prints each test and the summary.
 test: setup
+	$(NODE_BIN)/eslint src test bench
 	$(NODE_BIN)/ava
 	node dist/test/tools/check-lower.js
 

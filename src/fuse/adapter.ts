@@ -90,13 +90,15 @@ export function fuseOps(ov: Overlay): Record<string, Cb> {
     readlink: guard('readlink', (path: string, cb: Cb) => reply(cb, ov.readlink(path))),
     open: guard('open', (path: string, flags: number, cb: Cb) => {
       const fd = ov.open(path, flags);
-      fd < 0 ? cb(fd) : cb(0, fd);
+      if (fd < 0) cb(fd);
+      else cb(0, fd);
     }),
     // The patched binding passes the open flags (native-notes/); the stock one does not.
     create: guard('create', (path: string, mode: number, flagsOrCb: number | Cb, maybeCb?: Cb) => {
       const cb = (typeof flagsOrCb === 'function' ? flagsOrCb : maybeCb) as Cb;
       const fd = ov.create(path, mode, typeof flagsOrCb === 'number' ? flagsOrCb : undefined);
-      fd < 0 ? cb(fd) : cb(0, fd);
+      if (fd < 0) cb(fd);
+      else cb(0, fd);
     }),
     // read and write answer with the byte count (or a negative errno) as the first argument.
     read: (_path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => cb(ov.read(fd, buf, len, pos)),

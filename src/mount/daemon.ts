@@ -138,7 +138,7 @@ export class Daemon {
   /** Whether the lower store and both DBs answer. */
   health(): { ok: boolean; problems: string[] } {
     const problems: string[] = [];
-    try { fs.readdirSync(rootLayout(this.cfg.lowerRoot).storeDir, { withFileTypes: false }).length; } catch (err) { problems.push(`lower store unreadable: ${String(err)}`); }
+    try { fs.accessSync(rootLayout(this.cfg.lowerRoot).storeDir, fs.constants.R_OK | fs.constants.X_OK); } catch (err) { problems.push(`lower store unreadable: ${String(err)}`); }
     try { this.metadata.lower.maxId(); } catch (err) { problems.push(`lower DB unreadable: ${String(err)}`); }
     try { this.metadata.upper.idOf('/nix/store/health-check'); } catch (err) { problems.push(`upper DB unreadable: ${String(err)}`); }
     try { fs.accessSync(this.cfg.upperDir, fs.constants.W_OK); } catch (err) { problems.push(`upper dir not writable: ${String(err)}`); }
