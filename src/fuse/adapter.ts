@@ -6,9 +6,12 @@ import { log } from '../util/log';
 /**
  * Kernel and libfuse options of the mount, and why (see native-notes/ for each one):
  * - use_ino: the kernel shows our stable inode numbers (layers/inodes.ts), not libfuse's.
- * - entry/attr_timeout long: store objects are immutable; changes through the mount
- *   invalidate the kernel's entries themselves. negative_timeout short: the lower store grows.
- * - kernel_cache: page cache survives opens (objects never change behind the mount).
+ * - entry_timeout long: names of store objects never change meaning; changes through the
+ *   mount update the kernel's entries themselves. negative_timeout short: the lower store grows.
+ * - attr_timeout bounded (default 60 s), auto_cache with the same ac_attr_timeout: libfuse 2's
+ *   path-based API gives each name of a hard-linked upper file its own kernel inode, so a
+ *   change through one name reaches the others' attributes and page cache only when theirs
+ *   expire. Lower files never change, so their page cache survives opens all the same.
  * - big_writes, max_write: writes arrive in 128 KiB requests instead of 4 KiB.
  * - allow_other + default_permissions: builders and test suites switch users; the kernel
  *   checks POSIX permissions.
@@ -16,12 +19,13 @@ import { log } from '../util/log';
  */
 export interface MountOptions {
   entryTimeout: number;
+  /** Also libfuse's ac_attr_timeout (auto_cache): how stale another name of an upper hard link can be. */
   attrTimeout: number;
   negativeTimeout: number;
   debug?: boolean;
 }
 
-export const DEFAULT_MOUNT_OPTIONS: MountOptions = { entryTimeout: 86400, attrTimeout: 86400, negativeTimeout: 1 };
+export const DEFAULT_MOUNT_OPTIONS: MountOptions = { entryTimeout: 86400, attrTimeout: 60, negativeTimeout: 1 };
 
 class StoreFuse extends Fuse {
   constructor(mnt: string, ops: Record<string, (...args: any[]) => void>, private readonly mo: MountOptions) {
@@ -31,8 +35,8 @@ class StoreFuse extends Fuse {
   override _fuseOptions(): string {
     const o = [
       'fsname=local-overlay', 'subtype=local-overlay', 'allow_other', 'default_permissions',
-      'use_ino', 'kernel_cache', 'big_writes', 'max_write=131072', 'max_read=131072',
-      `entry_timeout=${this.mo.entryTimeout}`, `attr_timeout=${this.mo.attrTimeout}`,
+      'use_ino', 'auto_cache', 'big_writes', 'max_write=131072', 'max_read=131072',
+      `entry_timeout=${this.mo.entryTimeout}`, `attr_timeout=${this.mo.attrTimeout}`, `ac_attr_timeout=${this.mo.attrTimeout}`,
       `negative_timeout=${this.mo.negativeTimeout}`,
     ];
     if (this.mo.debug) o.push('debug');
@@ -116,6 +120,11 @@ export function fuseOps(ov: Overlay): Record<string, Cb> {
     rmdir: guard('rmdir', (path: string, cb: Cb) => reply(cb, ov.rmdir(path))),
     chmod: guard('chmod', (path: string, mode: number, cb: Cb) => reply(cb, ov.chmod(path, mode))),
     chown: guard('chown', (path: string, uid: number, gid: number, cb: Cb) => reply(cb, ov.chown(path, uid, gid))),
+    // Only the changing xattr ops exist (lower: EROFS, upper: ENOTSUP). getxattr and listxattr
+    // stay unimplemented: the kernel then stops asking after one ENOSYS (store objects carry
+    // no xattrs), which saves a round trip per `ls -l` entry.
+    setxattr: guard('setxattr', (path: string, _name: string, _value: Buffer, _pos: number, _flags: number, cb: Cb) => reply(cb, ov.changeXattr(path))),
+    removexattr: guard('removexattr', (path: string, _name: string, cb: Cb) => reply(cb, ov.changeXattr(path))),
     utimens: guard('utimens', (path: string, atime: unknown, mtime: unknown, cb: Cb) =>
       reply(cb, ov.utimens(path, timeArg(atime), timeArg(mtime)))),
   };

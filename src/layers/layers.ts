@@ -99,7 +99,7 @@ export class TopLevelIndex {
       present = false;
     }
     if (present) this.lower.set(name, true);
-    else this.lower.set(name, false, { ttl: this.negativeTtlMs });
+    else if (this.negativeTtlMs > 0) this.lower.set(name, false, { ttl: this.negativeTtlMs }); // ttl 0 would mean forever
     return present;
   }
 

@@ -11,6 +11,7 @@ export interface MountConfig {
   logFile?: string;
   followIntervalMs: number;
   negativeTimeoutS: number;
+  attrTimeoutS: number;
   /** Trace from the start to this file (see Tracer); off when absent. */
   traceFile?: string;
   tracePrefix?: string;

@@ -65,7 +65,7 @@ export class Daemon {
 
     // Loaded here, not at the top: a missing libfuse must be a clear error, not a crash.
     const { FuseMount, DEFAULT_MOUNT_OPTIONS } = await import('../fuse/adapter');
-    const fuse = new FuseMount(merged.storeDir, this.overlay, { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS });
+    const fuse = new FuseMount(merged.storeDir, this.overlay, { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout });
     await fuse.mount();
     this.fuse = fuse;
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);

@@ -448,6 +448,13 @@ export class Overlay {
     return tryOp(() => fs.lchownSync(loc.real, uid, gid));
   }
 
+  /** setxattr/removexattr: a lower object cannot change; the store keeps no xattrs at all. */
+  changeXattr(path: string): Errno {
+    const loc = this.locateWritable(path, 'setxattr');
+    if (typeof loc === 'number') return loc;
+    return E.ENOTSUP;
+  }
+
   /** Times in ms since the epoch; `undefined` leaves that time as it is (UTIME_OMIT). */
   utimens(path: string, atimeMs: number | undefined, mtimeMs: number | undefined): Errno {
     const loc = this.locateWritable(path, 'utimens');

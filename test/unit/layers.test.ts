@@ -190,7 +190,7 @@ test('index: a long negativeTtlMs keeps the negative answer', async (t) => {
 // as "never expires", so `mount --negative-timeout 0` caches misses forever instead of never
 // (only the DB follower's forgetLower() rescues names that Nix registers in the lower DB).
 // Fix in layers.ts: do not cache a miss when negativeTtlMs <= 0.
-test.failing('index: negativeTtlMs 0 caches no negative answers [known bug: ttl 0 means forever in lru-cache]', async (t) => {
+test('index: negativeTtlMs 0 caches no negative answers', async (t) => {
   const l = await layout(t);
   const ix = new TopLevelIndex(l.dirs, 0);
   const grown = nm('grown-uncached');

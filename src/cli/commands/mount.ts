@@ -11,7 +11,7 @@ import { EXIT, runCommand } from '../run';
 interface MountArgs {
   lower: string; upper: string; root: string; work?: string; metadata: MetadataMode;
   foreground: boolean; log?: string; 'follow-interval': number; 'negative-timeout': number;
-  'ready-fd'?: number; trace?: string; 'trace-prefix'?: string; 'log-level': LogLevel;
+  'attr-timeout': number; 'ready-fd'?: number; trace?: string; 'trace-prefix'?: string; 'log-level': LogLevel;
 }
 
 export const mountCommand: CommandModule<object, MountArgs> = {
@@ -27,6 +27,7 @@ export const mountCommand: CommandModule<object, MountArgs> = {
     .option('log', { type: 'string', describe: 'daemon log file [default: ROOT/nix/var/log/local-overlay.log; stderr with --foreground]' })
     .option('follow-interval', { type: 'number', default: 500, describe: 'how often (ms) to look for new rows in the lower DB' })
     .option('negative-timeout', { type: 'number', default: 1, describe: 'seconds a missing name stays cached (the lower store can gain it)' })
+    .option('attr-timeout', { type: 'number', default: 60, describe: 'seconds the kernel trusts attributes; also how long another name of a hard-linked upper file can show stale size or contents' })
     .option('trace', { type: 'string', describe: 'write a trace line per resolution decision, refused write, closure sync and DB import to FILE (SIGUSR1 or `local-overlay trace` toggle it later)' })
     .option('trace-prefix', { type: 'string', describe: 'trace only store paths under this prefix, e.g. /nix/store/abc' })
     .option('log-level', { choices: ['error', 'warn', 'info', 'debug'] as const, default: 'info' as LogLevel, describe: 'daemon log level' })
@@ -48,6 +49,7 @@ function configFrom(argv: MountArgs): MountConfig {
     logFile: argv.log ? path.resolve(argv.log) : argv.foreground ? undefined : path.join(mergedRoot, 'nix/var/log/local-overlay.log'),
     followIntervalMs: argv['follow-interval'],
     negativeTimeoutS: argv['negative-timeout'],
+    attrTimeoutS: argv['attr-timeout'],
     traceFile: argv.trace ? path.resolve(argv.trace) : undefined,
     tracePrefix: argv['trace-prefix'],
   };
@@ -101,7 +103,7 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   const args = [process.argv[1], 'mount', '--foreground', '--ready-fd', '3',
     '--lower', cfg.lowerRoot, '--upper', cfg.upperDir, '--root', cfg.mergedRoot, '--work', cfg.workDir,
     '--metadata', cfg.metadata, '--follow-interval', String(cfg.followIntervalMs),
-    '--negative-timeout', String(cfg.negativeTimeoutS), '--log-level', argv['log-level']];
+    '--negative-timeout', String(cfg.negativeTimeoutS), '--attr-timeout', String(cfg.attrTimeoutS), '--log-level', argv['log-level']];
   if (cfg.traceFile) args.push('--trace', cfg.traceFile);
   if (cfg.tracePrefix) args.push('--trace-prefix', cfg.tracePrefix);
   if (cfg.logFile) args.push('--log', cfg.logFile);
