@@ -27,9 +27,22 @@ export interface MountOptions {
 
 export const DEFAULT_MOUNT_OPTIONS: MountOptions = { entryTimeout: 86400, attrTimeout: 60, negativeTimeout: 1 };
 
+/**
+ * fuse-native arms a 15 s timer for every request, answering ETIMEDOUT if the callback has not
+ * run: a timer set and cleared per operation (~2% of the daemon's CPU in a cold walk). Every
+ * operation here answers synchronously except getattr, which may wait for a closure copy
+ * (bounded by withBusyRetry's deadline), so only getattr keeps the safety net.
+ */
+function timeouts(ops: Record<string, unknown>): Record<string, number | false> {
+  const t: Record<string, number | false> = {};
+  for (const name of Object.keys(ops)) t[name] = false;
+  t.getattr = 15_000;
+  return t;
+}
+
 class StoreFuse extends Fuse {
   constructor(mnt: string, ops: Record<string, (...args: any[]) => void>, private readonly mo: MountOptions) {
-    super(mnt, ops, { force: false, mkdir: false });
+    super(mnt, ops, { force: false, mkdir: false, timeout: timeouts(ops) });
   }
 
   override _fuseOptions(): string {

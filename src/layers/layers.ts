@@ -88,9 +88,9 @@ export class TopLevelIndex {
 
   /** Whether the lower store provides `name` (ignoring upper entries and whiteouts). */
   lowerHas(name: string): boolean {
-    if (!this.lowerVisibleName(name)) return false;
     const cached = this.lower.get(name);
     if (cached !== undefined) return cached;
+    if (!this.lowerVisibleName(name)) return false;
     let present: boolean;
     try {
       fs.lstatSync(`${this.dirs.lowerDir}/${name}`);

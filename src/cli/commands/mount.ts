@@ -65,6 +65,10 @@ async function mount(argv: MountArgs): Promise<number> {
 /** Serves the mount in this process; returns when it has been unmounted. */
 async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<number> {
   const { Daemon } = await import('../../mount/daemon');
+  // A FUSE daemon that dies leaves "Transport endpoint is not connected" behind for every
+  // process using the store: log what escaped and keep serving.
+  process.on('uncaughtException', (err) => log.error(`uncaught: ${err.stack ?? String(err)}`));
+  process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${err instanceof Error ? err.stack : String(err)}`));
   process.umask(0); // modes come from the kernel request, already masked by the caller's umask
   const daemon = new Daemon(cfg);
   const notify = (msg: Record<string, unknown>): void => {
