@@ -48,12 +48,11 @@ export class Metadata {
   /** The mirror's first import; returns the number of rows added. */
   importAll(): number {
     const t0 = Date.now();
-    const added = this.mirror.importNew();
-    this.stats.count('rowsMirrored', added.length);
-    for (const p of added) this.known.set(p, true);
-    log.info(`mirror: imported ${added.length} lower paths in ${Date.now() - t0} ms`);
-    this.stats.trace?.('import', this.storeDir, `${added.length} rows`, Date.now() - t0);
-    return added.length;
+    const { count } = this.mirror.importNew();
+    this.stats.count('rowsMirrored', count);
+    log.info(`mirror: imported ${count} lower paths in ${Date.now() - t0} ms`);
+    this.stats.trace?.('import', this.storeDir, `${count} rows`, Date.now() - t0);
+    return count;
   }
 
   /** Lookup hook: null when nothing needs doing, else the pending closure copy. */
@@ -146,9 +145,10 @@ export class Metadata {
 
   /**
    * Follows the lower DB: every `intervalMs`, if its files changed, reopen the snapshot and
-   * (mirror mode) import the new rows. `onNewPaths` hears the names added.
+   * (mirror mode) import the new rows. `onNewPaths` hears the names added (null: too many to
+   * list; drop whole caches).
    */
-  startFollower(intervalMs: number, onNewPaths: (names: string[]) => void): void {
+  startFollower(intervalMs: number, onNewPaths: (names: string[] | null) => void): void {
     const tick = (): void => {
       try {
         if (this.lower.changed()) {
@@ -156,12 +156,12 @@ export class Metadata {
           if (this.mode === 'mirror') {
             const t0 = Date.now();
             const added = this.mirror.importNew();
-            if (added.length > 0) {
-              this.stats.count('rowsMirrored', added.length);
-              for (const p of added) this.known.set(p, true);
-              onNewPaths(added.map((p) => p.slice(this.storeDir.length + 1)));
+            if (added.count > 0) {
+              this.stats.count('rowsMirrored', added.count);
+              for (const p of added.paths ?? []) this.known.set(p, true);
+              onNewPaths(added.paths ? added.paths.map((p) => p.slice(this.storeDir.length + 1)) : null);
               this.syncRoots();
-              this.stats.trace?.('import', this.storeDir, `${added.length} rows`, Date.now() - t0);
+              this.stats.trace?.('import', this.storeDir, `${added.count} rows`, Date.now() - t0);
             }
           }
         }

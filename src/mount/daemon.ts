@@ -71,7 +71,8 @@ export class Daemon {
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
 
     this.metadata.startFollower(cfg.followIntervalMs, (names) => {
-      for (const n of names) this.overlay.index.forgetLower(n);
+      if (names === null) this.overlay.index.refresh();
+      else for (const n of names) this.overlay.index.forgetLower(n);
     });
     this.control = new ControlServer(controlSocketPath(cfg.mergedRoot), this);
     await this.control.listen();
