@@ -30,6 +30,9 @@ export class Mirror {
 
   get lastLowerId(): number { return this.lastId; }
 
+  /** After the upper DB was seeded with every lower row up to `id` (seed.ts). */
+  seeded(id: number): void { this.lastId = id; }
+
   importNew(): ImportResult {
     const db = this.upper.db;
     const since = this.lastId;

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LowerDb } from '../metadata/lower-db';
 import { LowerRoots } from '../metadata/gc-roots';
+import { seedFromLower } from '../metadata/seed';
 import { Metadata } from '../metadata/metadata';
 import { UpperDb } from '../metadata/upper-db';
 import { Overlay } from '../overlay/overlay';
@@ -41,13 +42,18 @@ export class Daemon {
 
     this.overlay = new Overlay({ upperDir: cfg.upperDir, lowerDir: lower.storeDir, workDir: cfg.workDir },
       { negativeTtlMs: cfg.negativeTimeoutS * 1000 });
-    const upperDb = UpperDb.open(merged.dbDir);
     const lowerDb = new LowerDb(lower.dbFile);
+    const seededTo = cfg.metadata === 'mirror' && !fs.existsSync(merged.dbFile) ? this.seed(lowerDb, merged.dbDir) : null;
+    const upperDb = UpperDb.open(merged.dbDir);
     this.overlay.index.lowerValid = (name) => lowerDb.pathRow(`/nix/store/${name}`) !== undefined;
     if (cfg.traceFile) this.trace(true, cfg.traceFile, cfg.tracePrefix);
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
     const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb);
     if (cfg.metadata === 'mirror') {
+      if (seededTo !== null) {
+        this.metadata.mirror.seeded(seededTo);
+        this.overlay.stats.count('rowsMirrored', upperDb.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number);
+      }
       this.metadata.importAll();
       this.metadata.roots = roots;
       this.metadata.duplicates = () => this.overlay.duplicates();
@@ -80,6 +86,15 @@ export class Daemon {
       pid: process.pid, startedAt: this.startedAt.toISOString(), config: cfg,
       controlSocket: controlSocketPath(cfg.mergedRoot), logFile: cfg.logFile ?? null,
     });
+  }
+
+  /** A new mirror DB copied whole from the lower DB (seed.ts); null when it cannot be. */
+  private seed(lowerDb: LowerDb, dbDir: string): number | null {
+    const t0 = Date.now();
+    const to = seedFromLower(lowerDb, dbDir);
+    if (to === null) log.info('mirror: the lower DB\'s schema differs from Nix 2.8\'s; importing row by row');
+    else log.info(`mirror: seeded the upper DB from the lower DB (ids up to ${to}) in ${Date.now() - t0} ms`);
+    return to;
   }
 
   /** Unmounts, then finishes DB work and closes the DBs. Idempotent. */

@@ -1,0 +1,40 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LowerDb } from './lower-db';
+import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
+import { Db, openDb } from './sqlite';
+
+type MasterRow = { type: string; name: string; tbl_name: string; sql: string | null };
+
+function master(db: Db): string {
+  const rows = db.prepare("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").all() as MasterRow[];
+  return JSON.stringify(rows);
+}
+
+/**
+ * The first mount of a mirror-mode merged root needs every lower row in a new upper DB. When
+ * the lower DB has exactly the schema the upper DB must have (Nix 2.8's, nothing more), the
+ * fastest faithful copy is SQLite's own: `VACUUM INTO` from the read-only lower snapshot
+ * writes a new file page by page (rows, ids, references, derivation outputs all identical),
+ * which is then renamed into place. Returns the highest lower id copied, or null when the
+ * schemas differ (e.g. a newer Nix's extra tables) and rows must be imported one by one.
+ */
+export function seedFromLower(lower: LowerDb, dbDir: string): number | null {
+  const ref = openDb(':memory:');
+  ref.exec(NIX_SCHEMA_SQL);
+  const want = master(ref);
+  ref.close();
+  if (master(lower.conn()) !== want) return null;
+
+  fs.mkdirSync(dbDir, { recursive: true, mode: 0o755 });
+  const file = path.join(dbDir, 'db.sqlite');
+  const tmp = `${file}.seed`;
+  fs.rmSync(tmp, { force: true });
+  lower.conn().exec(`VACUUM INTO '${tmp.replace(/'/g, "''")}'`);
+  const copy = openDb(tmp);
+  const maxId = copy.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
+  copy.close();
+  fs.renameSync(tmp, file);
+  fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION));
+  return maxId;
+}
