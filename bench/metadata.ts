@@ -22,12 +22,16 @@ export interface MetaContext {
 
 export interface MirrorImportResult {
   rows: number;
-  /** Mirror.importNew() alone, in its own process (rows/s). */
+  /** Mirror.importNew() alone, in its own process, into a new upper DB (rows/s): the row-by-row path. */
   moduleRowsPerS: number;
   moduleSeconds: number;
   modulePeakRssKiB: number | null;
-  /** `local-overlay mount --metadata mirror` wall time over a lower DB with `rows` paths. */
+  /** `local-overlay mount --metadata mirror` wall time over a lower DB with `rows` paths... */
   mountSeconds: number;
+  /** ... and over an empty lower DB (the daemon's fixed start-up cost) */
+  baselineMountSeconds: number;
+  /** rows ÷ (mountSeconds − baselineMountSeconds): the import as a fresh mount does it */
+  mountRowsPerS: number;
   daemonPeakRssKiB: number | null;
   error?: string;
 }
@@ -69,30 +73,50 @@ async function probe(args: string[]): Promise<Record<string, unknown>> {
 }
 
 export async function mirrorImport(ctx: MetaContext, rows: number, rep: number): Promise<MirrorImportResult> {
-  const lower = await mirrorRoot(ctx.cacheRoot, rows);
-  const lowerRoot = path.join(lower, 'root');
+  const lowerRoot = path.join(await mirrorRoot(ctx.cacheRoot, rows), 'root');
+  const emptyRoot = path.join(await mirrorRoot(ctx.cacheRoot, 0), 'root');
   const lowerDb = path.join(lowerRoot, 'nix/var/nix/db/db.sqlite');
+  const lowerRefs = countRefs(lowerDb);
   const dir = fresh(path.join(ctx.runDir, `mirror-${rep}`));
   // The lower DB in the page cache, as after the first mount of a running machine.
   await check('cat', [lowerDb], { discardStdout: true });
   const m = JSON.parse(await check(process.execPath, [MIRROR_PROBE, lowerDb, path.join(dir, 'module-db')], { timeoutMs: 1_800_000 })) as
     { rows: number; seconds: number; peakRssKiB: number | null; upperRows: number; upperRefs: number };
-  if (m.upperRows !== rows) throw new Error(`mirror import: upper DB has ${m.upperRows} rows, lower ${rows}`);
-  const lowerRefs = countRefs(lowerDb);
-  if (m.upperRefs !== lowerRefs) throw new Error(`mirror import: upper DB has ${m.upperRefs} references, lower ${lowerRefs}`);
-  const mnt = await mountLocalOverlay(lowerRoot, path.join(dir, 'mount'), 'mirror');
-  let daemonPeakRssKiB: number | null = null;
-  try {
-    // VmHWM since the daemon started: covers the import it made before mounting.
-    daemonPeakRssKiB = mnt.pid === null ? null : readHwm(mnt.pid);
-  } finally {
-    await unmountLocalOverlay(mnt.root, mnt.pid);
+  if (m.upperRows !== rows || m.upperRefs !== lowerRefs) {
+    throw new Error(`Mirror.importNew: upper DB has ${m.upperRows} paths and ${m.upperRefs} references, lower ${rows} and ${lowerRefs}`);
   }
+  // A mount over an empty lower DB first: the daemon's fixed start-up cost, subtracted below.
+  const base = await mirrorMount(emptyRoot, path.join(dir, 'base'), 0, 0);
+  const full = await mirrorMount(lowerRoot, path.join(dir, 'mount'), rows, lowerRefs);
   fs.rmSync(dir, { recursive: true, force: true });
   return {
     rows, moduleRowsPerS: m.rows / m.seconds, moduleSeconds: m.seconds, modulePeakRssKiB: m.peakRssKiB,
-    mountSeconds: mnt.seconds, daemonPeakRssKiB,
+    mountSeconds: full.seconds, baselineMountSeconds: base.seconds,
+    mountRowsPerS: rows / Math.max(full.seconds - base.seconds, 1e-3), daemonPeakRssKiB: full.peakRssKiB,
   };
+}
+
+/**
+ * `local-overlay mount --metadata mirror` over a fresh merged root: its wall time, the daemon's
+ * peak RSS (VmHWM since it started, so the import is included), and a check that the merged
+ * DB holds every lower path and reference. Unmounts before returning.
+ */
+async function mirrorMount(lowerRoot: string, dir: string, rows: number, refs: number): Promise<{ seconds: number; peakRssKiB: number | null }> {
+  const mnt = await mountLocalOverlay(lowerRoot, dir, 'mirror');
+  try {
+    const peakRssKiB = mnt.pid === null ? null : readHwm(mnt.pid);
+    const db = new Database(path.join(mnt.root, 'nix/var/nix/db/db.sqlite'), { readonly: true, fileMustExist: true });
+    let got: { p: number; r: number };
+    try {
+      got = db.prepare('SELECT (SELECT count(*) FROM ValidPaths) AS p, (SELECT count(*) FROM Refs) AS r').get() as { p: number; r: number };
+    } finally {
+      db.close();
+    }
+    if (got.p !== rows || got.r !== refs) throw new Error(`mount --metadata mirror: merged DB has ${got.p} paths and ${got.r} references, lower ${rows} and ${refs}`);
+    return { seconds: mnt.seconds, peakRssKiB };
+  } finally {
+    await unmountLocalOverlay(mnt.root, mnt.pid);
+  }
 }
 
 function countRefs(dbFile: string): number {

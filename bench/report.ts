@@ -93,8 +93,9 @@ function metadataTable(r: Results): string {
   const body: string[][] = [];
   if (r.mirror.length) {
     const rowsN = r.mirror[0].rows.toLocaleString('en-US');
-    body.push([`mirror import, ${rowsN}-path lower DB (Mirror.importNew alone)`, `${fmtRange(r.mirror.map((m) => m.moduleRowsPerS))} rows/s`]);
-    body.push([`mount --metadata mirror over it (wall, import included)`, `${fmtRange(r.mirror.map((m) => m.mountSeconds))} s`]);
+    body.push([`mirror import at mount, ${rowsN}-path lower DB: rows ÷ (mount time − mount time over an empty DB)`, `${fmtRange(r.mirror.map((m) => m.mountRowsPerS))} rows/s`]);
+    body.push(['mount --metadata mirror over it / over an empty lower DB (wall)', `${fmtRange(r.mirror.map((m) => m.mountSeconds))} s / ${fmtRange(r.mirror.map((m) => m.baselineMountSeconds))} s`]);
+    body.push([`Mirror.importNew alone, row by row into a new upper DB (own process)`, `${fmtRange(r.mirror.map((m) => m.moduleRowsPerS))} rows/s`]);
     body.push([`daemon peak RSS after that mount`, `${fmt(median(r.mirror.flatMap((m) => (m.daemonPeakRssKiB ? [m.daemonPeakRssKiB / 1024] : []))))} MiB`]);
   }
   if (r.lazy.length) {
@@ -170,8 +171,9 @@ function targets(r: Results): Verdict[] {
     });
   }
   if (r.mirror.length) {
-    const v = median(r.mirror.map((m) => m.moduleRowsPerS));
-    out.push({ target: 'mirror import ≥200k rows/s', measured: `${fmt(v)} rows/s`, pass: v >= 200_000 });
+    const v = median(r.mirror.map((m) => m.mountRowsPerS));
+    const rowByRow = median(r.mirror.map((m) => m.moduleRowsPerS));
+    out.push({ target: 'mirror import ≥200k rows/s (at mount)', measured: `${fmt(v)} rows/s (row-by-row importNew: ${fmt(rowByRow)} rows/s)`, pass: v >= 200_000 });
   }
   if (r.lazy.length && r.lazy[0].firstMs[1000]) {
     const p99 = percentile(r.lazy.flatMap((l) => l.firstMs[1000] ?? []), 99);
