@@ -1,5 +1,5 @@
 import { LowerDb } from './lower-db';
-import { PathRow } from './rows';
+import { OutputRow, PathRow } from './rows';
 import { UpperDb } from './upper-db';
 
 /**
@@ -11,32 +11,58 @@ import { UpperDb } from './upper-db';
  */
 export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly string[]): number {
   const missing = new Map<string, PathRow>();
+  const refs = new Map<string, string[]>();
+  const outputs = new Map<number, OutputRow[]>();
   for (const p of paths) {
-    if (upper.idOf(p) !== undefined) continue;
-    for (const row of lower.closure(p)) {
-      if (!missing.has(row.path) && upper.idOf(row.path) === undefined) missing.set(row.path, row);
+    if (upper.idOf(p) !== undefined || missing.has(p)) continue;
+    const rows = lower.closure(p);
+    const byId = new Map<number, PathRow>();
+    for (const row of rows) {
+      if (!missing.has(row.path) && upper.idOf(row.path) === undefined) {
+        missing.set(row.path, row);
+        byId.set(row.id, row);
+      }
+    }
+    if (byId.size === 0) continue;
+    // One query each for the closure's edges and derivation outputs, not one per row.
+    for (const e of lower.closureRefs(p)) {
+      const from = byId.get(e.referrer);
+      if (from === undefined) continue;
+      const list = refs.get(from.path);
+      if (list) list.push(e.path); else refs.set(from.path, [e.path]);
+    }
+    for (const o of lower.closureOutputs(p)) {
+      if (!byId.has(o.drv)) continue;
+      const list = outputs.get(o.drv);
+      if (list) list.push(o); else outputs.set(o.drv, [o]);
     }
   }
   if (missing.size === 0) return 0;
-
-  const refs = new Map<string, string[]>();
-  for (const row of missing.values()) refs.set(row.path, lower.references(row.id));
   const order = referencesFirst(missing, refs);
 
-  const db = upper.db;
-  const insertRef = db.prepare('INSERT OR IGNORE INTO Refs (referrer, reference) VALUES (?, ?)');
-  const insertOut = db.prepare('INSERT OR IGNORE INTO DerivationOutputs (drv, id, path) VALUES (?, ?, ?)');
-  db.transaction(() => {
-    for (const row of order) {
-      const id = upper.insertPath(row);
-      for (const ref of refs.get(row.path) ?? []) {
-        const refId = ref === row.path ? id : upper.idOf(ref);
-        if (refId === undefined) throw new Error(`closure of ${row.path} is incomplete: ${ref} has no row`);
-        insertRef.run(id, refId);
+  const insertRef = upper.stmt('INSERT OR IGNORE INTO Refs (referrer, reference) VALUES (?, ?)');
+  const insertOut = upper.stmt('INSERT OR IGNORE INTO DerivationOutputs (drv, id, path) VALUES (?, ?, ?)');
+  const newIds = new Map<string, number>();
+  // Foreign keys hold by construction (references are inserted first and looked up below), so
+  // their per-row checks are skipped; the pragma cannot change inside a transaction.
+  const fk = upper.db.pragma('foreign_keys', { simple: true }) as number;
+  if (fk && !upper.db.inTransaction) upper.db.pragma('foreign_keys = OFF');
+  try {
+    upper.db.transaction(() => {
+      for (const row of order) {
+        const id = upper.insertPath(row);
+        newIds.set(row.path, id);
+        for (const ref of refs.get(row.path) ?? []) {
+          const refId = newIds.get(ref) ?? upper.idOf(ref);
+          if (refId === undefined) throw new Error(`closure of ${row.path} is incomplete: ${ref} has no row`);
+          insertRef.run(id, refId);
+        }
+        for (const out of outputs.get(row.id) ?? []) insertOut.run(id, out.id, out.path);
       }
-      for (const out of lower.outputs(row.id)) insertOut.run(id, out.id, out.path);
-    }
-  }).immediate();
+    }).immediate();
+  } finally {
+    if (fk && !upper.db.inTransaction) upper.db.pragma('foreign_keys = ON');
+  }
   return order.length;
 }
 

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Db, lowerDbUri, openDb } from './sqlite';
+import { Db, lowerDbUri, openDb, Statement } from './sqlite';
 import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
 import { PathRow, PATH_COLUMNS } from './rows';
 
@@ -12,10 +12,21 @@ import { PathRow, PATH_COLUMNS } from './rows';
 export class UpperDb {
   readonly db: Db;
   private readonly hasPathStmt;
+  private readonly stmts = new Map<string, Statement>();
 
   private constructor(readonly dbDir: string, db: Db) {
     this.db = db;
     this.hasPathStmt = db.prepare('SELECT id FROM ValidPaths WHERE path = ?').pluck();
+  }
+
+  /** A statement prepared once (the connection lives as long as this object). */
+  stmt(sql: string): Statement {
+    let st = this.stmts.get(sql);
+    if (st === undefined) {
+      st = this.db.prepare(sql);
+      this.stmts.set(sql, st);
+    }
+    return st;
   }
 
   /** Opens the DB in `dbDir`, creating it (schema, `schema` file, WAL mode) when missing. */
@@ -26,6 +37,8 @@ export class UpperDb {
     const db = openDb(file, { timeoutMs: opts.timeoutMs ?? 50 });
     db.pragma('journal_mode = WAL');
     db.pragma('foreign_keys = ON');
+    // As Nix sets it: in WAL mode a commit does not wait for fsync, a checkpoint does.
+    db.pragma('synchronous = NORMAL');
     if (fresh) {
       db.exec(NIX_SCHEMA_SQL);
       fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION));
@@ -57,17 +70,16 @@ export class UpperDb {
   }
 
   pathRow(storePath: string): PathRow | undefined {
-    return this.db.prepare('SELECT * FROM ValidPaths WHERE path = ?').get(storePath) as PathRow | undefined;
+    return this.stmt('SELECT * FROM ValidPaths WHERE path = ?').get(storePath) as PathRow | undefined;
   }
 
   references(id: number): string[] {
-    return (this.db.prepare(
-      'SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?',
-    ).all(id) as { path: string }[]).map((r) => r.path);
+    return (this.stmt('SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?')
+      .all(id) as { path: string }[]).map((r) => r.path);
   }
 
   insertPath(row: PathRow): number {
-    const info = this.db.prepare(
+    const info = this.stmt(
       `INSERT INTO ValidPaths (${PATH_COLUMNS}) VALUES (@path, @hash, @registrationTime, @deriver, @narSize, @ultimate, @sigs, @ca)`,
     ).run(row);
     return Number(info.lastInsertRowid);
