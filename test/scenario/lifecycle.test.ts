@@ -2,7 +2,7 @@ import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { cli } from '../helpers/exec';
+import { cli, run } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
 import { nix, nixOk } from '../helpers/nix';
@@ -191,12 +191,15 @@ test('verify: finds rows without objects, duplicates and whiteouts hiding valid 
   fs.rmSync(path.join(m.upper, rel(gone)), { force: true });
   const hidden = lower.manifest.paths.dirObject;
   fs.writeFileSync(path.join(m.upper, `.wh.${rel(hidden)}`), '');
+  // An upper row that disagrees with the lower DB about a lower-only object.
+  const differs = lower.manifest.paths.singleFile;
+  await run('sqlite3', [path.join(m.root, 'nix/var/nix/db/db.sqlite'), `UPDATE ValidPaths SET narSize = 1 WHERE path = '${differs}'`]);
 
   const r = await cli(['verify', m.root, '--json']);
   t.is(r.code, 1, 'problems found: exit 1');
   const rep = JSON.parse(r.stdout) as { problems: { kind: string; path: string }[] };
   const kinds = rep.problems.map((p) => `${p.kind} ${p.path}`).sort();
-  t.deepEqual(kinds, [`duplicate ${dup}`, `row-without-object ${gone}`, `whiteout-hides-valid ${hidden}`].sort());
+  t.deepEqual(kinds, [`duplicate ${dup}`, `row-without-object ${gone}`, `whiteout-hides-valid ${hidden}`, `row-differs ${differs}`].sort());
 
   const fix = await cli(['verify', m.root, '--repair']);
   t.is(fix.code, 0, fix.stdout + fix.stderr);
@@ -206,6 +209,8 @@ test('verify: finds rows without objects, duplicates and whiteouts hiding valid 
   t.true(fs.existsSync(path.join(m.store, rel(hidden))), 'the whiteout is gone');
   t.false(await valid(m, gone));
   t.true(await valid(m, dup));
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', differs]);
+  t.is(JSON.parse(await nixOk('nix', ['path-info', '--store', m.root, '--json', differs]))[0].narSize, 176, 'the row was restored from the lower DB');
   await m.unmount();
   t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
 });
@@ -241,6 +246,7 @@ test('Nix verify on a lazy merged root: damage to used lower paths is reported, 
 
 test('refresh: after the upper dir is changed outside the mount, refresh makes the mount see it', async (t) => {
   const lower = await sharedLower();
+  const before = await lowerRootDigest(lower.root);
   const m = await mountMerged(t, lower.root);
   const name = '0000000000000000000000000000000z-outside-edit';
   await fs.promises.writeFile(path.join(m.upper, name), 'written beside the mount\n');
@@ -249,4 +255,6 @@ test('refresh: after the upper dir is changed outside the mount, refresh makes t
   t.is(r.code, 0, r.stderr);
   t.true((await fs.promises.readdir(m.store)).includes(name), 'seen after refresh');
   t.is(await fs.promises.readFile(path.join(m.store, name), 'utf8'), 'written beside the mount\n');
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
 });
