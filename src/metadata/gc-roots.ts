@@ -62,6 +62,56 @@ export class LowerRoots {
     return { added, removed };
   }
 
+  /**
+   * New lower paths (the follower's import): root those no other lower path refers to. Old
+   * tops that gained a referrer keep their root, which only keeps alive what is alive anyway;
+   * the next full `sync` (at mount) drops it. Costs a query per new path, not per lower path.
+   */
+  added(paths: readonly string[]): number {
+    const referred = this.lower.conn().prepare(
+      'SELECT 1 FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE v.path = ? AND r.referrer != r.reference LIMIT 1').pluck();
+    let n = 0;
+    for (const p of paths) {
+      if (referred.get(p) === undefined && this.link(p.slice(this.storeDir.length + 1))) n++;
+    }
+    return n;
+  }
+
+  /** `name` is now in the upper layer too: it becomes collectable, its references stay rooted. */
+  becameDuplicate(name: string, duplicates: ReadonlySet<string>): void {
+    fs.rmSync(path.join(this.dir, name), { force: true });
+    const refsOf = this.lower.conn().prepare(
+      'SELECT w.path FROM Refs r JOIN ValidPaths v ON v.id = r.referrer JOIN ValidPaths w ON w.id = r.reference WHERE v.path = ? AND w.id != v.id').pluck();
+    const pending = [`${this.storeDir}/${name}`];
+    const seen = new Set(pending);
+    while (pending.length > 0) {
+      for (const ref of refsOf.all(pending.pop() as string) as string[]) {
+        const refName = ref.slice(this.storeDir.length + 1);
+        if (!duplicates.has(refName)) this.link(refName);
+        else if (!seen.has(ref)) { seen.add(ref); pending.push(ref); }
+      }
+    }
+  }
+
+  /** `name` is no longer in the upper layer: the lower copy is served and kept alive again. */
+  stoppedDuplicate(name: string): void {
+    this.link(name);
+  }
+
+  private link(name: string): boolean {
+    try {
+      fs.symlinkSync(`${this.storeDir}/${name}`, path.join(this.dir, name));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+        return this.link(name);
+      }
+      throw err;
+    }
+  }
+
   /** Removes every root (for a lazy mount, which plain Nix cannot collect anyway). */
   clear(): void {
     fs.rmSync(this.dir, { recursive: true, force: true });

@@ -28,7 +28,6 @@ export class Metadata {
   private timer: NodeJS.Timeout | null = null;
   private lastFollow = { at: 0 };
   private behindSince: number | null = null;
-  private rootsTimer: NodeJS.Timeout | null = null;
   private readonly reconcileTimers = new Map<string, NodeJS.Timeout>();
   /** Mirror mode only: GC roots that keep lower objects alive for plain Nix's GC. */
   roots: LowerRoots | null = null;
@@ -88,12 +87,20 @@ export class Metadata {
   upperRemoved(name: string): void {
     this.known.delete(`${this.storeDir}/${name}`);
     this.reconcileSoon(name);
-    this.syncRootsSoon();
+    if (this.roots && this.lower.pathRow(`${this.storeDir}/${name}`)) this.rootsDo(() => this.roots!.stoppedDuplicate(name));
   }
 
   /** The upper layer gained a top-level object: it may now shadow a lower one. */
   upperAdded(name: string): void {
-    if (this.roots && this.lower.pathRow(`${this.storeDir}/${name}`)) this.syncRootsSoon();
+    if (this.roots && this.lower.pathRow(`${this.storeDir}/${name}`)) this.rootsDo(() => this.roots!.becameDuplicate(name, this.duplicates()));
+  }
+
+  private rootsDo(f: () => void): void {
+    try {
+      f();
+    } catch (err) {
+      log.warn(`gc roots: ${err instanceof Error ? err.message : String(err)}`);
+    }
   }
 
   /**
@@ -120,16 +127,6 @@ export class Metadata {
     }, 100);
     timer.unref();
     this.reconcileTimers.set(name, timer);
-  }
-
-  /** Recomputes the lower GC roots (debounced). */
-  syncRootsSoon(): void {
-    if (!this.roots || this.rootsTimer) return;
-    this.rootsTimer = setTimeout(() => {
-      this.rootsTimer = null;
-      this.syncRoots();
-    }, 100);
-    this.rootsTimer.unref();
   }
 
   syncRoots(): void {
@@ -160,7 +157,8 @@ export class Metadata {
               this.stats.count('rowsMirrored', added.count);
               for (const p of added.paths ?? []) this.known.set(p, true);
               onNewPaths(added.paths ? added.paths.map((p) => p.slice(this.storeDir.length + 1)) : null);
-              this.syncRoots();
+              if (added.paths) this.rootsDo(() => this.roots?.added(added.paths!));
+              else this.syncRoots();
               this.stats.trace?.('import', this.storeDir, `${added.count} rows`, Date.now() - t0);
             }
           }
@@ -198,8 +196,6 @@ export class Metadata {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    if (this.rootsTimer) clearTimeout(this.rootsTimer);
-    this.rootsTimer = null;
     for (const t of this.reconcileTimers.values()) clearTimeout(t);
     this.reconcileTimers.clear();
   }
