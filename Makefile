@@ -4,10 +4,10 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
-APT_PACKAGES := libfuse2 libfuse-dev fuse3 nix-bin fuse-overlayfs sqlite3 pkg-config patch
+APT_PACKAGES := libfuse2 libfuse-dev fuse3 nix-bin fuse-overlayfs sqlite3 pkg-config patch openssl
 NODE_BIN := node_modules/.bin
 
-.PHONY: all setup system-packages deps native build demo test test-unit test-integration bench bench-small clean
+.PHONY: all setup system-packages deps native build demo test bench bench-small bench-1m clean
 
 all: build
 
@@ -49,11 +49,22 @@ test: setup
 	$(NODE_BIN)/ava
 	node dist/test/tools/check-lower.js
 
+# Benchmarks (bench/README.md): peers side by side, then GC cost vs lower file count and the
+# cost of tracing. BENCH_ARGS is passed to the main runner (e.g. BENCH_ARGS='--reps 3').
+BENCH_ARGS ?=
+
 bench: setup
-	node dist/bench/run.js --profile default
+	node dist/bench/run.js --profile default $(BENCH_ARGS)
+	node dist/bench/gc.js
+	node dist/bench/trace.js --profile default
 
 bench-small: setup
-	node dist/bench/run.js --profile small
+	node dist/bench/run.js --profile small $(BENCH_ARGS)
+	node dist/bench/gc.js --reps 3
+	node dist/bench/trace.js --profile small --reps 3
+
+bench-1m: setup
+	node dist/bench/run.js --profile 1m --only mirror-import $(BENCH_ARGS)
 
 clean:
 	rm -rf dist
