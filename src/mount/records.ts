@@ -22,19 +22,27 @@ export function controlSocketPath(mergedRoot: string): string {
   return path.join(rootLayout(mergedRoot).stateDir, 'control.sock');
 }
 
-export function writeRecord(rec: DaemonRecord): void {
-  const file = recordPath(rec.config.mergedRoot);
+/** Writes JSON atomically (a reader sees the old file or the new one, never half of one). */
+function writeJson(file: string, value: unknown): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(rec, null, 2));
+  fs.writeFileSync(`${file}.tmp`, JSON.stringify(value, null, 2));
   fs.renameSync(`${file}.tmp`, file);
 }
 
-export function readRecord(mergedRoot: string): DaemonRecord | null {
+function readJson<T>(file: string): T | null {
   try {
-    return JSON.parse(fs.readFileSync(recordPath(mergedRoot), 'utf8')) as DaemonRecord;
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
   } catch {
     return null;
   }
+}
+
+export function writeRecord(rec: DaemonRecord): void {
+  writeJson(recordPath(rec.config.mergedRoot), rec);
+}
+
+export function readRecord(mergedRoot: string): DaemonRecord | null {
+  return readJson<DaemonRecord>(recordPath(mergedRoot));
 }
 
 export function removeRecord(mergedRoot: string): void {
@@ -53,18 +61,11 @@ export function configPath(mergedRoot: string): string {
 }
 
 export function writeRootConfig(rc: RootConfig): void {
-  const file = configPath(rc.config.mergedRoot);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(rc, null, 2));
-  fs.renameSync(`${file}.tmp`, file);
+  writeJson(configPath(rc.config.mergedRoot), rc);
 }
 
 export function readRootConfig(mergedRoot: string): RootConfig | null {
-  try {
-    return JSON.parse(fs.readFileSync(configPath(mergedRoot), 'utf8')) as RootConfig;
-  } catch {
-    return null;
-  }
+  return readJson<RootConfig>(configPath(mergedRoot));
 }
 
 export function processAlive(pid: number): boolean {
