@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { LocalOverlayError } from '../util/errno';
 import { NIX_SCHEMA_VERSION } from '../metadata/schema';
 import { MountConfig, rootLayout } from './config';
-import { isMountPoint } from './records';
+import { isMountPoint, runningRecords } from './records';
 
 const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
 
@@ -66,6 +66,12 @@ export function validateMount(cfg: MountConfig): void {
     if (fs.readdirSync(merged.storeDir).length > 0) fail('mountpoint-not-empty', `mount point ${merged.storeDir} is not empty`);
   }
   if (fs.existsSync(merged.dbFile)) checkSchema(merged.dbDir, 'merged');
+  // The upper layer is exact only while one mount writes it.
+  for (const rec of runningRecords()) {
+    if (realish(rec.config.upperDir) === realish(cfg.upperDir) && rec.config.mergedRoot !== cfg.mergedRoot) {
+      fail('upper-in-use', `upper dir ${cfg.upperDir} is in use by the mount at ${rec.config.mergedRoot} (pid ${rec.pid})`);
+    }
+  }
 
   checkFuse();
 }

@@ -82,6 +82,17 @@ test('busy mountpoint: mounting the same merged root twice', async (t) => {
   await refused(t, { lower: lower.root, upper: m.upper, root: m.root, work: m.work }, /already a mount point \(busy\)/, [], true);
 });
 
+test('upper dir already used by another running mount', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  const c = paths(dir, lower.root);
+  c.upper = m.upper;
+  c.root = path.join(dir, 'second');
+  c.work = path.join(dir, 'work2');
+  await refused(t, c, /upper dir .* is in use by the mount at .*merged/);
+});
+
 test('missing /dev/fuse', async (t) => {
   const dir = tempDir(t);
   const lower = await sharedLower();
