@@ -68,12 +68,18 @@ export function readRootConfig(mergedRoot: string): RootConfig | null {
   return readJson<RootConfig>(configPath(mergedRoot));
 }
 
+/** Whether `pid` runs (a zombie, which a container's init may never reap, does not). */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
   }
 }
 

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { LocalOverlayError } from '../util/errno';
 import { NIX_SCHEMA_VERSION } from '../metadata/schema';
 import { MountConfig, rootLayout } from './config';
-import { isMountPoint, runningRecords } from './records';
+import { isMountPoint, processAlive, readRecord, runningRecords } from './records';
 
 const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
 
@@ -60,7 +60,13 @@ export function validateMount(cfg: MountConfig): void {
   if (fs.existsSync(cfg.upperDir) && !isDir(cfg.upperDir)) fail('upper-not-dir', `upper dir ${cfg.upperDir} is not a directory`);
   if (fs.existsSync(cfg.workDir) && !isDir(cfg.workDir)) fail('work-not-dir', `work dir ${cfg.workDir} is not a directory`);
 
-  if (isMountPoint(merged.storeDir)) fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy)`);
+  if (isMountPoint(merged.storeDir)) {
+    const rec = readRecord(cfg.mergedRoot);
+    if (rec === null || !processAlive(rec.pid)) {
+      fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy), and no daemon serves it (stale): run \`local-overlay unmount ${cfg.mergedRoot}\` first`);
+    }
+    fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy)`);
+  }
   if (fs.existsSync(merged.storeDir)) {
     if (!isDir(merged.storeDir)) fail('mountpoint-not-dir', `mount point ${merged.storeDir} is not a directory`);
     if (fs.readdirSync(merged.storeDir).length > 0) fail('mountpoint-not-empty', `mount point ${merged.storeDir} is not empty`);

@@ -14,6 +14,8 @@ function paths(dir: string, lower: string): Case {
   return { lower, upper: path.join(dir, 'upper'), root: path.join(dir, 'merged'), work: path.join(dir, 'work') };
 }
 
+const rel = (p: string): string => p.replace(/^\/nix\/store\//, '');
+
 function args(c: Case): string[] {
   return ['mount', '--lower', c.lower, '--upper', c.upper, '--root', c.root, '--work', c.work];
 }
@@ -80,6 +82,20 @@ test('busy mountpoint: mounting the same merged root twice', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root, { dir });
   await refused(t, { lower: lower.root, upper: m.upper, root: m.root, work: m.work }, /already a mount point \(busy\)/, [], true);
+});
+
+test('a daemon killed with SIGKILL: mount names the stale mount, unmount clears it, mount works again', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  process.kill(m.pid, 'SIGKILL');
+  await new Promise((r) => setTimeout(r, 300));
+  await refused(t, { lower: lower.root, upper: m.upper, root: m.root, work: m.work }, /no daemon serves it \(stale\): run `local-overlay unmount/, [], true);
+  const u = await cli(['unmount', m.root]);
+  t.is(u.code, 0, u.stderr);
+  t.regex(u.stdout, /no daemon was serving it/);
+  const again = await mountMerged(t, lower.root, { dir });
+  t.true(fs.existsSync(path.join(again.store, rel(lower.manifest.paths.appOut))));
 });
 
 test('upper dir already used by another running mount', async (t) => {
