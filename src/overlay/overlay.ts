@@ -92,7 +92,7 @@ export class Overlay {
   }
 
   private locate(path: string): Located | Errno {
-    if (path.includes('/..') || path.includes('/./')) return E.ENOENT;
+    if (hasDotComponent(path)) return E.ENOENT;
     const top = Overlay.topName(path);
     if (isHiddenName(path)) {
       return { layer: Layer.Upper, real: `${this.hiddenDir}/${basename(path)}`, top };
@@ -236,8 +236,8 @@ export class Overlay {
   }
 
   access(path: string, mode: number): Errno {
-    const loc = this.locate(path === '/' ? '/' : path);
     if (path === '/') return tryOp(() => fs.accessSync(this.upperDir, mode));
+    const loc = this.locate(path);
     if (typeof loc === 'number') return loc;
     if (loc.layer === Layer.Lower && (mode & fs.constants.W_OK)) return E.EROFS;
     return tryOp(() => fs.accessSync(loc.real, mode));
@@ -481,6 +481,11 @@ function tryOp(f: () => void): Errno {
   } catch (err) {
     return toErrno(err);
   }
+}
+
+/** A `.` or `..` component (libfuse never sends one; a name like `..x` is an ordinary name). */
+function hasDotComponent(path: string): boolean {
+  return path.includes('/../') || path.endsWith('/..') || path.includes('/./') || path.endsWith('/.');
 }
 
 function basename(path: string): string {

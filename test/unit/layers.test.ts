@@ -378,6 +378,19 @@ test('overlay: absent, whited-out, bookkeeping and dot-dot paths are ENOENT', as
   t.is(ov.readlink(`/${nm('absent')}`), E.ENOENT);
 });
 
+test('overlay: names that merely start with dots (`..x`, `.x`) are ordinary names', async (t) => {
+  const l = await layout(t);
+  const { ov } = overlay(l);
+  for (const name of ['..x', '.x', '...']) {
+    const p = `/${UO}/${name}`;
+    const fd = ov.create(p, 0o644);
+    t.true(fd >= 0, `create ${p}: ${fd}`);
+    t.is(ov.release(fd), 0);
+    t.not(typeof ov.getattr(p), 'number', `getattr ${p}`);
+    t.true(fs.existsSync(path.join(l.upper, UO, name)), `${name} is in the upper dir`);
+  }
+});
+
 test('overlay: names over 255 bytes are ENAMETOOLONG, counted in bytes', async (t) => {
   const l = await layout(t);
   const { ov } = overlay(l);
