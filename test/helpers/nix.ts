@@ -50,3 +50,22 @@ export async function nixOk(cmd: Parameters<typeof nix>[0], args: readonly strin
   requireNix();
   return check(cmd, args, { env: env(), timeoutMs: 180_000 });
 }
+
+/**
+ * Writes `DIR/NAME.nix`: a derivation built by /bin/sh running `script`, whose arguments are
+ * the given store paths (`${arg}` in the script). Returns the nix-build arguments after
+ * `--store ROOT`: the expression and one `--arg NAME (builtins.storePath "...")` per input.
+ */
+export async function derivation(dir: string, name: string, inputs: Record<string, string>, script: string): Promise<string[]> {
+  const expr = path.join(dir, `${name}.nix`);
+  const args = Object.keys(inputs);
+  await fs.promises.writeFile(expr, `{ ${args.join(', ')} }:
+derivation {
+  name = "${name}";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" ${JSON.stringify(script)} ];
+}
+`);
+  return [expr, ...args.flatMap((a) => ['--arg', a, `builtins.storePath "${inputs[a]}"`])];
+}

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { check, run } from '../helpers/exec';
 import { sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
-import { nixOk } from '../helpers/nix';
+import { derivation, nixOk } from '../helpers/nix';
 import { lowerRootDigest, treeLines } from '../helpers/tree';
 
 // The upper layer's on-disk format is kernel OverlayFS's: the kernel, mounted on the same
@@ -36,17 +36,8 @@ async function kernelMount(t: Parameters<typeof tempDir>[0], lowerStore: string,
 }
 
 async function buildAndAdd(root: string, dir: string, appOut: string, single: string): Promise<string> {
-  const expr = path.join(dir, 'compat.nix');
-  await fs.promises.writeFile(expr, `
-    { app, single }:
-    derivation {
-      name = "compat-build";
-      system = builtins.currentSystem;
-      builder = "/bin/sh";
-      args = [ "-c" "echo \${app} \${single} > $out" ];
-    }`);
-  const out = (await nixOk('nix-build', ['--store', root, '--no-out-link', expr,
-    '--arg', 'app', `builtins.storePath "${appOut}"`, '--arg', 'single', `builtins.storePath "${single}"`])).trim();
+  const drv = await derivation(dir, 'compat-build', { app: appOut, single }, 'echo ${app} ${single} > $out');
+  const out = (await nixOk('nix-build', ['--store', root, '--no-out-link', ...drv])).trim();
   const src = path.join(dir, 'added-dir');
   fs.mkdirSync(path.join(src, 'sub'), { recursive: true });
   fs.writeFileSync(path.join(src, 'sub/file'), 'added through the merged store\n');

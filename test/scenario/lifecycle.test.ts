@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { cli, run } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
-import { nix, nixOk } from '../helpers/nix';
+import { derivation, nix, nixOk } from '../helpers/nix';
 import { lowerRootDigest } from '../helpers/tree';
 
 // The merged store's lifecycle with real Nix 2.8 as the actor: GC, delete, duplicates,
@@ -15,14 +15,8 @@ const rel = (p: string): string => p.replace(/^\/nix\/store\//, '');
 const valid = async (m: Merged, p: string): Promise<boolean> => (await nix('nix-store', ['--store', m.root, '--check-validity', p])).code === 0;
 
 async function build(m: Merged, name: string, inputs: Record<string, string>): Promise<string> {
-  const expr = path.join(m.dir, `${name}.nix`);
-  const args = Object.keys(inputs);
-  await fs.promises.writeFile(expr, `{ ${args.join(', ')} }: derivation {
-    name = "${name}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo ${args.map((a) => `\${${a}}`).join(' ')} > $out" ];
-  }`);
-  const flags = args.flatMap((a) => ['--arg', a, `builtins.storePath "${inputs[a]}"`]);
-  return (await nixOk('nix-build', ['--store', m.root, '--no-out-link', expr, ...flags])).trim();
+  const drv = await derivation(m.dir, name, inputs, `echo ${Object.keys(inputs).map((a) => `\${${a}}`).join(' ')} > $out`);
+  return (await nixOk('nix-build', ['--store', m.root, '--no-out-link', ...drv])).trim();
 }
 
 async function addText(m: Merged, dir: string, fileName: string, content: string): Promise<string> {

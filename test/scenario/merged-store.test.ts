@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
-import { nix, nixOk } from '../helpers/nix';
+import { derivation, nix, nixOk } from '../helpers/nix';
 import { lowerRootDigest, treeLines } from '../helpers/tree';
 
 // Real Nix 2.8 drives merged roots over the shared lower store built by
@@ -50,20 +50,12 @@ test('build: only the new output is built, into the upper dir; lower inputs are 
   const before = await lowerRootDigest(lower.root);
   const m = await mountMerged(t, lower.root);
   const p = lower.manifest.paths;
-  const expr = path.join(m.dir, 'build.nix');
-  await fs.promises.writeFile(expr, `
-    { app, single }:
-    derivation {
-      name = "merged-build-test";
-      system = builtins.currentSystem;
-      builder = "/bin/sh";
-      args = [ "-c" "read line < \${single}; echo \\"$line\\" > $out; echo \${single} \${app} >> $out; for f in \${app}/*; do echo $f >> $out; done" ];
-    }`);
+  const drv = await derivation(m.dir, 'merged-build-test', { app: p.appOut, single: p.singleFile },
+    'read line < ${single}; echo "$line" > $out; echo ${single} ${app} >> $out; for f in ${app}/*; do echo $f >> $out; done');
   const lowerNames = new Set((await fs.promises.readdir(m.lowerStore)).filter((n) => /^[0-9a-z]{32}-/.test(n)));
   const upperBefore = new Set(await fs.promises.readdir(m.upper));
 
-  const r = await nix('nix-build', ['--store', m.root, '--no-out-link', expr,
-    '--arg', 'app', `builtins.storePath "${p.appOut}"`, '--arg', 'single', `builtins.storePath "${p.singleFile}"`]);
+  const r = await nix('nix-build', ['--store', m.root, '--no-out-link', ...drv]);
   t.is(r.code, 0, r.stderr);
   const out = r.stdout.trim();
   t.regex(out, /^\/nix\/store\/[0-9a-z]{32}-merged-build-test$/);
