@@ -22,6 +22,8 @@ export class Daemon {
   readonly startedAt = new Date();
   overlay!: Overlay;
   metadata!: Metadata;
+  /** Hears what a slow start is doing (the CLI shows it when mounting takes a while). */
+  onProgress: ((text: string) => void) | undefined;
 
   constructor(readonly cfg: MountConfig) {}
 
@@ -43,6 +45,7 @@ export class Daemon {
     this.overlay = new Overlay({ upperDir: cfg.upperDir, lowerDir: lower.storeDir, workDir: cfg.workDir },
       { negativeTtlMs: cfg.negativeTimeoutS * 1000 });
     const lowerDb = new LowerDb(lower.dbFile);
+    this.onProgress?.(`lower store: ${lowerDb.maxId()} paths in its DB`);
     const seededTo = cfg.metadata === 'mirror' && !fs.existsSync(merged.dbFile) ? this.seed(lowerDb, merged.dbDir) : null;
     const upperDb = UpperDb.open(merged.dbDir);
     this.overlay.index.lowerValid = (name) => lowerDb.pathRow(`/nix/store/${name}`) !== undefined;
@@ -50,6 +53,7 @@ export class Daemon {
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
     const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb);
     if (cfg.metadata === 'mirror') {
+      this.onProgress?.('importing lower DB rows into the merged DB, then computing GC roots');
       if (seededTo !== null) {
         this.metadata.mirror.seeded(seededTo);
         this.overlay.stats.count('rowsMirrored', upperDb.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number);
@@ -72,6 +76,7 @@ export class Daemon {
     // Loaded here, not at the top: a missing libfuse must be a clear error, not a crash.
     const { FuseMount, DEFAULT_MOUNT_OPTIONS } = await import('../fuse/adapter');
     const fuse = new FuseMount(merged.storeDir, this.overlay, { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout });
+    this.onProgress?.(`mounting ${merged.storeDir}`);
     await fuse.mount();
     this.fuse = fuse;
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);

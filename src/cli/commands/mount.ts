@@ -71,7 +71,13 @@ async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<num
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${err instanceof Error ? err.stack : String(err)}`));
   process.umask(0); // modes come from the kernel request, already masked by the caller's umask
   const daemon = new Daemon(cfg);
+  // The ready pipe carries progress lines ({"progress": "..."}) and then one final answer.
+  daemon.onProgress = (text) => {
+    if (readyFd === undefined) process.stderr.write(`local-overlay: ${text}\n`);
+    else try { fs.writeSync(readyFd, JSON.stringify({ progress: text }) + '\n'); } catch { /* parent gone */ }
+  };
   const notify = (msg: Record<string, unknown>): void => {
+    daemon.onProgress = undefined;
     if (readyFd === undefined) return;
     try { fs.writeSync(readyFd, JSON.stringify(msg) + '\n'); fs.closeSync(readyFd); } catch { /* parent gone */ }
   };
@@ -113,13 +119,28 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   if (cfg.logFile) args.push('--log', cfg.logFile);
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const started = Date.now();
   const reply = await new Promise<Record<string, unknown>>((resolve) => {
     let buf = '';
+    let answer: Record<string, unknown> | null = null;
     pipe.setEncoding('utf8');
-    pipe.on('data', (d: string) => { buf += d; });
-    pipe.on('end', () => {
-      try { resolve(JSON.parse(buf.trim().split('\n')[0]) as Record<string, unknown>); } catch { resolve({ ok: false, error: `the daemon exited before its mount answered (see ${cfg.logFile ?? 'its log'})` }); }
+    pipe.on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let msg: Record<string, unknown>;
+        try { msg = JSON.parse(line) as Record<string, unknown>; } catch { continue; }
+        // Progress shows only when the mount takes a while (a large lower DB).
+        if (typeof msg.progress === 'string') {
+          if (Date.now() - started > 1000 || process.stderr.isTTY) process.stderr.write(`local-overlay: ${msg.progress}\n`);
+        } else {
+          answer = msg;
+        }
+      }
     });
+    pipe.on('end', () => resolve(answer ?? { ok: false, error: `the daemon exited before its mount answered (see ${cfg.logFile ?? 'its log'})` }));
   });
   child.unref();
   if (!reply.ok) throw new LocalOverlayError(String(reply.code ?? 'failed'), String(reply.error));
