@@ -1,0 +1,107 @@
+import test from 'ava';
+import Database = require('better-sqlite3');
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { copyClosure } from '../../src/metadata/closure';
+import { LowerDb } from '../../src/metadata/lower-db';
+import { Mirror } from '../../src/metadata/mirror';
+import { withBusyRetry } from '../../src/metadata/sqlite';
+import { UpperDb } from '../../src/metadata/upper-db';
+import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
+import { tempDir } from '../helpers/mount';
+
+// The metadata module against real SQLite files: the lower DB is one real Nix 2.8 made.
+
+interface Row { id: number; path: string; hash: string; registrationTime: number; deriver: string | null; narSize: number; ultimate: number | null; sigs: string | null; ca: string | null }
+
+/** Rows by path, in path order (ids differ between the DBs; everything else must not). */
+function rows(db: Database.Database): Map<string, Omit<Row, 'id'>> {
+  const out = new Map<string, Omit<Row, 'id'>>();
+  for (const r of db.prepare('SELECT * FROM ValidPaths ORDER BY path').all() as Row[]) {
+    const { id: _id, ...rest } = r;
+    out.set(r.path, rest);
+  }
+  return out;
+}
+
+function refs(db: Database.Database): string[] {
+  return (db.prepare('SELECT a.path || \' -> \' || b.path AS e FROM Refs r JOIN ValidPaths a ON a.id = r.referrer JOIN ValidPaths b ON b.id = r.reference').pluck().all() as string[]).sort();
+}
+
+function outputs(db: Database.Database): string[] {
+  return (db.prepare('SELECT v.path || \' \' || o.id || \' \' || o.path FROM DerivationOutputs o JOIN ValidPaths v ON v.id = o.drv').pluck().all() as string[]).sort();
+}
+
+const dbFile = (root: string): string => path.join(root, 'nix/var/nix/db/db.sqlite');
+
+test('copyClosure copies the closure exactly, references first, and nothing else', async (t) => {
+  const lower = await sharedLower();
+  const dir = tempDir(t);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => { up.close(); lo.close(); });
+  const p = lower.manifest.paths;
+  const n = copyClosure(up, lo, [p.appOut]);
+  const want = new Set([p.appOut, p.libOut, p.singleFile, p.textFile]);
+  t.is(n, want.size);
+  const lowerRows = rows(lo.conn());
+  const upperRows = rows(up.db);
+  t.deepEqual([...upperRows.keys()].sort(), [...want].sort());
+  for (const q of want) t.deepEqual(upperRows.get(q), lowerRows.get(q), `row of ${q}`);
+  t.deepEqual(refs(up.db), refs(lo.conn()).filter((e) => want.has(e.split(' -> ')[0])));
+  // References first: every reference has a smaller id than its referrer.
+  const bad = up.db.prepare('SELECT count(*) FROM Refs WHERE reference > referrer').pluck().get();
+  t.is(bad, 0);
+  t.is(copyClosure(up, lo, [p.appOut]), 0, 'a second copy adds nothing');
+  // appDrv's closure adds appDrv, libDrv and the tools; the rest is there already.
+  t.is(copyClosure(up, lo, [p.appDrv]), 3);
+  t.is(up.db.prepare('SELECT count(*) FROM Refs WHERE reference > referrer').pluck().get(), 0);
+});
+
+test('copyClosure carries derivation outputs; withBusyRetry waits for a writer without blocking', async (t) => {
+  const lower = await sharedLower();
+  const dir = tempDir(t);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => { up.close(); lo.close(); });
+  // Another connection (as Nix would) holds the write lock for 300 ms.
+  const nix = new Database(path.join(dir, 'db/db.sqlite'));
+  nix.exec('BEGIN IMMEDIATE');
+  let released = 0;
+  setTimeout(() => { nix.exec('COMMIT'); nix.close(); released = Date.now(); }, 300);
+  let ticks = 0;
+  const ticker = setInterval(() => { ticks++; }, 20);
+  const n = await withBusyRetry(() => copyClosure(up, lo, [lower.manifest.paths.appDrv]));
+  clearInterval(ticker);
+  t.true(released > 0 && Date.now() >= released, 'it finished after the writer let go');
+  t.true(ticks >= 5, `the event loop kept running while it waited (${ticks} ticks)`);
+  t.true(n >= 4);
+  const drvs = [lower.manifest.paths.appDrv, lower.manifest.paths.libDrv];
+  t.deepEqual(outputs(up.db), outputs(lo.conn()).filter((o) => drvs.some((d) => o.startsWith(d + ' '))));
+});
+
+test('mirror: imports every lower row once, then only new ones, and leaves no files beside the lower DB', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const lowerDbDir = path.dirname(dbFile(lower.root));
+  const before = fs.readdirSync(lowerDbDir).sort();
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => { up.close(); lo.close(); });
+  const mirror = new Mirror(up, lo);
+  const first = mirror.importNew();
+  t.is(first.count, rows(lo.conn()).size);
+  t.deepEqual(rows(up.db), rows(lo.conn()));
+  t.deepEqual(refs(up.db), refs(lo.conn()));
+  t.deepEqual(outputs(up.db), outputs(lo.conn()));
+  t.deepEqual(mirror.importNew(), { count: 0, paths: [] });
+  t.deepEqual(fs.readdirSync(lowerDbDir).sort(), before, 'no -wal/-shm or other file was created beside the lower DB');
+
+  const added = await lowerAdd(lower.root, `mirror-unit-${Date.now()}`);
+  t.true(lo.changed());
+  lo.reopen();
+  const second = mirror.importNew();
+  t.deepEqual(second, { count: 1, paths: [added] });
+  t.deepEqual(rows(up.db), rows(lo.conn()));
+  t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
+});
