@@ -200,6 +200,15 @@ export class Metadata {
     this.reconcileTimers.clear();
   }
 
+  /** Waits (at most `ms`) for closure copies still in flight, e.g. before the DBs close. */
+  async drain(ms: number): Promise<void> {
+    const pending = [...this.inflight.values()].map((p) => p.catch(() => undefined));
+    if (pending.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(pending), new Promise((r) => { timer = setTimeout(r, ms); })]);
+    clearTimeout(timer);
+  }
+
   close(): void {
     this.stop();
     this.lower.close();

@@ -114,6 +114,8 @@ export class Daemon {
           log.warn(`unmount: ${err instanceof Error ? err.message : String(err)}`);
         }
       }
+      // No request arrives any more: let closure copies in flight finish, then close the DBs.
+      await this.metadata?.drain(10_000);
       this.metadata?.close();
       this.tracer?.close();
       removeRecord(this.cfg.mergedRoot);
