@@ -57,11 +57,13 @@ bench: setup
 	node dist/bench/run.js --profile default $(BENCH_ARGS)
 	node dist/bench/gc.js
 	node dist/bench/trace.js --profile default
+	node dist/bench/floor.js
 
 bench-small: setup
 	node dist/bench/run.js --profile small $(BENCH_ARGS)
 	node dist/bench/gc.js --reps 3
 	node dist/bench/trace.js --profile small --reps 3
+	node dist/bench/floor.js
 
 bench-1m: setup
 	node dist/bench/run.js --profile 1m --only mirror-import $(BENCH_ARGS)
