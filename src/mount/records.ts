@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { MountConfig, rootLayout } from './config';
 
@@ -37,8 +39,32 @@ function readJson<T>(file: string): T | null {
   }
 }
 
+/**
+ * The machine-wide registry of running mounts: one file per mount naming its merged root, in
+ * `$LOCAL_OVERLAY_RUN_DIR` (default /run/local-overlay, or a per-user dir in /tmp when /run is
+ * not writable). `status` lists mounts from it, so a mount is found even when this process
+ * cannot see it in its own mount table (another mount namespace).
+ */
+export function registryDir(): string {
+  const env = process.env.LOCAL_OVERLAY_RUN_DIR;
+  if (env) return env;
+  try {
+    fs.accessSync('/run', fs.constants.W_OK);
+    return '/run/local-overlay';
+  } catch {
+    return path.join(os.tmpdir(), `local-overlay-${process.getuid?.() ?? 0}`);
+  }
+}
+
+function registryEntry(mergedRoot: string): string {
+  return path.join(registryDir(), `${createHash('sha256').update(mergedRoot).digest('hex').slice(0, 16)}.json`);
+}
+
 export function writeRecord(rec: DaemonRecord): void {
   writeJson(recordPath(rec.config.mergedRoot), rec);
+  try {
+    writeJson(registryEntry(rec.config.mergedRoot), { mergedRoot: rec.config.mergedRoot, pid: rec.pid });
+  } catch { /* the registry is a convenience; the record beside the mount is authoritative */ }
 }
 
 export function readRecord(mergedRoot: string): DaemonRecord | null {
@@ -47,6 +73,7 @@ export function readRecord(mergedRoot: string): DaemonRecord | null {
 
 export function removeRecord(mergedRoot: string): void {
   fs.rmSync(recordPath(mergedRoot), { force: true });
+  fs.rmSync(registryEntry(mergedRoot), { force: true });
 }
 
 /**
@@ -105,12 +132,21 @@ export function isMountPoint(dir: string): boolean {
   return mountTable().has(path.resolve(dir));
 }
 
-/** Every running mount whose record is found under a mount point in the mount table. */
+/** Every running mount: from the registry, and from FUSE mounts in this mount table. */
 export function runningRecords(): DaemonRecord[] {
-  const out: DaemonRecord[] = [];
+  const roots = new Set<string>();
+  try {
+    for (const f of fs.readdirSync(registryDir())) {
+      const entry = readJson<{ mergedRoot: string; pid: number }>(path.join(registryDir(), f));
+      if (entry && processAlive(entry.pid)) roots.add(entry.mergedRoot);
+      else if (entry) fs.rmSync(path.join(registryDir(), f), { force: true }); // a daemon that died
+    }
+  } catch { /* no registry yet */ }
   for (const [mnt, type] of mountTable()) {
-    if (!type.startsWith('fuse') || !mnt.endsWith('/nix/store')) continue;
-    const root = mnt.slice(0, -'/nix/store'.length) || '/';
+    if (type.startsWith('fuse') && mnt.endsWith('/nix/store')) roots.add(mnt.slice(0, -'/nix/store'.length) || '/');
+  }
+  const out: DaemonRecord[] = [];
+  for (const root of roots) {
     const rec = readRecord(root);
     if (rec && processAlive(rec.pid)) out.push(rec);
   }
