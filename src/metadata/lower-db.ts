@@ -43,8 +43,7 @@ export class LowerDb {
   reopen(): void {
     this.close();
     this.sig = this.signature();
-    const wal = fs.existsSync(this.walFile);
-    this.db = openDb(lowerDbUri(this.dbFile, wal), { readonly: true, timeoutMs: 1000 });
+    this.db = openDb(lowerDbUri(this.dbFile), { readonly: true, timeoutMs: 1000 });
   }
 
   close(): void {
@@ -55,7 +54,7 @@ export class LowerDb {
 
   /** The URI to ATTACH this DB elsewhere with the same guarantees. */
   uri(): string {
-    return lowerDbUri(this.dbFile, fs.existsSync(this.walFile));
+    return lowerDbUri(this.dbFile);
   }
 
   private signature(): string {

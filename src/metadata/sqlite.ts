@@ -2,9 +2,13 @@ import Database = require('better-sqlite3');
 
 /**
  * The one module that imports better-sqlite3. The lower DB is only ever opened through
- * `lowerDbUri`: read-only, and `immutable` when no writer has a WAL open, so that SQLite takes
- * no lock and creates no `-wal`/`-shm` file beside it (a plain read-only open of a WAL-mode DB
- * creates both). Requires a better-sqlite3 built with SQLITE_USE_URI=1 (scripts/build-native.sh).
+ * `lowerDbUri`: `mode=ro&immutable=1`, so SQLite takes no lock and opens no file beside it: no
+ * `-wal`/`-shm` is created, and an existing one (a writer is active) is neither read nor
+ * written. A plain read-only open of a WAL-mode DB creates both, and with a writer present it
+ * writes its read marks into the writer's `-shm` and keeps the writer from removing its WAL at
+ * close. The price: rows a writer has committed to its WAL show once it checkpoints them into
+ * the DB file (a Nix client does when it exits). Requires a better-sqlite3 built with
+ * SQLITE_USE_URI=1 (scripts/build-sqlite.sh).
  */
 export type Db = Database.Database;
 export type Statement = Database.Statement;
@@ -13,10 +17,21 @@ export function openDb(file: string, opts: { readonly?: boolean; timeoutMs?: num
   return new Database(file, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false, timeout: opts.timeoutMs ?? 5000 });
 }
 
-/** A SQLite URI for the lower DB: `immutable=1` when no WAL is present, else `mode=ro`. */
-export function lowerDbUri(dbFile: string, walPresent: boolean): string {
-  const enc = encodeURI(dbFile).replace(/\?/g, '%3f').replace(/#/g, '%23');
-  return `file:${enc}?${walPresent ? 'mode=ro' : 'mode=ro&immutable=1'}`;
+function fileUri(dbFile: string, params: string): string {
+  return `file:${encodeURI(dbFile).replace(/\?/g, '%3f').replace(/#/g, '%23')}?${params}`;
+}
+
+/** The lower DB, read as an immutable snapshot (see above). */
+export function lowerDbUri(dbFile: string): string {
+  return fileUri(dbFile, 'mode=ro&immutable=1');
+}
+
+/**
+ * One of our own DBs (the upper DB) read without writing: `immutable` when no WAL is present
+ * (nothing is created), else a plain read-only open that sees the writers' latest commits.
+ */
+export function readOnlyUri(dbFile: string, walPresent: boolean): string {
+  return fileUri(dbFile, walPresent ? 'mode=ro' : 'mode=ro&immutable=1');
 }
 
 const BUSY = new Set(['SQLITE_BUSY', 'SQLITE_BUSY_SNAPSHOT', 'SQLITE_BUSY_RECOVERY', 'SQLITE_LOCKED']);

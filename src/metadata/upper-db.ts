@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Db, lowerDbUri, openDb, Statement } from './sqlite';
+import { Db, openDb, readOnlyUri, Statement } from './sqlite';
 import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
 import { PathRow, PATH_COLUMNS } from './rows';
 
@@ -53,7 +53,7 @@ export class UpperDb {
   static openSnapshot(dbDir: string): UpperDb | null {
     const file = path.join(dbDir, 'db.sqlite');
     if (!fs.existsSync(file)) return null;
-    return new UpperDb(dbDir, openDb(lowerDbUri(file, fs.existsSync(`${file}-wal`)), { readonly: true, timeoutMs: 2000 }));
+    return new UpperDb(dbDir, openDb(readOnlyUri(file, fs.existsSync(`${file}-wal`)), { readonly: true, timeoutMs: 2000 }));
   }
 
   /** The schema version the `schema` file declares, or null when there is none. */
