@@ -105,3 +105,25 @@ test('mirror: imports every lower row once, then only new ones, and leaves no fi
   t.deepEqual(rows(up.db), rows(lo.conn()));
   t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
 });
+
+test('reading the lower DB while a writer has its WAL open leaves nothing behind once the writer closes', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const file = dbFile(lower.root);
+  const before = fs.readdirSync(path.dirname(file)).sort();
+  // A writer, as Nix is: WAL mode, a committed row still in its WAL.
+  const writer = new Database(file);
+  writer.pragma('journal_mode = WAL');
+  writer.prepare("INSERT INTO ValidPaths (path, hash, registrationTime) VALUES ('/nix/store/00000000000000000000000000000000-w', 'sha256:0', 1)").run();
+  t.true(fs.existsSync(`${file}-wal`), 'the writer has a WAL');
+  const lo = new LowerDb(file);
+  const n = lo.maxId();
+  const up = UpperDb.open(path.join(dir, 'db'));
+  new Mirror(up, lo).importNew();
+  // The daemon's snapshot stays open while the writer (Nix) finishes and closes.
+  writer.close();
+  lo.close();
+  up.close();
+  t.deepEqual(fs.readdirSync(path.dirname(file)).sort(), before, 'the writer removed its WAL and shm: no reader held them');
+  t.true(n > 0);
+});
