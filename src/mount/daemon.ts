@@ -10,7 +10,7 @@ import { log } from '../util/log';
 import { MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
 import { Tracer } from '../overlay/trace';
-import { controlSocketPath, removeRecord, writeRecord, writeRootConfig } from './records';
+import { controlSocketPath, isMountPoint, removeRecord, writeRecord, writeRootConfig } from './records';
 import { validateMount } from './validate';
 
 /** A running mount: the overlay, its metadata module and the FUSE session. */
@@ -19,9 +19,13 @@ export class Daemon {
   private fuse: { unmount(): Promise<void> } | null = null;
   private control: ControlServer | null = null;
   private tracer: Tracer | null = null;
+  private recordWritten = false;
   readonly startedAt = new Date();
   overlay!: Overlay;
   metadata!: Metadata;
+  /** Called when the mount disappeared without us (fusermount -u from outside). */
+  onMountGone: (() => void) | undefined;
+  private watchdog: NodeJS.Timeout | null = null;
   /** Hears what a slow start is doing (the CLI shows it when mounting takes a while). */
   onProgress: ((text: string) => void) | undefined;
 
@@ -91,6 +95,15 @@ export class Daemon {
       pid: process.pid, startedAt: this.startedAt.toISOString(), config: cfg,
       controlSocket: controlSocketPath(cfg.mergedRoot), logFile: cfg.logFile ?? null,
     });
+    this.recordWritten = true;
+    // A mount removed from outside leaves fuse-native serving nothing: notice and stop.
+    this.watchdog = setInterval(() => {
+      if (!this.stopping && !isMountPoint(merged.storeDir)) {
+        log.warn(`${merged.storeDir} was unmounted from outside; stopping`);
+        this.onMountGone?.();
+      }
+    }, 2000);
+    this.watchdog.unref();
   }
 
   /** A new mirror DB copied whole from the lower DB (seed.ts); null when it cannot be. */
@@ -105,6 +118,7 @@ export class Daemon {
   /** Unmounts, then finishes DB work and closes the DBs. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      if (this.watchdog) clearInterval(this.watchdog);
       this.metadata?.stop();
       await this.control?.close();
       if (this.fuse) {
@@ -118,9 +132,13 @@ export class Daemon {
       await this.metadata?.drain(10_000);
       this.metadata?.close();
       this.tracer?.close();
-      removeRecord(this.cfg.mergedRoot);
-      try { fs.rmSync(path.join(this.cfg.workDir, 'hidden'), { recursive: true, force: true }); } catch { /* best effort */ }
-      log.info(`unmounted ${rootLayout(this.cfg.mergedRoot).storeDir}`);
+      // Only what this daemon made is removed: a refused start (say, the root is mounted
+      // already) must not touch the records or the work dir of the mount that is running.
+      if (this.recordWritten) removeRecord(this.cfg.mergedRoot);
+      if (this.fuse) {
+        try { fs.rmSync(path.join(this.cfg.workDir, 'hidden'), { recursive: true, force: true }); } catch { /* best effort */ }
+        log.info(`unmounted ${rootLayout(this.cfg.mergedRoot).storeDir}`);
+      }
     })();
     return this.stopping;
   }

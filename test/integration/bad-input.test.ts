@@ -1,6 +1,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { processAlive } from '../../src/mount/records';
 import { CLI, cli, run } from '../helpers/exec';
 import { freshLower, sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
@@ -82,6 +83,9 @@ test('busy mountpoint: mounting the same merged root twice', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root, { dir });
   await refused(t, { lower: lower.root, upper: m.upper, root: m.root, work: m.work }, /already a mount point \(busy\)/, [], true);
+  const st = await cli(['status', m.root, '--json']);
+  t.is(st.code, 0, `the running mount's records survive a refused mount: ${st.stderr}`);
+  t.is((JSON.parse(st.stdout) as { pid: number }).pid, m.pid);
 });
 
 test('a daemon killed with SIGKILL: mount names the stale mount, unmount clears it, mount works again', async (t) => {
@@ -96,6 +100,24 @@ test('a daemon killed with SIGKILL: mount names the stale mount, unmount clears 
   t.regex(u.stdout, /no daemon was serving it/);
   const again = await mountMerged(t, lower.root, { dir });
   t.true(fs.existsSync(path.join(again.store, rel(lower.manifest.paths.appOut))));
+});
+
+test('a mount removed from outside (fusermount -u): the daemon notices, cleans up and exits', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  const u = await run('fusermount', ['-u', m.store]);
+  t.is(u.code, 0, u.stderr);
+  const deadline = Date.now() + 10_000;
+  let alive = true;
+  while (alive && Date.now() < deadline) {
+    alive = processAlive(m.pid);
+    if (alive) await new Promise((r) => setTimeout(r, 200));
+  }
+  t.false(alive, 'the daemon exited');
+  t.false(fs.existsSync(path.join(m.root, 'nix/var/local-overlay/daemon.json')), 'its record is gone');
+  const st = await cli(['status', m.root]);
+  t.is(st.code, 3, 'status: not mounted');
 });
 
 test('upper dir already used by another running mount', async (t) => {

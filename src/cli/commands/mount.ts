@@ -95,6 +95,7 @@ async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<num
       log.info(`${sig}: unmounting`);
       void daemon.stop().then(resolve);
     };
+    daemon.onMountGone = () => onSignal('mount removed from outside');
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
     process.once('SIGHUP', onSignal);
@@ -105,7 +106,9 @@ async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<num
       log.info(tracing ? `SIGUSR1: tracing on (${f})` : 'SIGUSR1: tracing off');
     });
   });
-  return EXIT.ok;
+  // fuse-native keeps libuv handles open after a mount was removed from outside (its native
+  // unmount never ran), which would keep this process alive forever: exit explicitly.
+  process.exit(EXIT.ok);
 }
 
 /** Starts the daemon as a detached child and waits until its mount answers (or fails). */
