@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { lineSplitter } from '../util/lines';
 import { log } from '../util/log';
 
 interface Controlled {
@@ -21,17 +22,10 @@ export class ControlServer {
   listen(): Promise<void> {
     fs.rmSync(this.socketPath, { force: true });
     const server = net.createServer((sock) => {
-      let buf = '';
       sock.setEncoding('utf8');
-      sock.on('data', (chunk: string) => {
-        buf += chunk;
-        let nl: number;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          void this.handle(line).then((reply) => sock.write(JSON.stringify(reply) + '\n'));
-        }
-      });
+      sock.on('data', lineSplitter((line) => {
+        void this.handle(line).then((reply) => sock.write(JSON.stringify(reply) + '\n'));
+      }));
       sock.on('error', () => { /* the client went away */ });
     });
     this.server = server;
@@ -73,19 +67,17 @@ export class ControlServer {
 export function controlRequest(socketPath: string, req: Record<string, unknown>, timeoutMs = 5000): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const sock = net.connect(socketPath);
-    let buf = '';
+    let answered = false;
     const timer = setTimeout(() => { sock.destroy(); reject(new Error(`no answer from ${socketPath} in ${timeoutMs} ms`)); }, timeoutMs);
     sock.setEncoding('utf8');
     sock.on('connect', () => sock.write(JSON.stringify(req) + '\n'));
-    sock.on('data', (d: string) => {
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) {
-        clearTimeout(timer);
-        sock.end();
-        resolve(JSON.parse(buf.slice(0, nl)) as Record<string, unknown>);
-      }
-    });
+    sock.on('data', lineSplitter((line) => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(timer);
+      sock.end();
+      try { resolve(JSON.parse(line) as Record<string, unknown>); } catch (err) { reject(err); }
+    }));
     sock.on('error', (err) => { clearTimeout(timer); reject(err); });
   });
 }

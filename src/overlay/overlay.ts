@@ -280,18 +280,28 @@ export class Overlay {
   }
 
   mkdir(path: string, mode: number): Errno {
+    return this.makeEntry(path, (real) => fs.mkdirSync(real, mode & 0o7777));
+  }
+
+  rmdir(path: string): Errno {
+    return this.removeEntry(path, 'rmdir', (real) => fs.rmdirSync(real));
+  }
+
+  /** A new upper entry at `path`: placed (locateNew), made, and recorded if top-level. */
+  private makeEntry(path: string, make: (real: string) => void): Errno {
     const real = this.locateNew(path);
     if (typeof real === 'number') return real;
     this.index.clearWhiteout(Overlay.topName(path));
-    const err = tryOp(() => fs.mkdirSync(real, mode & 0o7777));
+    const err = tryOp(() => make(real));
     if (err === 0) this.created(path);
     return err;
   }
 
-  rmdir(path: string): Errno {
-    const loc = this.locateWritable(path, 'rmdir');
+  /** Removes an upper entry; a top-level one may uncover a lower object of that name. */
+  private removeEntry(path: string, op: string, remove: (real: string) => void): Errno {
+    const loc = this.locateWritable(path, op);
     if (typeof loc === 'number') return loc;
-    const err = tryOp(() => fs.rmdirSync(loc.real));
+    const err = tryOp(() => remove(loc.real));
     if (err === 0) this.removedTop(path);
     return err;
   }
@@ -365,20 +375,11 @@ export class Overlay {
   }
 
   unlink(path: string): Errno {
-    const loc = this.locateWritable(path, 'unlink');
-    if (typeof loc === 'number') return loc;
-    const err = tryOp(() => fs.unlinkSync(loc.real));
-    if (err === 0) this.removedTop(path);
-    return err;
+    return this.removeEntry(path, 'unlink', (real) => fs.unlinkSync(real));
   }
 
   symlink(target: string, path: string): Errno {
-    const real = this.locateNew(path);
-    if (typeof real === 'number') return real;
-    this.index.clearWhiteout(Overlay.topName(path));
-    const err = tryOp(() => fs.symlinkSync(target, real));
-    if (err === 0) this.created(path);
-    return err;
+    return this.makeEntry(path, (real) => fs.symlinkSync(target, real));
   }
 
   /**
@@ -392,12 +393,7 @@ export class Overlay {
     if (from.layer === Layer.Lower) {
       return this.refused('link', src, dst.startsWith('/.links/') ? E.ENOSPC : E.EPERM);
     }
-    const to = this.locateNew(dst);
-    if (typeof to === 'number') return to;
-    this.index.clearWhiteout(Overlay.topName(dst));
-    const err = tryOp(() => fs.linkSync(from.real, to));
-    if (err === 0) this.created(dst);
-    return err;
+    return this.makeEntry(dst, (to) => fs.linkSync(from.real, to));
   }
 
   /**

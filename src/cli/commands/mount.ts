@@ -5,6 +5,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { MetadataMode } from '../../metadata/metadata';
 import { MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
 import { LocalOverlayError } from '../../util/errno';
+import { lineSplitter } from '../../util/lines';
 import { log, LogLevel } from '../../util/log';
 import { EXIT, runCommand } from '../run';
 
@@ -126,25 +127,18 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
   const started = Date.now();
   const reply = await new Promise<Record<string, unknown>>((resolve) => {
-    let buf = '';
     let answer: Record<string, unknown> | null = null;
     pipe.setEncoding('utf8');
-    pipe.on('data', (d: string) => {
-      buf += d;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        let msg: Record<string, unknown>;
-        try { msg = JSON.parse(line) as Record<string, unknown>; } catch { continue; }
-        // Progress shows only when the mount takes a while (a large lower DB).
-        if (typeof msg.progress === 'string') {
-          if (Date.now() - started > 1000 || process.stderr.isTTY) process.stderr.write(`local-overlay: ${msg.progress}\n`);
-        } else {
-          answer = msg;
-        }
+    pipe.on('data', lineSplitter((line) => {
+      let msg: Record<string, unknown>;
+      try { msg = JSON.parse(line) as Record<string, unknown>; } catch { return; }
+      // Progress shows only when the mount takes a while (a large lower DB).
+      if (typeof msg.progress === 'string') {
+        if (Date.now() - started > 1000 || process.stderr.isTTY) process.stderr.write(`local-overlay: ${msg.progress}\n`);
+      } else {
+        answer = msg;
       }
-    });
+    }));
     pipe.on('end', () => resolve(answer ?? { ok: false, error: `the daemon exited before its mount answered (see ${cfg.logFile ?? 'its log'})` }));
   });
   child.unref();
