@@ -55,7 +55,12 @@ export class Explainer {
   private readonly lowerDb: LowerDb | null;
   private readonly lowerStore: string;
 
-  constructor(readonly cfg: MountConfig, readonly mountedAt: Date | null) {
+  /**
+   * `mounted`: the running mount's start, to tell lower objects that appeared after it: by the
+   * lower DB row id when the mount recorded the highest one at start (exact), else by
+   * registration time (whole seconds).
+   */
+  constructor(readonly cfg: MountConfig, readonly mounted: { at: Date; lowerMaxId?: number } | null) {
     this.lowerStore = rootLayout(cfg.lowerRoot).storeDir;
     this.upperDb = UpperDb.openSnapshot(rootLayout(cfg.mergedRoot).dbDir);
     const lowerFile = rootLayout(cfg.lowerRoot).dbFile;
@@ -109,7 +114,11 @@ export class Explainer {
       base.upperDb = upperRow ? report(upperRow, this.upperDb!.references(upperRow.id)) : { valid: false };
       base.lowerDb = this.lowerDb ? (lowerRow ? report(lowerRow, this.lowerDb.references(lowerRow.id)) : { valid: false }) : null;
       base.dbRowsEqual = upperRow && lowerRow ? rowsEqual(base.upperDb, base.lowerDb!) : null;
-      if (lowerRow && this.mountedAt && lowerRow.registrationTime * 1000 > this.mountedAt.getTime()) base.appearedAfterMount = true;
+      if (lowerRow && this.mounted) {
+        base.appearedAfterMount = this.mounted.lowerMaxId !== undefined
+          ? lowerRow.id > this.mounted.lowerMaxId
+          : lowerRow.registrationTime * 1000 > this.mounted.at.getTime();
+      }
       if (upperRow) base.closure = this.closureIn(storePath);
       const refs = base.upperDb.references ?? base.lowerDb?.references ?? [];
       base.references = refs.map((r) => ({ path: r, layer: this.layerOf(r.slice(STORE_DIR.length + 1)) }));

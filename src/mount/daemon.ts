@@ -44,12 +44,13 @@ export class Daemon {
       throw new Error(`work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir}`);
     }
     if (cfg.logFile) log.setFile(cfg.logFile);
-    writeRootConfig({ config: cfg, mountedAt: this.startedAt.toISOString() });
 
     this.overlay = new Overlay({ upperDir: cfg.upperDir, lowerDir: lower.storeDir, workDir: cfg.workDir },
       { negativeTtlMs: cfg.negativeTimeoutS * 1000 });
     const lowerDb = new LowerDb(lower.dbFile);
-    this.onProgress?.(`lower store: ${lowerDb.maxId()} paths in its DB`);
+    const lowerMaxId = lowerDb.maxId();
+    writeRootConfig({ config: cfg, mountedAt: this.startedAt.toISOString(), lowerMaxIdAtMount: lowerMaxId });
+    this.onProgress?.(`lower store: ${lowerMaxId} paths in its DB`);
     const seededTo = cfg.metadata === 'mirror' && !fs.existsSync(merged.dbFile) ? this.seed(lowerDb, merged.dbDir) : null;
     const upperDb = UpperDb.open(merged.dbDir);
     this.overlay.index.lowerValid = (name) => lowerDb.pathRow(`/nix/store/${name}`) !== undefined;

@@ -81,7 +81,12 @@ export function removeRecord(mergedRoot: string): void {
  * was last mounted with and when. It stays after unmount, so `explain` and `verify` can read
  * the layers of a merged root that is not mounted.
  */
-export interface RootConfig { config: MountConfig; mountedAt: string }
+export interface RootConfig {
+  config: MountConfig;
+  mountedAt: string;
+  /** The lower DB's highest row id when the mount started: higher ids appeared after it. */
+  lowerMaxIdAtMount?: number;
+}
 
 export function configPath(mergedRoot: string): string {
   return path.join(rootLayout(mergedRoot).stateDir, 'config.json');

@@ -23,7 +23,7 @@ async function explain(argv: ExplainArgs): Promise<number> {
   const { root, rc } = findRoot(argv.root, argv.paths[0]);
   const rec = readRecord(root);
   const mounted = rec !== null && processAlive(rec.pid);
-  const ex = new Explainer(rc.config, mounted ? new Date(rc.mountedAt) : null);
+  const ex = new Explainer(rc.config, mounted ? { at: new Date(rc.mountedAt), lowerMaxId: rc.lowerMaxIdAtMount } : null);
   try {
     const results = argv.paths.map((p) => ex.explain(p));
     if (argv.json) process.stdout.write(JSON.stringify({ root, mounted, layers: { lowerRoot: rc.config.lowerRoot, upperDir: rc.config.upperDir }, paths: results }, null, 2) + '\n');
