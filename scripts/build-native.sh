@@ -13,6 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PKG="$ROOT/node_modules/fuse-native"
 PATCH_FILE="$ROOT/patches/fuse-native+2.2.6.patch"
+FAST_SRC="$ROOT/native/fastpath.c"
 WANT_VERSION="2.2.6"
 ADDON="$PKG/build/Release/fuse.node"
 STAMP="$PKG/build/.local-overlay-native-stamp"
@@ -24,6 +25,7 @@ say() { echo "build-native: $*"; }
 command -v node >/dev/null || die "node is not on PATH"
 [ -f "$PKG/package.json" ] || die "$PKG is missing: run 'npm ci' (or 'make deps') first"
 [ -f "$PATCH_FILE" ] || die "patch not found: $PATCH_FILE"
+[ -f "$FAST_SRC" ] || die "fast path source not found: $FAST_SRC"
 
 have_version="$(node -p "require(process.argv[1]).version" "$PKG/package.json")"
 [ "$have_version" = "$WANT_VERSION" ] || die "node_modules/fuse-native is $have_version, but $PATCH_FILE is for $WANT_VERSION; update the patch (native-notes/README.md) before changing the version"
@@ -70,12 +72,15 @@ else
   fi
 fi
 
+# The patched fuse-native.c includes the fast path (native/fastpath.c) from its own dir.
+cp "$FAST_SRC" "$PKG/local-overlay-fastpath.c"
+
 # --- is a rebuild needed? -------------------------------------------------------------
 node_version="$(node -p process.version)"
 stamp_inputs() {
   echo "node $node_version"
   echo "libfuse $fuse_version $(pkg-config --cflags --libs fuse) $SYSTEM_LIBFUSE"
-  sha256sum "$PATCH_FILE" "$PKG/fuse-native.c" "$PKG/binding.gyp" "$PKG/semaphore.h" "$ROOT/scripts/build-native.sh" | awk '{print $1}'
+  sha256sum "$PATCH_FILE" "$FAST_SRC" "$PKG/fuse-native.c" "$PKG/binding.gyp" "$PKG/semaphore.h" "$ROOT/scripts/build-native.sh" | awk '{print $1}'
 }
 want_stamp="$(stamp_inputs)"
 

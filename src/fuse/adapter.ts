@@ -1,5 +1,6 @@
 import Fuse = require('fuse-native');
 import { Attr, Overlay } from '../overlay/overlay';
+import { FastCounters, FastPath } from './fast-path';
 import { E, Errno } from '../util/errno';
 import { log } from '../util/log';
 
@@ -90,10 +91,15 @@ export function fuseOps(ov: Overlay): Record<string, Cb> {
   return {
     init: (cb: Cb) => cb(0),
     getattr: guard('getattr', (path: string, cb: Cb) => {
+      const answer = (): void => {
+        const a = ov.getattr(path);
+        reply<Attr>(cb, a);
+        if (typeof a !== 'number') ov.lookupServed(path);
+      };
       const pending = ov.lowerLookupPending(path);
-      if (pending === null) return reply<Attr>(cb, ov.getattr(path));
+      if (pending === null) return answer();
       pending.then(
-        () => reply<Attr>(cb, ov.getattr(path)),
+        answer,
         (err) => {
           log.warn(`closure sync for ${path} failed, answering the lookup anyway: ${String(err)}`);
           reply<Attr>(cb, ov.getattr(path));
@@ -156,13 +162,32 @@ function timeArg(t: unknown): number | undefined {
 
 export class FuseMount {
   private fuse: StoreFuse;
+  private fast: FastPath | null = null;
+  private fastWanted: boolean;
 
-  constructor(readonly mountpoint: string, ov: Overlay, mo: MountOptions = DEFAULT_MOUNT_OPTIONS) {
+  /** `fastPath`: whether the native fast path (fast-path.ts) serves what it can. */
+  constructor(readonly mountpoint: string, private readonly ov: Overlay, mo: MountOptions = DEFAULT_MOUNT_OPTIONS, fastPath = true) {
     this.fuse = new StoreFuse(mountpoint, fuseOps(ov), mo);
+    this.fastWanted = fastPath;
   }
 
-  mount(): Promise<void> {
-    return new Promise((resolve, reject) => this.fuse.mount((err) => (err ? reject(err) : resolve())));
+  async mount(): Promise<void> {
+    await new Promise<void>((resolve, reject) => this.fuse.mount((err) => (err ? reject(err) : resolve())));
+    if (this.fuse._thread === null) throw new Error('fuse-native mounted without its native state');
+    this.fast = new FastPath(this.fuse._thread, this.ov.dirs, this.ov.layerDevs);
+    this.ov.index.attach(this.fast);
+    this.fast.enable(this.fastWanted);
+  }
+
+  /** Switches the native fast path on or off (off while tracing: every request then reaches JS). */
+  setFastPath(on: boolean): void {
+    this.fastWanted = on;
+    this.fast?.enable(on);
+  }
+
+  /** The fast path's counters, or null before the mount or when it is off. */
+  fastCounters(): (FastCounters & { on: boolean }) | null {
+    return this.fast ? { on: this.fastWanted, ...this.fast.counters() } : null;
   }
 
   unmount(): Promise<void> {

@@ -10,6 +10,16 @@ declare module 'fuse-native' {
     _fuseOptions(): string;
     static unmount(mnt: string, cb: (err: Error | null) => void): void;
     static isConfigured(cb: (err: Error | null, configured: boolean) => void): void;
+    /** The mount's native state; set once mount() has started. */
+    _thread: Buffer | null;
+    /** The local-overlay patch's fast path (native/fastpath.c). */
+    static fastPath: {
+      config(thread: Buffer, upperDir: string, lowerDir: string, upperDev: number, lowerDev: number): void;
+      set(thread: Buffer, name: string, kind: number): void;
+      reset(thread: Buffer): void;
+      enable(thread: Buffer, on: boolean): void;
+      counters(thread: Buffer): number[] | null;
+    };
   }
   export = Fuse;
 }

@@ -30,6 +30,16 @@ const WHITEOUT_PREFIX = '.wh.';
 type UpperKind = 'object' | 'whiteout';
 
 /**
+ * Something that keeps a copy of the index's decisions (the native fast path): every upper
+ * entry, and lower objects once served. `reset` empties it before the index pushes it all again.
+ */
+export interface TopLevelSink {
+  set(name: string, kind: 'upper' | 'lower' | 'whiteout'): void;
+  delete(name: string): void;
+  reset(): void;
+}
+
+/**
  * The top-level index: which layer each merged store-root name resolves to.
  *
  * Invariants:
@@ -51,6 +61,7 @@ export class TopLevelIndex {
    * are bookkeeping and hidden.
    */
   lowerValid: ((name: string) => boolean) | undefined;
+  private sink: TopLevelSink | undefined;
 
   constructor(readonly dirs: LayerDirs, private readonly negativeTtlMs = 1000, cacheSize = 200_000) {
     this.lower = new LRUCache<string, boolean>({ max: cacheSize, ttlResolution: 100 });
@@ -61,6 +72,29 @@ export class TopLevelIndex {
   refresh(): void {
     this.lower.clear();
     this.scanUpper();
+  }
+
+  /**
+   * Keeps `sink` up to date from now on: it gets every upper entry now, each change to them,
+   * and lower objects as `lowerServed` reports them.
+   */
+  attach(sink: TopLevelSink): void {
+    this.sink = sink;
+    this.pushAll();
+  }
+
+  private pushAll(): void {
+    if (!this.sink) return;
+    this.sink.reset();
+    for (const [name, kind] of this.upper) this.sink.set(name, kind === 'object' ? 'upper' : 'whiteout');
+  }
+
+  /**
+   * A lookup of lower object `name` has been answered (after any closure copy it awaited):
+   * from now on the sink may serve it without asking.
+   */
+  lowerServed(name: string): void {
+    if (this.sink && !this.upper.has(name)) this.sink.set(name, 'lower');
   }
 
   private scanUpper(): void {
@@ -76,6 +110,7 @@ export class TopLevelIndex {
       }
     }
     this.upper = upper;
+    this.pushAll();
   }
 
   /** The layer of a top-level name, or null when it does not exist in the merged view. */
@@ -125,11 +160,13 @@ export class TopLevelIndex {
   /** Records that the upper layer now has an object named `name` (after create/rename/mkdir). */
   upperAdded(name: string): void {
     this.upper.set(name, 'object');
+    this.sink?.set(name, 'upper');
   }
 
   /** Records that the upper layer no longer has `name`; a lower object of that name shows again. */
   upperRemoved(name: string): void {
     this.upper.delete(name);
+    this.sink?.delete(name);
   }
 
   /** Forgets a cached lower answer (the follower calls this for names new in the lower DB). */
@@ -144,6 +181,7 @@ export class TopLevelIndex {
       try { fs.unlinkSync(p); } catch { /* either form may be absent */ }
     }
     this.upper.delete(name);
+    this.sink?.delete(name);
   }
 
   /**

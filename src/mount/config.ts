@@ -12,6 +12,8 @@ export interface MountConfig {
   followIntervalMs: number;
   negativeTimeoutS: number;
   attrTimeoutS: number;
+  /** Whether the native fast path serves what it can (off while tracing regardless). */
+  fastPath: boolean;
   /** Trace from the start to this file (see Tracer); off when absent. */
   traceFile?: string;
   tracePrefix?: string;

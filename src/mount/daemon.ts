@@ -16,7 +16,7 @@ import { validateMount } from './validate';
 /** A running mount: the overlay, its metadata module and the FUSE session. */
 export class Daemon {
   private stopping: Promise<void> | null = null;
-  private fuse: { unmount(): Promise<void> } | null = null;
+  private fuse: import('../fuse/adapter').FuseMount | null = null;
   private control: ControlServer | null = null;
   private tracer: Tracer | null = null;
   private recordWritten = false;
@@ -80,7 +80,9 @@ export class Daemon {
 
     // Loaded here, not at the top: a missing libfuse must be a clear error, not a crash.
     const { FuseMount, DEFAULT_MOUNT_OPTIONS } = await import('../fuse/adapter');
-    const fuse = new FuseMount(merged.storeDir, this.overlay, { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout });
+    const fuse = new FuseMount(merged.storeDir, this.overlay,
+      { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout },
+      this.fastPathWanted());
     this.onProgress?.(`mounting ${merged.storeDir}`);
     await fuse.mount();
     this.fuse = fuse;
@@ -144,15 +146,24 @@ export class Daemon {
     return this.stopping;
   }
 
+  /** The fast path answers without JS, so without trace lines: it is off while tracing. */
+  private fastPathWanted(): boolean {
+    return this.cfg.fastPath !== false && this.tracer === null;
+  }
+
   /** Switches tracing on (to `file`, filtered by `prefix`) or off. */
   trace(on: boolean, file?: string, prefix?: string): string | null {
     this.tracer?.close();
     this.tracer = null;
     this.overlay.stats.trace = undefined;
-    if (!on) return null;
+    if (!on) {
+      this.fuse?.setFastPath(this.fastPathWanted());
+      return null;
+    }
     const f = file ?? this.cfg.traceFile ?? path.join(rootLayout(this.cfg.mergedRoot).stateDir, 'trace.log');
     this.tracer = new Tracer(f, prefix ?? this.cfg.tracePrefix);
     this.overlay.stats.trace = this.tracer.fn;
+    this.fuse?.setFastPath(false);
     log.info(`tracing to ${f}${prefix ? ` (paths under ${prefix})` : ''}`);
     return f;
   }
@@ -164,13 +175,27 @@ export class Daemon {
 
   status(): Record<string, unknown> {
     const s = this.overlay.stats;
+    // Requests the fast path answered count like the JS handlers' (fastPath has its own view).
+    const fast = this.fuse?.fastCounters() ?? null;
+    const counters = { ...s.counters };
+    const ops: Record<string, number> = { ...s.ops };
+    if (fast) {
+      counters.upper += fast.upper;
+      counters.lower += fast.lower;
+      counters.miss += fast.miss;
+      for (const op of ['getattr', 'fgetattr', 'readlink', 'open', 'create', 'fsync', 'ftruncate', 'readdir', 'mkdir', 'unlink', 'rmdir',
+        'symlink', 'rename', 'link', 'chmod', 'chown', 'truncate', 'utimens', 'release'] as const) {
+        if (fast[op] > 0) ops[op] = (ops[op] ?? 0) + fast[op];
+      }
+    }
     return {
       pid: process.pid,
       startedAt: this.startedAt.toISOString(),
       uptimeS: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
       config: this.cfg,
-      counters: { ...s.counters },
-      ops: { ...s.ops },
+      counters,
+      ops,
+      fastPath: fast,
       follower: this.metadata.followerState(),
       health: this.health(),
       tracing: this.tracer ? { file: this.tracer.file, prefix: this.tracer.prefix ?? null } : null,

@@ -61,6 +61,8 @@ export class Overlay {
   readonly index: TopLevelIndex;
   readonly stats = new OverlayStats();
   hooks: OverlayHooks = {};
+  /** The device numbers of the upper and lower dirs (computed inode numbers need them). */
+  readonly layerDevs: [number, number];
   private readonly inodes: InodeMap;
   private readonly fdLayer = new Map<number, Layer>();
   private readonly upperDir: string;
@@ -73,9 +75,8 @@ export class Overlay {
     this.hiddenDir = `${dirs.workDir}/hidden`;
     fs.mkdirSync(this.hiddenDir, { recursive: true, mode: 0o700 });
     this.index = new TopLevelIndex(dirs, opts.negativeTtlMs ?? 1000);
-    const upperDev = fs.statSync(dirs.upperDir).dev;
-    const lowerDev = fs.statSync(dirs.lowerDir).dev;
-    this.inodes = new InodeMap([upperDev, lowerDev]);
+    this.layerDevs = [fs.statSync(dirs.upperDir).dev, fs.statSync(dirs.lowerDir).dev];
+    this.inodes = new InodeMap(this.layerDevs);
   }
 
   /** Drops every cache: the upper index is re-read and lower answers are forgotten. */
@@ -170,6 +171,16 @@ export class Overlay {
     const top = path.slice(1);
     if (this.index.upperKind(top) !== undefined || !this.index.lowerHas(top)) return null;
     return hook(top);
+  }
+
+  /**
+   * A lookup of `path` has been answered successfully, after any closure copy it awaited: a
+   * top-level lower object is then settled (TopLevelIndex.lowerServed).
+   */
+  lookupServed(path: string): void {
+    if (path.indexOf('/', 1) >= 0 || path.length < 2) return;
+    const top = path.slice(1);
+    if (this.index.resolve(top) === Layer.Lower) this.index.lowerServed(top);
   }
 
   // ---- attributes -------------------------------------------------------------------------

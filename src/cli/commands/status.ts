@@ -52,6 +52,15 @@ async function status(argv: StatusArgs): Promise<number> {
   return out.every((s) => s.healthy) ? EXIT.ok : EXIT.failed;
 }
 
+/** `on: 12345 requests answered natively, 67 passed to JS (2,100 names known)`. */
+function fastPathLine(f: Record<string, number | boolean>): string {
+  let answered = 0;
+  for (const [k, v] of Object.entries(f)) {
+    if (typeof v === 'number' && !['upper', 'lower', 'passed', 'entries'].includes(k)) answered += v;
+  }
+  return `${f.on ? 'on' : 'off'}: ${answered} requests answered natively, ${String(f.passed)} passed to JS (${String(f.entries)} names known)`;
+}
+
 function formatStatus(s: Record<string, any>): string {
   const c = s.counters ?? {};
   const lines = [
@@ -61,6 +70,7 @@ function formatStatus(s: Record<string, any>): string {
     `  lookups    upper ${c.upper ?? 0}  lower ${c.lower ?? 0}  missing ${c.miss ?? 0}  refused writes ${c.refused ?? 0}`,
     `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms`,
   ];
+  if (s.fastPath) lines.push(`  fast path  ${fastPathLine(s.fastPath)}`);
   if (s.error) lines.push(`  error      ${s.error}`);
   return lines.join('\n');
 }

@@ -1,0 +1,692 @@
+// local-overlay's fast path, compiled into fuse-native's addon (scripts/build-native.sh copies
+// this file next to fuse-native.c, whose patched version includes it; native-notes/README.md
+// explains why and how).
+//
+// fuse-native hands every request from a libfuse thread to the one JS thread and waits: about
+// 30 µs of handoff per request, where the work itself (an lstat, a pread) takes 2. This file
+// answers the requests whose answer needs no JS-side decision, on the libfuse thread itself:
+//
+// - Paths inside a store object whose layer the JS side has already decided. The JS side
+//   pushes its top-level index here (lo_set/lo_delete/lo_reset): every upper entry (object or
+//   whiteout), and each lower object once a lookup of it has been answered (so lazy mode's
+//   closure copy has run). Below the top level a merged path is plain passthrough to its
+//   layer, so getattr, readlink, open, read, readdir and the like are a syscall each, and in
+//   an upper object so are create, write, mkdir, unlink, rename, chmod, utimens...
+// - Lookups of absent top-level names: not in the upper index and not in the lower dir (an
+//   lstat). A name the lower dir has but the index does not know yet goes to JS.
+//
+// Everything else goes to the JS handler (it "passes"): the store root itself, every change of a
+// top-level name (the JS index and the metadata module must see it), every change refused on
+// the lower layer (EROFS/EPERM/ENOSPC/EMLINK and their bookkeeping), libfuse's .fuse_hidden*
+// names (redirected to the work dir), bookkeeping-like lower names (*.lock, *.chroot, *.check:
+// decided by the lower DB), inode numbers that need the JS inode table, and anything while
+// tracing is on (lo_enable(0)). An error at the top level also goes to JS, which decides
+// what the name means; below it the layer's errno is the answer.
+//
+// Inode numbers follow layers/inodes.ts: ino * 2 + layer for an inode of the layer's own device
+// below 2^30, else the JS table (so: passes). File handles opened here carry LO_FH_FAST; JS
+// handles are small fds and never have it.
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/types.h>
+
+#define LO_UPPER 0
+#define LO_LOWER 1
+#define LO_WHITEOUT 2
+// lo_resolve's answers besides a layer.
+#define LO_R_ABSENT 3
+#define LO_R_PASS 4
+
+#define LO_FH_FAST (1ULL << 40)
+#define LO_FH_LOWER (1ULL << 41)
+#define LO_FH_FD(fh) ((int) ((fh) & 0xFFFFFFFFu))
+
+#define LO_COMPUTED_INO_LIMIT (1ULL << 30)
+#define LO_UNKNOWN_INO 0xffffffffu
+#define LO_NAME_MAX 255
+// Lower entries are dropped (and re-learnt through JS) beyond this many.
+#define LO_MAX_LOWER_ENTRIES (1u << 19)
+
+// Counters, in the order lo_counters() returns them (src/fuse/fast-path.ts names them).
+enum {
+  LO_C_GETATTR, LO_C_FGETATTR, LO_C_READLINK, LO_C_OPEN, LO_C_CREATE, LO_C_READ, LO_C_WRITE,
+  LO_C_RELEASE, LO_C_FSYNC, LO_C_FTRUNCATE, LO_C_READDIR, LO_C_MKDIR, LO_C_UNLINK, LO_C_RMDIR,
+  LO_C_SYMLINK, LO_C_RENAME, LO_C_LINK, LO_C_CHMOD, LO_C_CHOWN, LO_C_TRUNCATE, LO_C_UTIMENS,
+  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED,
+  LO_C_COUNT
+};
+
+typedef struct lo_entry {
+  struct lo_entry *next;
+  uint32_t hash;
+  uint8_t kind;
+  uint16_t len;
+  char name[];
+} lo_entry;
+
+typedef struct {
+  pthread_rwlock_t lock;
+  lo_entry **buckets;
+  size_t nbuckets;   // a power of two
+  size_t count;
+  size_t lower_count;
+
+  char dir[2][PATH_MAX];
+  size_t dir_len[2];
+  dev_t dev[2];
+
+  int enabled;
+  uint64_t counters[LO_C_COUNT];
+} lo_fast;
+
+// The JS-backed operations, called when the fast path passes.
+static struct fuse_operations lo_js;
+
+static inline void lo_count(lo_fast *f, int c) {
+  __atomic_fetch_add(&f->counters[c], 1, __ATOMIC_RELAXED);
+}
+
+// ---- the top-level table ---------------------------------------------------------------------
+
+static uint32_t lo_hash(const char *s, size_t n) {
+  uint32_t h = 2166136261u; // FNV-1a
+  for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t) s[i]) * 16777619u;
+  return h;
+}
+
+static lo_entry **lo_slot(lo_fast *f, const char *name, size_t len, uint32_t h) {
+  lo_entry **p = &f->buckets[h & (f->nbuckets - 1)];
+  while (*p && !((*p)->hash == h && (*p)->len == len && memcmp((*p)->name, name, len) == 0)) p = &(*p)->next;
+  return p;
+}
+
+// Kind of a top-level name, or -1. Takes the read lock.
+static int lo_kind(lo_fast *f, const char *name, size_t len) {
+  uint32_t h = lo_hash(name, len);
+  pthread_rwlock_rdlock(&f->lock);
+  lo_entry *e = *lo_slot(f, name, len, h);
+  int kind = e ? e->kind : -1;
+  pthread_rwlock_unlock(&f->lock);
+  return kind;
+}
+
+static void lo_clear_locked(lo_fast *f, int only_lower) {
+  for (size_t i = 0; i < f->nbuckets; i++) {
+    lo_entry **p = &f->buckets[i];
+    while (*p) {
+      lo_entry *e = *p;
+      if (only_lower && e->kind != LO_LOWER) {
+        p = &e->next;
+        continue;
+      }
+      *p = e->next;
+      free(e);
+      f->count--;
+    }
+  }
+  f->lower_count = 0;
+}
+
+static void lo_grow_locked(lo_fast *f) {
+  size_t n = f->nbuckets * 2;
+  lo_entry **b = calloc(n, sizeof(*b));
+  if (b == NULL) return; // stays correct, only slower
+  for (size_t i = 0; i < f->nbuckets; i++) {
+    lo_entry *e = f->buckets[i];
+    while (e) {
+      lo_entry *next = e->next;
+      e->next = b[e->hash & (n - 1)];
+      b[e->hash & (n - 1)] = e;
+      e = next;
+    }
+  }
+  free(f->buckets);
+  f->buckets = b;
+  f->nbuckets = n;
+}
+
+// Sets (kind >= 0) or deletes (kind < 0) a name. Returns 0, or -ENOMEM after which the name is
+// absent from the table (a lookup of it then goes to JS, which is always correct).
+static int lo_put(lo_fast *f, const char *name, size_t len, int kind) {
+  uint32_t h = lo_hash(name, len);
+  int res = 0;
+  pthread_rwlock_wrlock(&f->lock);
+  lo_entry **p = lo_slot(f, name, len, h);
+  if (*p) {
+    lo_entry *e = *p;
+    if (e->kind == LO_LOWER) f->lower_count--;
+    *p = e->next;
+    free(e);
+    f->count--;
+  }
+  if (kind >= 0) {
+    if (kind == LO_LOWER && f->lower_count >= LO_MAX_LOWER_ENTRIES) lo_clear_locked(f, 1);
+    if (f->count >= f->nbuckets) {
+      lo_grow_locked(f);
+      p = lo_slot(f, name, len, h);
+    }
+    lo_entry *e = malloc(sizeof(lo_entry) + len);
+    if (e == NULL) {
+      res = -ENOMEM;
+    } else {
+      e->hash = h;
+      e->kind = (uint8_t) kind;
+      e->len = (uint16_t) len;
+      memcpy(e->name, name, len);
+      e->next = *p;
+      *p = e;
+      f->count++;
+      if (kind == LO_LOWER) f->lower_count++;
+    }
+  }
+  pthread_rwlock_unlock(&f->lock);
+  return res;
+}
+
+// ---- resolution ------------------------------------------------------------------------------
+
+// Nix's base32 alphabet: 0-9 and a-z without e, o, u, t.
+static int lo_is_hash_char(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z' && c != 'e' && c != 'o' && c != 'u' && c != 't');
+}
+
+static int lo_is_name_char(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+    || c == '+' || c == '-' || c == '.' || c == '_' || c == '?' || c == '=';
+}
+
+// store/store-path.ts isStoreObjectName.
+static int lo_is_store_name(const char *s, size_t n) {
+  if (n < 34 || n > 32 + 1 + 211 || s[32] != '-' || s[33] == '.') return 0;
+  for (size_t i = 0; i < 32; i++) if (!lo_is_hash_char(s[i])) return 0;
+  for (size_t i = 33; i < n; i++) if (!lo_is_name_char(s[i])) return 0;
+  return 1;
+}
+
+static int lo_ends_with(const char *s, size_t n, const char *suffix) {
+  size_t k = strlen(suffix);
+  return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+// libfuse's names for unlinked-but-open files: redirected to the work dir by JS.
+static int lo_is_hidden(const char *path) {
+  const char *base = strrchr(path, '/');
+  return base != NULL && strncmp(base + 1, ".fuse_hidden", 12) == 0;
+}
+
+// The layer of a merged path (LO_UPPER/LO_LOWER), LO_R_ABSENT, or LO_R_PASS. *top is set
+// when the path is a top-level name.
+static int lo_resolve(lo_fast *f, const char *path, int *top) {
+  if (path == NULL || path[0] != '/') return LO_R_PASS;
+  const char *name = path + 1;
+  const char *slash = strchr(name, '/');
+  size_t len = slash ? (size_t) (slash - name) : strlen(name);
+  *top = slash == NULL;
+  if (len == 0 || len > LO_NAME_MAX || lo_is_hidden(path)) return LO_R_PASS;
+
+  int kind = lo_kind(f, name, len);
+  if (kind == LO_UPPER || kind == LO_LOWER) {
+    lo_count(f, kind == LO_UPPER ? LO_C_UPPER : LO_C_LOWER);
+    return kind;
+  }
+  if (kind == LO_WHITEOUT) return *top ? LO_R_ABSENT : LO_R_PASS;
+  // Not in the table: decide only "absent", and only for a top-level name.
+  if (!*top) return LO_R_PASS;
+  if (!lo_is_store_name(name, len)) return LO_R_ABSENT; // not upper (the table has every upper name), not a lower object
+  char real[PATH_MAX];
+  if (f->dir_len[LO_LOWER] + 1 + len >= sizeof(real)) return LO_R_PASS;
+  memcpy(real, f->dir[LO_LOWER], f->dir_len[LO_LOWER]);
+  memcpy(real + f->dir_len[LO_LOWER], path, len + 2); // "/NAME\0"
+  struct stat st;
+  if (lstat(real, &st) == 0) return LO_R_PASS; // a lower object JS has not seen (or bookkeeping)
+  return (errno == ENOENT || errno == ENOTDIR) ? LO_R_ABSENT : LO_R_PASS;
+}
+
+// The real path of a merged path in a layer; 0, or -1 when it does not fit.
+static int lo_real(lo_fast *f, int layer, const char *path, char *real) {
+  size_t n = strlen(path);
+  if (f->dir_len[layer] + n >= PATH_MAX) return -1;
+  memcpy(real, f->dir[layer], f->dir_len[layer]);
+  memcpy(real + f->dir_len[layer], path, n + 1);
+  return 0;
+}
+
+// The merged inode number (layers/inodes.ts); 0 when only the JS table can give it.
+static int lo_map_ino(lo_fast *f, int layer, struct stat *st) {
+  if (st->st_dev != f->dev[layer] || (uint64_t) st->st_ino >= LO_COMPUTED_INO_LIMIT) return 0;
+  st->st_ino = st->st_ino * 2 + layer;
+  st->st_dev = 0;
+  return 1;
+}
+
+static lo_fast *lo_get(void) {
+  struct fuse_context *ctx = fuse_get_context();
+  fuse_thread_t *ft = ctx ? (fuse_thread_t *) ctx->private_data : NULL;
+  if (ft == NULL) return NULL;
+  lo_fast *f = __atomic_load_n(&ft->fast, __ATOMIC_ACQUIRE);
+  return (f && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) ? f : NULL;
+}
+
+static inline int lo_is_fast_fh(struct fuse_file_info *fi) {
+  return fi != NULL && (fi->fh & LO_FH_FAST);
+}
+
+// A path's layer and real path when it lies in an upper object (or is one, with allow_top),
+// for a change made here; else 0 (pass to JS).
+static int lo_upper_path(lo_fast *f, const char *path, int allow_top, char *real) {
+  int top = 0;
+  if (lo_resolve(f, path, &top) != LO_UPPER || (top && !allow_top)) return 0;
+  return lo_real(f, LO_UPPER, path, real) == 0;
+}
+
+#define LO_PASS_TO(op, ...) do { if (f) lo_count(f, LO_C_PASSED); return lo_js.op(__VA_ARGS__); } while (0)
+
+// ---- operations ------------------------------------------------------------------------------
+
+static int lo_getattr(const char *path, struct stat *st) {
+  lo_fast *f = lo_get();
+  if (f == NULL) return lo_js.getattr(path, st);
+  int top = 0;
+  int r = lo_resolve(f, path, &top);
+  if (r == LO_R_ABSENT) {
+    lo_count(f, LO_C_MISS);
+    return -ENOENT;
+  }
+  char real[PATH_MAX];
+  if (r == LO_R_PASS || lo_real(f, r, path, real) < 0) LO_PASS_TO(getattr, path, st);
+  if (lstat(real, st) < 0) {
+    if (top) LO_PASS_TO(getattr, path, st);
+    return -errno;
+  }
+  if (!lo_map_ino(f, r, st)) LO_PASS_TO(getattr, path, st);
+  lo_count(f, LO_C_GETATTR);
+  return 0;
+}
+
+static int lo_fgetattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
+  if (!lo_is_fast_fh(fi)) return lo_js.fgetattr(path, st, fi);
+  lo_fast *f = lo_get();
+  int layer = (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER;
+  if (fstat(LO_FH_FD(fi->fh), st) < 0) return -errno;
+  if (f != NULL && lo_map_ino(f, layer, st)) {
+    lo_count(f, LO_C_FGETATTR);
+    return 0;
+  }
+  if (path == NULL) return -ESTALE;
+  return lo_js.getattr(path, st);
+}
+
+static int lo_readlink(const char *path, char *buf, size_t size) {
+  lo_fast *f = lo_get();
+  if (f == NULL || size == 0) return lo_js.readlink(path, buf, size);
+  int top = 0;
+  int r = lo_resolve(f, path, &top);
+  if (r == LO_R_ABSENT) return -ENOENT;
+  char real[PATH_MAX];
+  if (r == LO_R_PASS || lo_real(f, r, path, real) < 0) LO_PASS_TO(readlink, path, buf, size);
+  ssize_t n = readlink(real, buf, size - 1);
+  if (n < 0) {
+    if (top) LO_PASS_TO(readlink, path, buf, size);
+    return -errno;
+  }
+  buf[n] = '\0';
+  lo_count(f, LO_C_READLINK);
+  return 0;
+}
+
+static void lo_set_fh(struct fuse_file_info *fi, int layer, int fd) {
+  fi->fh = LO_FH_FAST | (layer == LO_LOWER ? LO_FH_LOWER : 0) | (uint64_t) (uint32_t) fd;
+}
+
+static int lo_open(const char *path, struct fuse_file_info *fi) {
+  lo_fast *f = lo_get();
+  if (f == NULL) return lo_js.open(path, fi);
+  int top = 0;
+  int r = lo_resolve(f, path, &top);
+  if (r == LO_R_ABSENT) return -ENOENT;
+  int writes = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & (O_TRUNC | O_APPEND)) != 0;
+  char real[PATH_MAX];
+  if (r == LO_R_PASS || (r == LO_LOWER && writes) || lo_real(f, r, path, real) < 0) LO_PASS_TO(open, path, fi);
+  int fd = open(real, (fi->flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW);
+  if (fd < 0) {
+    if (top) LO_PASS_TO(open, path, fi);
+    return -errno;
+  }
+  lo_set_fh(fi, r, fd);
+  lo_count(f, LO_C_OPEN);
+  return 0;
+}
+
+static int lo_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(create, path, mode, fi);
+  int fd = open(real, fi->flags | O_CREAT | O_NOFOLLOW, mode & 07777);
+  if (fd < 0) return -errno;
+  lo_set_fh(fi, LO_UPPER, fd);
+  lo_count(f, LO_C_CREATE);
+  return 0;
+}
+
+static int lo_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
+  if (!lo_is_fast_fh(fi)) return lo_js.read(path, buf, len, off, fi);
+  int fd = LO_FH_FD(fi->fh);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pread(fd, buf + done, len - done, off + (off_t) done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done > 0) break;
+      return -errno;
+    }
+    if (n == 0) break;
+    done += (size_t) n;
+  }
+  lo_fast *f = lo_get();
+  if (f) lo_count(f, LO_C_READ);
+  return (int) done;
+}
+
+static int lo_write(const char *path, const char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
+  if (!lo_is_fast_fh(fi)) return lo_js.write(path, buf, len, off, fi);
+  int fd = LO_FH_FD(fi->fh);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pwrite(fd, buf + done, len - done, off + (off_t) done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done > 0) break;
+      return -errno;
+    }
+    done += (size_t) n;
+  }
+  lo_fast *f = lo_get();
+  if (f) lo_count(f, LO_C_WRITE);
+  return (int) done;
+}
+
+static int lo_release(const char *path, struct fuse_file_info *fi) {
+  if (!lo_is_fast_fh(fi)) return lo_js.release(path, fi);
+  close(LO_FH_FD(fi->fh));
+  lo_fast *f = lo_get();
+  if (f) lo_count(f, LO_C_RELEASE);
+  return 0;
+}
+
+static int lo_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
+  if (!lo_is_fast_fh(fi)) return lo_js.fsync(path, datasync, fi);
+  int fd = LO_FH_FD(fi->fh);
+  if ((datasync ? fdatasync(fd) : fsync(fd)) < 0) return -errno;
+  lo_fast *f = lo_get();
+  if (f) lo_count(f, LO_C_FSYNC);
+  return 0;
+}
+
+static int lo_ftruncate(const char *path, off_t size, struct fuse_file_info *fi) {
+  if (!lo_is_fast_fh(fi)) return lo_js.ftruncate(path, size, fi);
+  if (fi->fh & LO_FH_LOWER) return -EROFS;
+  if (ftruncate(LO_FH_FD(fi->fh), size) < 0) return -errno;
+  lo_fast *f = lo_get();
+  if (f) lo_count(f, LO_C_FTRUNCATE);
+  return 0;
+}
+
+static int lo_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off, struct fuse_file_info *fi) {
+  lo_fast *f = lo_get();
+  if (f == NULL) return lo_js.readdir(path, buf, filler, off, fi);
+  int top = 0;
+  int r = lo_resolve(f, path, &top);
+  if (r == LO_R_ABSENT) return -ENOENT;
+  char real[PATH_MAX];
+  if (r == LO_R_PASS || lo_real(f, r, path, real) < 0) LO_PASS_TO(readdir, path, buf, filler, off, fi);
+  DIR *d = opendir(real);
+  if (d == NULL) {
+    if (top) LO_PASS_TO(readdir, path, buf, filler, off, fi);
+    return -errno;
+  }
+  // d_ino and d_type from the layer: the same numbers getattr gives (lo_map_ino), so that
+  // `find`, `ls` and Nix's optimiser need no stat to learn an entry's type.
+  struct dirent *de;
+  struct stat st;
+  int err = 0;
+  for (;;) {
+    errno = 0;
+    de = readdir(d);
+    if (de == NULL) {
+      err = errno;
+      break;
+    }
+    int dots = de->d_name[0] == '.' && (de->d_name[1] == '\0' || (de->d_name[1] == '.' && de->d_name[2] == '\0'));
+    if (dots) {
+      if (filler(buf, de->d_name, NULL, 0)) break;
+      continue;
+    }
+    memset(&st, 0, sizeof(st));
+    st.st_ino = (uint64_t) de->d_ino < LO_COMPUTED_INO_LIMIT ? de->d_ino * 2 + r : LO_UNKNOWN_INO;
+    st.st_mode = de->d_type == DT_UNKNOWN ? 0 : DTTOIF(de->d_type);
+    if (filler(buf, de->d_name, &st, 0)) break;
+  }
+  closedir(d);
+  if (err != 0) return -err;
+  lo_count(f, LO_C_READDIR);
+  return 0;
+}
+
+static int lo_mkdir(const char *path, mode_t mode) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(mkdir, path, mode);
+  if (mkdir(real, mode & 07777) < 0) return -errno;
+  lo_count(f, LO_C_MKDIR);
+  return 0;
+}
+
+static int lo_unlink(const char *path) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(unlink, path);
+  if (unlink(real) < 0) return -errno;
+  lo_count(f, LO_C_UNLINK);
+  return 0;
+}
+
+static int lo_rmdir(const char *path) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(rmdir, path);
+  if (rmdir(real) < 0) return -errno;
+  lo_count(f, LO_C_RMDIR);
+  return 0;
+}
+
+static int lo_symlink(const char *target, const char *path) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(symlink, target, path);
+  if (symlink(target, real) < 0) return -errno;
+  lo_count(f, LO_C_SYMLINK);
+  return 0;
+}
+
+static int lo_rename(const char *src, const char *dst) {
+  lo_fast *f = lo_get();
+  char from[PATH_MAX], to[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, src, 0, from) || !lo_upper_path(f, dst, 0, to)) LO_PASS_TO(rename, src, dst);
+  if (rename(from, to) < 0) return -errno;
+  lo_count(f, LO_C_RENAME);
+  return 0;
+}
+
+static int lo_link(const char *src, const char *dst) {
+  lo_fast *f = lo_get();
+  char from[PATH_MAX], to[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, src, 0, from) || !lo_upper_path(f, dst, 0, to)) LO_PASS_TO(link, src, dst);
+  if (link(from, to) < 0) return -errno;
+  lo_count(f, LO_C_LINK);
+  return 0;
+}
+
+static int lo_chmod(const char *path, mode_t mode) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(chmod, path, mode);
+  if (chmod(real, mode & 07777) < 0) return -errno;
+  lo_count(f, LO_C_CHMOD);
+  return 0;
+}
+
+static int lo_chown(const char *path, uid_t uid, gid_t gid) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(chown, path, uid, gid);
+  if (lchown(real, uid, gid) < 0) return -errno;
+  lo_count(f, LO_C_CHOWN);
+  return 0;
+}
+
+static int lo_truncate(const char *path, off_t size) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(truncate, path, size);
+  if (truncate(real, size) < 0) return -errno;
+  lo_count(f, LO_C_TRUNCATE);
+  return 0;
+}
+
+// Full nanosecond precision, UTIME_NOW and UTIME_OMIT as they come.
+static int lo_utimens(const char *path, const struct timespec tv[2]) {
+  lo_fast *f = lo_get();
+  char real[PATH_MAX];
+  if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(utimens, path, tv);
+  if (utimensat(AT_FDCWD, real, tv, AT_SYMLINK_NOFOLLOW) < 0) return -errno;
+  lo_count(f, LO_C_UTIMENS);
+  return 0;
+}
+
+// Puts the fast path in front of each operation JS implements; the JS handler stays the
+// fallback. Operations JS does not implement stay unimplemented.
+static void lo_wrap_ops(struct fuse_operations *ops) {
+  lo_js = *ops;
+#define LO_WRAP(name) if (ops->name) ops->name = lo_##name
+  LO_WRAP(getattr); LO_WRAP(fgetattr); LO_WRAP(readlink); LO_WRAP(open); LO_WRAP(create);
+  LO_WRAP(read); LO_WRAP(write); LO_WRAP(release); LO_WRAP(fsync); LO_WRAP(ftruncate);
+  LO_WRAP(readdir); LO_WRAP(mkdir); LO_WRAP(unlink); LO_WRAP(rmdir); LO_WRAP(symlink);
+  LO_WRAP(rename); LO_WRAP(link); LO_WRAP(chmod); LO_WRAP(chown); LO_WRAP(truncate);
+  LO_WRAP(utimens);
+#undef LO_WRAP
+}
+
+// ---- the JS side's API (src/fuse/fast-path.ts) ---------------------------------------------
+
+static lo_fast *lo_of(napi_env env, napi_value thread) {
+  fuse_thread_t *ft;
+  size_t len;
+  if (napi_get_buffer_info(env, thread, (void **) &ft, &len) != napi_ok || len < sizeof(fuse_thread_t)) return NULL;
+  return ft->fast;
+}
+
+// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev): creates the fast
+// path, disabled and empty. Idempotent per mount.
+NAPI_METHOD(fuse_native_fast_config) {
+  NAPI_ARGV(5)
+  fuse_thread_t *ft;
+  size_t ft_len;
+  NAPI_STATUS_THROWS(napi_get_buffer_info(env, argv[0], (void **) &ft, &ft_len));
+  if (ft_len < sizeof(fuse_thread_t)) {
+    napi_throw_error(env, "EINVAL", "fast path: not a mount's thread buffer");
+    return NULL;
+  }
+  NAPI_ARGV_UTF8(upper, PATH_MAX, 1)
+  NAPI_ARGV_UTF8(lower, PATH_MAX, 2)
+  double devs[2];
+  NAPI_STATUS_THROWS(napi_get_value_double(env, argv[3], &devs[0]));
+  NAPI_STATUS_THROWS(napi_get_value_double(env, argv[4], &devs[1]));
+  if (ft->fast != NULL) return NULL;
+
+  lo_fast *f = calloc(1, sizeof(lo_fast));
+  if (f == NULL || pthread_rwlock_init(&f->lock, NULL) != 0) {
+    napi_throw_error(env, "ENOMEM", "fast path: out of memory");
+    return NULL;
+  }
+  f->nbuckets = 1024;
+  f->buckets = calloc(f->nbuckets, sizeof(lo_entry *));
+  if (f->buckets == NULL) {
+    napi_throw_error(env, "ENOMEM", "fast path: out of memory");
+    return NULL;
+  }
+  const char *dirs[2] = { upper, lower };
+  for (int i = 0; i < 2; i++) {
+    strncpy(f->dir[i], dirs[i], PATH_MAX - 1);
+    f->dir_len[i] = strlen(f->dir[i]);
+    f->dev[i] = (dev_t) devs[i];
+  }
+  __atomic_store_n(&ft->fast, f, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+// fuse_native_fast_set(thread, name, kind): kind 0 upper object, 1 lower object, 2 whiteout,
+// -1 forget the name.
+NAPI_METHOD(fuse_native_fast_set) {
+  NAPI_ARGV(3)
+  lo_fast *f = lo_of(env, argv[0]);
+  if (f == NULL) return NULL;
+  char name[LO_NAME_MAX * 4 + 1];
+  size_t len;
+  NAPI_STATUS_THROWS(napi_get_value_string_utf8(env, argv[1], name, sizeof(name), &len));
+  NAPI_ARGV_INT32(kind, 2)
+  if (len == 0 || len > LO_NAME_MAX) {
+    // Never in the table: such a name goes to JS. Make sure no old entry stays.
+    if (len > 0 && len < sizeof(name) - 1) lo_put(f, name, len, -1);
+    return NULL;
+  }
+  if (lo_put(f, name, len, kind) < 0) napi_throw_error(env, "ENOMEM", "fast path: out of memory");
+  return NULL;
+}
+
+// fuse_native_fast_reset(thread): forgets every name (the JS side pushes its index again).
+NAPI_METHOD(fuse_native_fast_reset) {
+  NAPI_ARGV(1)
+  lo_fast *f = lo_of(env, argv[0]);
+  if (f == NULL) return NULL;
+  pthread_rwlock_wrlock(&f->lock);
+  lo_clear_locked(f, 0);
+  pthread_rwlock_unlock(&f->lock);
+  return NULL;
+}
+
+// fuse_native_fast_enable(thread, on)
+NAPI_METHOD(fuse_native_fast_enable) {
+  NAPI_ARGV(2)
+  lo_fast *f = lo_of(env, argv[0]);
+  if (f == NULL) return NULL;
+  bool on;
+  NAPI_STATUS_THROWS(napi_get_value_bool(env, argv[1], &on));
+  __atomic_store_n(&f->enabled, on ? 1 : 0, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+// fuse_native_fast_counters(thread): [counter..., entries] as numbers, or null.
+NAPI_METHOD(fuse_native_fast_counters) {
+  NAPI_ARGV(1)
+  lo_fast *f = lo_of(env, argv[0]);
+  napi_value out;
+  if (f == NULL) {
+    napi_get_null(env, &out);
+    return out;
+  }
+  napi_create_array_with_length(env, LO_C_COUNT + 1, &out);
+  for (int i = 0; i < LO_C_COUNT; i++) {
+    napi_value v;
+    napi_create_double(env, (double) __atomic_load_n(&f->counters[i], __ATOMIC_RELAXED), &v);
+    napi_set_element(env, out, i, v);
+  }
+  pthread_rwlock_rdlock(&f->lock);
+  double entries = (double) f->count;
+  pthread_rwlock_unlock(&f->lock);
+  napi_value v;
+  napi_create_double(env, entries, &v);
+  napi_set_element(env, out, LO_C_COUNT, v);
+  return out;
+}

@@ -1,0 +1,48 @@
+import Fuse = require('fuse-native');
+import { TopLevelSink } from '../layers/layers';
+
+/** Names of the fast path's counters, in native/fastpath.c's order (then the table size). */
+const COUNTERS = [
+  'getattr', 'fgetattr', 'readlink', 'open', 'create', 'read', 'write', 'release', 'fsync',
+  'ftruncate', 'readdir', 'mkdir', 'unlink', 'rmdir', 'symlink', 'rename', 'link', 'chmod',
+  'chown', 'truncate', 'utimens', 'upper', 'lower', 'miss', 'passed',
+] as const;
+
+export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number>;
+
+const KIND = { upper: 0, lower: 1, whiteout: 2 } as const;
+
+/**
+ * The native fast path (native/fastpath.c): answers requests below a store object whose layer
+ * is decided, and lookups of absent names, on libfuse's threads without a round trip to this
+ * one. It learns the top-level index from TopLevelIndex (as its sink); everything it cannot
+ * decide comes here as before. Exists once the mount has started; off while tracing.
+ */
+export class FastPath implements TopLevelSink {
+  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number]) {
+    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1]);
+  }
+
+  set(name: string, kind: keyof typeof KIND): void {
+    Fuse.fastPath.set(this.thread, name, KIND[kind]);
+  }
+
+  delete(name: string): void {
+    Fuse.fastPath.set(this.thread, name, -1);
+  }
+
+  reset(): void {
+    Fuse.fastPath.reset(this.thread);
+  }
+
+  enable(on: boolean): void {
+    Fuse.fastPath.enable(this.thread, on);
+  }
+
+  counters(): FastCounters {
+    const values = Fuse.fastPath.counters(this.thread) ?? [];
+    const out = { entries: values[COUNTERS.length] ?? 0 } as FastCounters;
+    COUNTERS.forEach((name, i) => { out[name] = values[i] ?? 0; });
+    return out;
+  }
+}

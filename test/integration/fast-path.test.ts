@@ -1,0 +1,155 @@
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { check, cli } from '../helpers/exec';
+import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
+import { mountMerged, tempDir } from '../helpers/mount';
+
+// The native fast path (native/fastpath.c) against real mounts: that it answers at all, that
+// what it answers matches what the layers hold, that top-level changes made through JS reach
+// it at once, and that tracing and --no-fast-path hand every request to JS. The POSIX table
+// (posix.test.ts and posix-js.test.ts) checks the semantics in both modes.
+
+interface FastCounters { on: boolean; passed: number; entries: number; [op: string]: number | boolean }
+interface Status { counters: Record<string, number>; ops: Record<string, number>; fastPath: FastCounters | null; tracing: unknown }
+
+async function status(root: string): Promise<Status> {
+  const r = await cli(['status', root, '--json']);
+  if (r.code !== 0) throw new Error(`status failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as Status;
+}
+
+const rel = (storePath: string): string => storePath.replace(/^\/nix\/store\//, '');
+const n = (f: FastCounters | null, k: string): number => (f ? Number(f[k] ?? 0) : 0);
+
+/** Every entry below `dir` as `name d_ino type` from readdir(3) (python's scandir), one per line. */
+async function scandir(dir: string): Promise<string[]> {
+  const out = await check('python3', ['-c', `
+import os, sys
+for root, dirs, files in os.walk(sys.argv[1]):
+    with os.scandir(root) as it:
+        for e in it:
+            t = 'd' if e.is_dir(follow_symlinks=False) else 'l' if e.is_symlink() else 'f'
+            print(os.path.relpath(e.path, sys.argv[1]), e.inode(), t)
+`, dir]);
+  return out.trim().split('\n').filter((l) => l !== '').sort();
+}
+
+/** The same entries from lstat(2): `name st_ino type`. */
+async function lstatLines(dir: string): Promise<string[]> {
+  const out = await check('find', [dir, '-mindepth', '1', '-printf', '%P %i %y\n']);
+  return out.trim().split('\n').filter((l) => l !== '').sort();
+}
+
+test('the fast path answers lookups, reads, readdir and upper changes; status counts them with the rest', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const s0 = await status(m.root);
+  t.true(s0.fastPath?.on, 'on by default');
+
+  const lowerObj = path.join(m.store, rel(lower.manifest.paths.dirObject));
+  await check('find', [lowerObj, '-printf', '%y %s %m\n']);
+  await check('sh', ['-c', `find '${lowerObj}' -type f -exec cat {} + >/dev/null`]);
+  const upperObj = path.join(m.store, '0000000000000000000000000000000a-fast-upper');
+  await fs.promises.mkdir(upperObj);
+  await fs.promises.mkdir(path.join(upperObj, 'sub'));
+  await fs.promises.writeFile(path.join(upperObj, 'sub', 'file'), 'through the fast path\n');
+  await fs.promises.rename(path.join(upperObj, 'sub', 'file'), path.join(upperObj, 'moved'));
+  t.is(await fs.promises.readFile(path.join(upperObj, 'moved'), 'utf8'), 'through the fast path\n');
+  t.is(await fs.promises.readFile(path.join(m.upper, '0000000000000000000000000000000a-fast-upper', 'moved'), 'utf8'), 'through the fast path\n', 'in the upper dir');
+  await fs.promises.lstat(path.join(m.store, '0000000000000000000000000000000b-absent')).catch(() => undefined);
+
+  const s1 = await status(m.root);
+  const f = s1.fastPath;
+  for (const op of ['getattr', 'readdir', 'open', 'read', 'release', 'create', 'write', 'mkdir', 'rename', 'miss']) {
+    t.true(n(f, op) > n(s0.fastPath, op), `fast ${op} counted`);
+  }
+  t.true(n(f, 'passed') > 0, 'top-level changes still went to JS');
+  t.true(n(f, 'entries') >= 2, 'the table knows the objects looked up');
+  t.true(s1.ops.getattr >= n(f, 'getattr'), 'status ops include the fast answers');
+  t.true(s1.counters.miss >= 1 && s1.counters.lower > s0.counters.lower && s1.counters.upper > s0.counters.upper);
+
+  const text = await cli(['status', m.root]);
+  t.regex(text.stdout, /fast path +on: \d+ requests answered natively, \d+ passed to JS/);
+});
+
+test('readdir gives the d_ino and d_type that lstat gives, in both layers', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const upperObj = path.join(m.store, '0000000000000000000000000000000c-fast-dino');
+  await fs.promises.mkdir(path.join(upperObj, 'd'), { recursive: true });
+  await fs.promises.writeFile(path.join(upperObj, 'd', 'f'), 'x');
+  await fs.promises.symlink('d/f', path.join(upperObj, 'l'));
+  for (const obj of [path.join(m.store, rel(lower.manifest.paths.dirObject)), upperObj]) {
+    const fromReaddir = await scandir(obj);
+    t.true(fromReaddir.length >= 3, `${obj}: entries found`);
+    t.deepEqual(fromReaddir, await lstatLines(obj), `${obj}: readdir and lstat agree`);
+  }
+});
+
+test('top-level changes reach the fast path at once: rename away, delete of an upper copy, a new lower object', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm') });
+  const a = path.join(m.store, '0000000000000000000000000000000d-fast-a');
+  const b = path.join(m.store, '0000000000000000000000000000000d-fast-b');
+  await fs.promises.mkdir(a);
+  await fs.promises.writeFile(path.join(a, 'file'), 'a\n');
+  t.is(await fs.promises.readFile(path.join(a, 'file'), 'utf8'), 'a\n');
+  await fs.promises.rename(a, b);
+  await t.throwsAsync(fs.promises.readFile(path.join(a, 'file')), { code: 'ENOENT' }, 'the old name is gone');
+  t.is(await fs.promises.readFile(path.join(b, 'file'), 'utf8'), 'a\n', 'the new name serves the file');
+
+  // A lower object added after the mount shows (absent answers are never cached natively).
+  const added = rel(await lowerAdd(lower.root, 'fast-late'));
+  let seen = false;
+  for (let i = 0; i < 40 && !seen; i++) {
+    seen = await fs.promises.lstat(path.join(m.store, added)).then(() => true, () => false);
+    if (!seen) await new Promise((r) => setTimeout(r, 100));
+  }
+  t.true(seen, 'a lower object added after mount is visible within 4 s');
+
+  // refresh: an upper copy put beside the mount takes over from the lower object, file by
+  // file; deleting it through the mount shows the lower object again.
+  const libName = rel(lower.manifest.paths.libOut);
+  const lowerFiles = (await check('find', [path.join(m.lowerStore, libName), '-type', 'f', '-printf', '%P\n'])).trim().split('\n');
+  const probe = path.join(m.store, libName, lowerFiles[0]!);
+  const lowerBytes = await fs.promises.readFile(probe);
+  await check('cp', ['-a', path.join(m.lowerStore, libName), path.join(m.upper, libName)]);
+  await check('sh', ['-c', `chmod -R u+w '${m.upper}/${libName}' && echo upper > '${m.upper}/${libName}/UPPER'`]);
+  await t.throwsAsync(fs.promises.readFile(path.join(m.store, libName, 'UPPER')), { code: 'ENOENT' }, 'before refresh the lower object is served');
+  t.is((await cli(['refresh', m.root])).code, 0);
+  await new Promise((r) => setTimeout(r, 1200)); // the kernel's negative entry for UPPER (--negative-timeout 1)
+  t.is(await fs.promises.readFile(path.join(m.store, libName, 'UPPER'), 'utf8'), 'upper\n', 'after refresh the upper copy is served');
+  await check('rm', ['-rf', path.join(m.store, libName)]);
+  t.false(fs.existsSync(path.join(m.upper, libName)), 'the upper copy is gone');
+  await t.throwsAsync(fs.promises.readFile(path.join(m.store, libName, 'UPPER')), { code: 'ENOENT' }, 'the upper-only file went with it');
+  t.deepEqual(await fs.promises.readFile(probe), lowerBytes, 'the lower object shows again');
+});
+
+test('tracing and --no-fast-path send every request to JS', async (t) => {
+  const lower = await sharedLower();
+  const obj = rel(lower.manifest.paths.dirObject);
+  const m = await mountMerged(t, lower.root);
+  const traceFile = path.join(m.dir, 'trace.log');
+  const on = await cli(['trace', m.root, 'on', '--file', traceFile]);
+  t.is(on.code, 0, on.stderr);
+  const s0 = await status(m.root);
+  t.false(s0.fastPath?.on, 'off while tracing');
+  await check('find', [path.join(m.store, obj), '-printf', '%y\n']);
+  await fs.promises.lstat(path.join(m.store, '0000000000000000000000000000000e-absent')).catch(() => undefined);
+  const s1 = await status(m.root);
+  t.is(n(s1.fastPath, 'getattr'), n(s0.fastPath, 'getattr'), 'no fast getattr while tracing');
+  t.is(n(s1.fastPath, 'miss'), n(s0.fastPath, 'miss'), 'no fast miss while tracing');
+  t.regex(await fs.promises.readFile(traceFile, 'utf8'), /resolve \/nix\/store\/0000000000000000000000000000000e-absent absent/);
+  const off = await cli(['trace', m.root, 'off']);
+  t.is(off.code, 0, off.stderr);
+  t.true((await status(m.root)).fastPath?.on, 'on again after tracing');
+
+  const js = await mountMerged(t, lower.root, { extra: ['--no-fast-path'] });
+  await check('find', [path.join(js.store, obj), '-printf', '%y\n']);
+  const s2 = await status(js.root);
+  t.false(s2.fastPath?.on);
+  t.is(n(s2.fastPath, 'getattr') + n(s2.fastPath, 'readdir') + n(s2.fastPath, 'miss'), 0, 'nothing answered natively');
+  t.true(s2.ops.getattr > 0 && s2.ops.readdir > 0, 'JS answered');
+});
