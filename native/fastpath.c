@@ -288,6 +288,14 @@ static int lo_upper_path(lo_fast *f, const char *path, int allow_top, char *real
 static int lo_getattr(const char *path, struct stat *st) {
   lo_fast *f = lo_get();
   if (f == NULL) return lo_js.getattr(path, st);
+  if (path != NULL && path[0] == '/' && path[1] == '\0') {
+    // The store root: the upper dir's attributes, inode 1 (overlay.ts rootAttr).
+    if (stat(f->dir[LO_UPPER], st) < 0) LO_PASS_TO(getattr, path, st);
+    st->st_ino = 1;
+    st->st_dev = 0;
+    lo_count(f, LO_C_GETATTR);
+    return 0;
+  }
   int top = 0;
   int r = lo_resolve(f, path, &top);
   if (r == LO_R_ABSENT) {

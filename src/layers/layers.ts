@@ -97,6 +97,11 @@ export class TopLevelIndex {
     if (this.sink && !this.upper.has(name)) this.sink.set(name, 'lower');
   }
 
+  /** The next lookup of lower object `name` must come here again (its DB row may be gone). */
+  unsettle(name: string): void {
+    if (this.sink && !this.upper.has(name)) this.sink.delete(name);
+  }
+
   private scanUpper(): void {
     const upper = new Map<string, UpperKind>();
     for (const ent of fs.readdirSync(this.dirs.upperDir, { withFileTypes: true })) {

@@ -67,6 +67,11 @@ export class LowerDb {
     return this.stmt('SELECT * FROM ValidPaths WHERE path = ?').get(path) as PathRow | undefined;
   }
 
+  /** Store paths with ids up to `maxId`, newest first, at most `limit` of them. */
+  paths(maxId: number, limit: number): IterableIterator<string> {
+    return this.stmt('SELECT path FROM ValidPaths WHERE id <= ? ORDER BY id DESC LIMIT ?').pluck().iterate(maxId, limit) as IterableIterator<string>;
+  }
+
   maxId(): number {
     const r = this.stmt('SELECT max(id) AS m FROM ValidPaths').get() as { m: number | null };
     return r.m ?? 0;

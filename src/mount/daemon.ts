@@ -14,6 +14,9 @@ import { controlSocketPath, isMountPoint, removeRecord, writeRecord, writeRootCo
 import { validateMount } from './validate';
 
 /** A running mount: the overlay, its metadata module and the FUSE session. */
+/** How many lower objects a mirror mount settles at start (native/fastpath.c keeps 2^19). */
+const SETTLE_LIMIT = 200_000;
+
 export class Daemon {
   private stopping: Promise<void> | null = null;
   private fuse: import('../fuse/adapter').FuseMount | null = null;
@@ -88,9 +91,16 @@ export class Daemon {
     this.fuse = fuse;
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
 
+    if (cfg.metadata === 'mirror') this.settleLowerObjects(lowerDb);
     this.metadata.startFollower(cfg.followIntervalMs, (names) => {
-      if (names === null) this.overlay.index.refresh();
-      else for (const n of names) this.overlay.index.forgetLower(n);
+      if (names === null) {
+        this.overlay.index.refresh();
+        return;
+      }
+      for (const n of names) {
+        this.overlay.index.forgetLower(n);
+        this.overlay.index.lowerServed(n); // its row is in the merged DB now
+      }
     });
     this.control = new ControlServer(controlSocketPath(cfg.mergedRoot), this);
     await this.control.listen();
@@ -107,6 +117,24 @@ export class Daemon {
       }
     }, 2000);
     this.watchdog.unref();
+  }
+
+  /**
+   * Mirror mode: every lower object whose row the merged DB has needs no closure copy on
+   * lookup, so the fast path may answer its lookups from the start (a cold `ls -l` of the
+   * store root then never reaches JS). Newest first, at most SETTLE_LIMIT of them; the rest
+   * are settled on their first lookup.
+   */
+  private settleLowerObjects(lowerDb: LowerDb): void {
+    const t0 = Date.now();
+    const prefix = `${this.metadata.storeDir}/`;
+    let n = 0;
+    for (const p of lowerDb.paths(this.metadata.mirror.lastLowerId, SETTLE_LIMIT)) {
+      if (!p.startsWith(prefix)) continue;
+      this.overlay.index.lowerServed(p.slice(prefix.length));
+      n++;
+    }
+    log.info(`fast path: ${n} lower objects settled in ${Date.now() - t0} ms`);
   }
 
   /** A new mirror DB copied whole from the lower DB (seed.ts); null when it cannot be. */

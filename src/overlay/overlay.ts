@@ -136,6 +136,7 @@ export class Overlay {
   private refused(op: string, path: string, errno: Errno = E.EROFS): Errno {
     this.stats.count('refused');
     this.stats.trace?.('refuse', path, op);
+    this.index.unsettle(Overlay.topName(path));
     this.hooks.lowerWriteRefused?.(Overlay.topName(path));
     return errno;
   }

@@ -73,6 +73,29 @@ test('the fast path answers lookups, reads, readdir and upper changes; status co
   t.regex(text.stdout, /fast path +on: \d+ requests answered natively, \d+ passed to JS/);
 });
 
+test('mirror mode answers a lower object\'s first lookup natively; lazy mode sends it to JS for the closure copy', async (t) => {
+  const lower = await sharedLower();
+  const name = rel(lower.manifest.paths.dirObject);
+  const mirror = await mountMerged(t, lower.root);
+  const lazy = await mountMerged(t, lower.root, { metadata: 'lazy' });
+  for (const m of [mirror, lazy]) {
+    const s0 = await status(m.root);
+    await fs.promises.lstat(path.join(m.store, name));
+    const entries = await fs.promises.readdir(path.join(m.store, name));
+    t.true(entries.length > 0);
+    const s1 = await status(m.root);
+    const passed = n(s1.fastPath, 'passed') - n(s0.fastPath, 'passed');
+    if (m === mirror) {
+      t.is(passed, 0, 'mirror: nothing passed to JS');
+      t.is(s1.counters.closureSyncs, 0);
+    } else {
+      t.true(passed >= 1, 'lazy: the first lookup went to JS');
+      t.is(s1.counters.closureSyncs - s0.counters.closureSyncs, 1, 'lazy: one closure copy');
+      t.true(n(s1.fastPath, 'readdir') > n(s0.fastPath, 'readdir'), 'lazy: below the object, the fast path answers');
+    }
+  }
+});
+
 test('readdir gives the d_ino and d_type that lstat gives, in both layers', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root);
