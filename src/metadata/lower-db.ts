@@ -68,8 +68,8 @@ export class LowerDb {
   }
 
   /** Store paths with ids up to `maxId`, newest first, at most `limit` of them. */
-  paths(maxId: number, limit: number): IterableIterator<string> {
-    return this.stmt('SELECT path FROM ValidPaths WHERE id <= ? ORDER BY id DESC LIMIT ?').pluck().iterate(maxId, limit) as IterableIterator<string>;
+  paths(maxId: number, limit: number): string[] {
+    return this.stmt('SELECT path FROM ValidPaths WHERE id <= ? ORDER BY id DESC LIMIT ?').pluck().all(maxId, limit) as string[];
   }
 
   maxId(): number {

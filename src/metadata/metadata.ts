@@ -1,8 +1,12 @@
 import { LRUCache } from 'lru-cache';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { OverlayStats } from '../overlay/stats';
 import { log } from '../util/log';
 import { copyClosure } from './closure';
+import { GcLock } from './gc-lock';
 import { LowerRoots } from './gc-roots';
+import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
 import { Mirror } from './mirror';
 import { withBusyRetry } from './sqlite';
@@ -31,6 +35,8 @@ export class Metadata {
   private readonly reconcileTimers = new Map<string, NodeJS.Timeout>();
   /** Mirror mode only: GC roots that keep lower objects alive for plain Nix's GC. */
   roots: LowerRoots | null = null;
+  /** While a background sync runs: root changes wait for it, in order (rootsDo). */
+  private rootsBusy: Promise<void> | null = null;
   /** Names in both layers; set by the daemon (the overlay's index knows them). */
   duplicates: () => Set<string> = () => new Set();
 
@@ -96,11 +102,15 @@ export class Metadata {
   }
 
   private rootsDo(f: () => void): void {
-    try {
-      f();
-    } catch (err) {
-      log.warn(`gc roots: ${err instanceof Error ? err.message : String(err)}`);
-    }
+    const run = (): void => {
+      try {
+        f();
+      } catch (err) {
+        log.warn(`gc roots: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    };
+    if (this.rootsBusy) this.rootsBusy = this.rootsBusy.then(run);
+    else run();
   }
 
   /**
@@ -129,15 +139,58 @@ export class Metadata {
     this.reconcileTimers.set(name, timer);
   }
 
+  /** Makes the roots dir exactly what the lower store needs, on this thread. */
   syncRoots(): void {
-    if (!this.roots) return;
-    try {
+    const roots = this.roots;
+    if (!roots) return;
+    this.rootsDo(() => {
       const t0 = Date.now();
-      const r = this.roots.sync(this.duplicates());
+      const r = roots.sync(this.duplicates());
       if (r.added + r.removed > 0) log.info(`gc roots: +${r.added} -${r.removed} in ${Date.now() - t0} ms`);
-    } catch (err) {
-      log.warn(`gc roots: ${err instanceof Error ? err.message : String(err)}`);
+    });
+  }
+
+  /**
+   * The mount's full roots sync, in a worker thread, so that the mount is ready at once (on a
+   * 100k-path lower store the sync takes 0.3–1.5 s, mostly creating symlinks). `gcLock`, Nix's
+   * GC lock held shared, makes a `nix-collect-garbage` started meanwhile wait until the roots
+   * exist; it is released when the sync and the root changes queued behind it are done.
+   * Without the lock (it could not be had), the sync runs here and now instead.
+   */
+  syncRootsInBackground(gcLock: GcLock | null): void {
+    const roots = this.roots;
+    if (!roots) {
+      gcLock?.release();
+      return;
     }
+    if (!gcLock) {
+      this.syncRoots();
+      return;
+    }
+    const t0 = Date.now();
+    const job: RootsJob = { dir: roots.dir, dbFile: this.lower.dbFile, storeDir: this.storeDir, duplicates: [...this.duplicates()] };
+    const delayMs = Number(process.env.LOCAL_OVERLAY_TEST_ROOTS_DELAY_MS ?? 0); // tests: widen the window
+    const synced = new Promise<void>((resolve) => setTimeout(resolve, delayMs)).then(() => runRootsWorker(job)).then(
+      (r) => { log.info(`gc roots: +${r.added} -${r.removed} in ${Date.now() - t0} ms (in the background)`); },
+      (err) => {
+        log.warn(`gc roots: background sync failed (${err instanceof Error ? err.message : String(err)}); syncing here`);
+        try { roots.sync(this.duplicates()); } catch (e) { log.warn(`gc roots: ${e instanceof Error ? e.message : String(e)}`); }
+      });
+    this.rootsBusy = synced;
+    const settle = (): void => {
+      const current = this.rootsBusy;
+      void current?.then(() => {
+        if (this.rootsBusy !== current) return settle();
+        this.rootsBusy = null;
+        gcLock.release();
+      });
+    };
+    settle();
+  }
+
+  /** Whether GC roots are still being written (status). */
+  rootsSyncing(): boolean {
+    return this.rootsBusy !== null;
   }
 
   /**
@@ -202,7 +255,7 @@ export class Metadata {
 
   /** Waits (at most `ms`) for closure copies still in flight, e.g. before the DBs close. */
   async drain(ms: number): Promise<void> {
-    const pending = [...this.inflight.values()].map((p) => p.catch(() => undefined));
+    const pending = [...this.inflight.values(), ...(this.rootsBusy ? [this.rootsBusy] : [])].map((p) => p.catch(() => undefined));
     if (pending.length === 0) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([Promise.all(pending), new Promise((r) => { timer = setTimeout(r, ms); })]);
@@ -214,4 +267,15 @@ export class Metadata {
     this.lower.close();
     this.upper.close();
   }
+}
+
+function runRootsWorker(job: RootsJob): Promise<{ added: number; removed: number }> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(path.join(__dirname, 'gc-roots-worker.js'), { workerData: job });
+    w.once('message', (m: { added: number; removed: number } | { error: string }) => {
+      if ('error' in m) reject(new Error(m.error)); else resolve(m);
+    });
+    w.once('error', reject);
+    w.once('exit', (code) => reject(new Error(`worker exited (${code}) without an answer`)));
+  });
 }

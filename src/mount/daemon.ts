@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LowerDb } from '../metadata/lower-db';
+import { GcLock, holdGcLockShared } from '../metadata/gc-lock';
 import { LowerRoots } from '../metadata/gc-roots';
 import { seedFromLower } from '../metadata/seed';
 import { Metadata } from '../metadata/metadata';
@@ -60,8 +61,9 @@ export class Daemon {
     if (cfg.traceFile) this.trace(true, cfg.traceFile, cfg.tracePrefix);
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
     const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb);
+    let gcLock: GcLock | null = null;
     if (cfg.metadata === 'mirror') {
-      this.onProgress?.('importing lower DB rows into the merged DB, then computing GC roots');
+      this.onProgress?.('importing lower DB rows into the merged DB');
       if (seededTo !== null) {
         this.metadata.mirror.seeded(seededTo);
         this.overlay.stats.count('rowsMirrored', upperDb.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number);
@@ -69,7 +71,8 @@ export class Daemon {
       this.metadata.importAll();
       this.metadata.roots = roots;
       this.metadata.duplicates = () => this.overlay.duplicates();
-      this.metadata.syncRoots();
+      // The roots are written in the background once mounted; no GC can start before.
+      gcLock = await holdGcLockShared(path.join(merged.dbDir, '..', 'gc.lock'));
     } else {
       roots.clear();
       log.warn('lazy metadata: plain Nix cannot garbage-collect this merged store (its GC would try to delete lower objects); use --metadata mirror for that');
@@ -87,8 +90,14 @@ export class Daemon {
       { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout },
       this.fastPathWanted());
     this.onProgress?.(`mounting ${merged.storeDir}`);
-    await fuse.mount();
+    try {
+      await fuse.mount();
+    } catch (err) {
+      gcLock?.release();
+      throw err;
+    }
     this.fuse = fuse;
+    this.metadata.syncRootsInBackground(gcLock);
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
 
     if (cfg.metadata === 'mirror') this.settleLowerObjects(lowerDb);
@@ -128,13 +137,18 @@ export class Daemon {
   private settleLowerObjects(lowerDb: LowerDb): void {
     const t0 = Date.now();
     const prefix = `${this.metadata.storeDir}/`;
-    let n = 0;
-    for (const p of lowerDb.paths(this.metadata.mirror.lastLowerId, SETTLE_LIMIT)) {
-      if (!p.startsWith(prefix)) continue;
-      this.overlay.index.lowerServed(p.slice(prefix.length));
-      n++;
-    }
-    log.info(`fast path: ${n} lower objects settled in ${Date.now() - t0} ms`);
+    const paths = lowerDb.paths(this.metadata.mirror.lastLowerId, SETTLE_LIMIT);
+    // In slices, so that requests for JS are not held up by it.
+    const step = (from: number): void => {
+      if (this.stopping) return;
+      const end = Math.min(paths.length, from + 10_000);
+      for (let i = from; i < end; i++) {
+        if (paths[i]!.startsWith(prefix)) this.overlay.index.lowerServed(paths[i]!.slice(prefix.length));
+      }
+      if (end < paths.length) setImmediate(step, end);
+      else log.info(`fast path: ${paths.length} lower objects settled in ${Date.now() - t0} ms`);
+    };
+    step(0);
   }
 
   /** A new mirror DB copied whole from the lower DB (seed.ts); null when it cannot be. */
@@ -225,6 +239,7 @@ export class Daemon {
       ops,
       fastPath: fast,
       follower: this.metadata.followerState(),
+      gcRootsSyncing: this.metadata.rootsSyncing(),
       health: this.health(),
       tracing: this.tracer ? { file: this.tracer.file, prefix: this.tracer.prefix ?? null } : null,
     };

@@ -43,13 +43,13 @@ export async function detachMountsUnder(dir: string): Promise<void> {
  * Mounts a merged store over `lower` with the built CLI (a daemon in its own process, as users
  * run it) and unmounts it when the test ends, even when the test fails.
  */
-export async function mountMerged(t: ExecutionContext, lower: string, opts: { metadata?: 'mirror' | 'lazy'; dir?: string; upper?: string; extra?: string[] } = {}): Promise<Merged> {
+export async function mountMerged(t: ExecutionContext, lower: string, opts: { metadata?: 'mirror' | 'lazy'; dir?: string; upper?: string; extra?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<Merged> {
   const dir = opts.dir ?? tempDir(t);
   const root = path.join(dir, 'merged');
   const upper = opts.upper ?? path.join(dir, 'upper');
   const work = path.join(dir, 'work');
   const args = ['mount', '--lower', lower, '--upper', upper, '--root', root, '--work', work, '--metadata', opts.metadata ?? 'mirror', ...(opts.extra ?? [])];
-  const r = await cli(args);
+  const r = await cli(args, opts.env ? { env: { ...process.env, ...opts.env } } : {});
   if (r.code !== 0) throw new Error(`mount failed (${r.code}): ${r.stderr}${r.stdout}`);
   const pid = Number(/pid (\d+)/.exec(r.stdout)?.[1] ?? 0);
   let mounted = true;

@@ -68,6 +68,28 @@ for (const gc of [['nix-collect-garbage'], ['nix-store', '--gc']] as const) {
   });
 }
 
+test('GC right after mount waits until the GC roots, written in the background, exist (Nix\'s GC lock held shared)', async (t) => {
+  const lower = await sharedLower();
+  const before = await lowerRootDigest(lower.root);
+  // The daemon waits 5 s before it starts writing the roots: without the lock, this GC would
+  // find every lower object unrooted and try to delete it.
+  const m = await mountMerged(t, lower.root, { env: { LOCAL_OVERLAY_TEST_ROOTS_DELAY_MS: '5000' } });
+  const s = JSON.parse((await cli(['status', m.root, '--json'])).stdout) as { gcRootsSyncing: boolean };
+  t.true(s.gcRootsSyncing, 'roots still being written');
+  const added = await addText(m, m.dir, 'gc-lock-added.txt', `unrooted ${Date.now()}\n`); // adds are not held up
+  const r = await nix('nix-collect-garbage', ['--store', m.root]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /waiting for the big garbage collector lock/, 'the GC waited for the lock');
+  t.false(await valid(m, added), 'the unrooted upper path was collected');
+  for (const [role, q] of Object.entries(lower.manifest.paths)) {
+    t.true(fs.existsSync(path.join(m.store, rel(q))), `lower ${role} no longer visible`);
+    t.true(await valid(m, q), `lower ${role} no longer valid`);
+  }
+  t.true(fs.readdirSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store')).length > 0, 'roots written');
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+});
+
 test('delete: a referenced upper path cannot be deleted until its referrer is gone', async (t) => {
   const lower = await sharedLower();
   const before = await lowerRootDigest(lower.root);

@@ -1,0 +1,45 @@
+import { spawn } from 'node:child_process';
+import { log } from '../util/log';
+
+/** Nix's GC lock held shared: release() lets a waiting `nix-collect-garbage` go on. */
+export interface GcLock {
+  release(): void;
+}
+
+/**
+ * Takes Nix's GC lock (`ROOT/nix/var/nix/gc.lock`) shared. Nix 2.8's garbage collector takes
+ * it exclusively and waits ("waiting for the big garbage collector lock..."); everything else
+ * that takes it (adding temp roots) takes it shared, so builds and adds go on.
+ *
+ * Node has no flock(2), so a `flock` child (util-linux) holds it and waits on a pipe from this
+ * process: the lock goes when release() closes the pipe, or when this process dies in any way.
+ * Resolves to null (after logging why) if the lock cannot be had within `timeoutS`, e.g. a
+ * GC is running, or `flock` is missing.
+ */
+export function holdGcLockShared(lockFile: string, timeoutS = 10): Promise<GcLock | null> {
+  return new Promise((resolve) => {
+    const child = spawn('flock', ['--shared', '--timeout', String(timeoutS), lockFile, 'sh', '-c', 'echo locked; read _'],
+      { stdio: ['pipe', 'pipe', 'pipe'] });
+    let settled = false;
+    let stderr = '';
+    const give = (lock: GcLock | null, why?: string): void => {
+      if (settled) return;
+      settled = true;
+      if (why) log.warn(`gc lock: ${why}`);
+      resolve(lock);
+    };
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      if (!d.toString().includes('locked')) return;
+      give({
+        release: () => {
+          child.stdin.end();
+          setTimeout(() => child.kill(), 1000).unref();
+        },
+      });
+    });
+    child.on('error', (err) => give(null, `cannot run flock: ${err.message}`));
+    child.on('exit', (code) => give(null, `flock exited (${String(code)}) before taking ${lockFile}: ${stderr.trim() || 'timed out'}`));
+    child.stdin.on('error', () => { /* the child is gone: nothing to release */ });
+  });
+}
