@@ -1,3 +1,4 @@
+import { copyLowerRows, withLowerAttached } from './copy-rows';
 import { LowerDb } from './lower-db';
 import { OutputRow, PathRow } from './rows';
 import { UpperDb } from './upper-db';
@@ -8,8 +9,45 @@ import { UpperDb } from './upper-db';
  * narSize, registrationTime, deriver, ultimate, sigs, ca, references, derivation outputs).
  * Rows the upper DB already has are left alone: for them the upper DB is authoritative.
  * Returns the number of ValidPaths rows added. Throws SQLITE_BUSY for the caller to retry.
+ *
+ * The copy runs inside SQLite with the lower DB attached (copy-rows.ts), in lower id order:
+ * Nix registers references before referrers, so that order is references first. A lower DB
+ * where it is not (made by other tools) is caught afterwards and copied row by row in
+ * dependency order instead (copyClosureRowByRow).
  */
 export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly string[]): number {
+  const todo = paths.filter((p) => upper.idOf(p) === undefined);
+  if (todo.length === 0) return 0;
+  const db = upper.db;
+  try {
+    return withLowerAttached(db, lower, () => db.transaction((): number => {
+      db.exec('CREATE TEMP TABLE IF NOT EXISTS lower_ids (id INTEGER PRIMARY KEY)');
+      db.exec('DELETE FROM temp.lower_ids');
+      const collect = db.prepare(`
+        INSERT OR IGNORE INTO temp.lower_ids (id)
+        WITH RECURSIVE closure(id) AS (
+          SELECT id FROM lower.ValidPaths WHERE path = ?
+          UNION
+          SELECT r.reference FROM lower.Refs r JOIN closure c ON r.referrer = c.id
+        )
+        SELECT id FROM closure`);
+      for (const p of todo) collect.run(p);
+      const { count, before } = copyLowerRows(db, { where: 'l.id IN (SELECT id FROM temp.lower_ids)', params: [], order: 'id' });
+      db.exec('DELETE FROM temp.lower_ids');
+      const late = db.prepare('SELECT count(*) FROM main.Refs WHERE referrer > ? AND reference > referrer').pluck().get(before) as number;
+      if (late > 0) throw new ReferencesAfterReferrers();
+      return count;
+    }).immediate());
+  } catch (err) {
+    if (!(err instanceof ReferencesAfterReferrers)) throw err;
+    return copyClosureRowByRow(upper, lower, todo);
+  }
+}
+
+class ReferencesAfterReferrers extends Error {}
+
+/** copyClosure one row at a time, in dependency order; for lower DBs not in Nix's id order. */
+export function copyClosureRowByRow(upper: UpperDb, lower: LowerDb, paths: readonly string[]): number {
   const missing = new Map<string, PathRow>();
   const refs = new Map<string, string[]>();
   const outputs = new Map<number, OutputRow[]>();

@@ -1,3 +1,4 @@
+import { copyLowerRows, withLowerAttached } from './copy-rows';
 import { LowerDb } from './lower-db';
 import { UpperDb } from './upper-db';
 
@@ -38,56 +39,18 @@ export class Mirror {
     const since = this.lastId;
     const maxId = this.lower.maxId();
     if (maxId <= since) return { count: 0, paths: [] };
-    db.exec(`ATTACH DATABASE '${this.lower.uri().replace(/'/g, "''")}' AS lower`);
-    const fk = db.pragma('foreign_keys', { simple: true }) as number;
-    db.pragma('foreign_keys = OFF');
-    try {
-      const result = db.transaction((): ImportResult => {
-        const before = db.prepare('SELECT coalesce(max(id), 0) FROM main.ValidPaths').pluck().get() as number;
-        // In path order: the unique path index then grows at its end instead of splitting pages.
-        const count = db.prepare(`
-          INSERT INTO main.ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca)
-          SELECT l.path, l.hash, l.registrationTime, l.deriver, l.narSize, l.ultimate, l.sigs, l.ca
-          FROM lower.ValidPaths l
-          WHERE l.id > ? AND l.id <= ? AND NOT EXISTS (SELECT 1 FROM main.ValidPaths u WHERE u.path = l.path)
-          ORDER BY l.path`).run(since, maxId).changes;
-        if (count === 0) return { count: 0, paths: [] };
-
-        db.exec('CREATE TEMP TABLE IF NOT EXISTS idmap (lid INTEGER PRIMARY KEY, uid INTEGER NOT NULL)');
-        db.exec('DELETE FROM temp.idmap');
-        db.prepare(`
-          INSERT INTO temp.idmap (lid, uid)
-          SELECT l.id, u.id FROM main.ValidPaths u JOIN lower.ValidPaths l ON l.path = u.path
-          WHERE u.id > ?`).run(before);
-
-        const indexes = count >= BULK_ROWS
-          ? db.prepare("SELECT name, sql FROM main.sqlite_master WHERE type = 'index' AND tbl_name = 'Refs' AND sql IS NOT NULL").all() as { name: string; sql: string }[]
-          : [];
-        for (const ix of indexes) db.exec(`DROP INDEX main.${ix.name}`);
-        // A reference to a row outside this import (an older lower row) is found by path.
-        db.exec(`
-          INSERT OR IGNORE INTO main.Refs (referrer, reference)
-          SELECT a.uid, coalesce(b.uid, (SELECT u.id FROM main.ValidPaths u
-                                         WHERE u.path = (SELECT x.path FROM lower.ValidPaths x WHERE x.id = r.reference)))
-          FROM temp.idmap a
-          JOIN lower.Refs r ON r.referrer = a.lid
-          LEFT JOIN temp.idmap b ON b.lid = r.reference
-          ORDER BY 1, 2`);
-        for (const ix of indexes) db.exec(ix.sql);
-        db.exec(`
-          INSERT OR IGNORE INTO main.DerivationOutputs (drv, id, path)
-          SELECT a.uid, o.id, o.path FROM temp.idmap a JOIN lower.DerivationOutputs o ON o.drv = a.lid`);
-        const paths = count <= LIST_LIMIT
-          ? db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(before) as string[]
-          : null;
-        db.exec('DELETE FROM temp.idmap');
-        return { count, paths };
-      }).immediate();
-      this.lastId = maxId;
-      return result;
-    } finally {
-      db.pragma(`foreign_keys = ${fk ? 'ON' : 'OFF'}`);
-      db.exec('DETACH DATABASE lower');
-    }
+    const result = withLowerAttached(db, this.lower, () => db.transaction((): ImportResult => {
+      const { count, before } = copyLowerRows(db, {
+        where: 'l.id > ? AND l.id <= ?', params: [since, maxId], order: 'path',
+        rebuildRefIndexes: (n) => n >= BULK_ROWS,
+      });
+      if (count === 0) return { count: 0, paths: [] };
+      const paths = count <= LIST_LIMIT
+        ? db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(before) as string[]
+        : null;
+      return { count, paths };
+    }).immediate());
+    this.lastId = maxId;
+    return result;
   }
 }

@@ -39,6 +39,8 @@ export class UpperDb {
     db.pragma('foreign_keys = ON');
     // As Nix sets it: in WAL mode a commit does not wait for fsync, a checkpoint does.
     db.pragma('synchronous = NORMAL');
+    // The closure copy's and the mirror's scratch tables (copy-rows.ts) stay in memory.
+    db.pragma('temp_store = MEMORY');
     if (fresh) {
       db.exec(NIX_SCHEMA_SQL);
       fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION));

@@ -58,6 +58,32 @@ test('copyClosure copies the closure exactly, references first, and nothing else
   t.is(up.db.prepare('SELECT count(*) FROM Refs WHERE reference > referrer').pluck().get(), 0);
 });
 
+test('copyClosure from a lower DB whose ids are not in dependency order still copies references first', async (t) => {
+  const dir = tempDir(t);
+  // A lower DB another tool made: the referrer got the smaller id. Nix's own schema.
+  const lowerDir = path.join(dir, 'lower-db');
+  UpperDb.open(lowerDir).close();
+  const lowerFile = path.join(lowerDir, 'db.sqlite');
+  const w = new Database(lowerFile);
+  const name = (c: string, n: string): string => `/nix/store/${c.repeat(32)}-${n}`;
+  const [top, mid, leaf] = [name('a', 'top'), name('b', 'mid'), name('c', 'leaf')];
+  const ins = w.prepare('INSERT INTO ValidPaths (id, path, hash, registrationTime, narSize) VALUES (?, ?, ?, 1, 8)');
+  ins.run(1, top, 'sha256:1');
+  ins.run(2, mid, 'sha256:2');
+  ins.run(3, leaf, 'sha256:3');
+  w.exec('INSERT INTO Refs (referrer, reference) VALUES (1, 2), (2, 3), (1, 3), (3, 3)');
+  w.pragma('journal_mode = DELETE');
+  w.close();
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(lowerFile);
+  t.teardown(() => { up.close(); lo.close(); });
+  t.is(copyClosure(up, lo, [top]), 3);
+  t.deepEqual([...rows(up.db).keys()], [top, mid, leaf].sort());
+  t.deepEqual(refs(up.db), refs(lo.conn()));
+  t.is(up.db.prepare('SELECT count(*) FROM Refs WHERE reference > referrer').pluck().get(), 0, 'references first');
+  t.deepEqual(up.db.prepare('SELECT path FROM ValidPaths ORDER BY id').pluck().all(), [leaf, mid, top]);
+});
+
 test('copyClosure carries derivation outputs; withBusyRetry waits for a writer without blocking', async (t) => {
   const lower = await sharedLower();
   const dir = tempDir(t);
