@@ -78,6 +78,9 @@ typedef struct {
   dev_t dev[2];
 
   int enabled;
+  // Set when the table could not take an entry: it no longer has every upper name, so the
+  // fast path (which answers "absent" from it) stays off for good.
+  int failed;
   uint64_t counters[LO_C_COUNT];
 } lo_fast;
 
@@ -148,7 +151,7 @@ static void lo_grow_locked(lo_fast *f) {
 }
 
 // Sets (kind >= 0) or deletes (kind < 0) a name. Returns 0, or -ENOMEM after which the name is
-// absent from the table (a lookup of it then goes to JS, which is always correct).
+// absent from the table and the fast path is off for good (failed).
 static int lo_put(lo_fast *f, const char *name, size_t len, int kind) {
   uint32_t h = lo_hash(name, len);
   int res = 0;
@@ -170,6 +173,8 @@ static int lo_put(lo_fast *f, const char *name, size_t len, int kind) {
     lo_entry *e = malloc(sizeof(lo_entry) + len);
     if (e == NULL) {
       res = -ENOMEM;
+      __atomic_store_n(&f->failed, 1, __ATOMIC_RELEASE);
+      __atomic_store_n(&f->enabled, 0, __ATOMIC_RELEASE);
     } else {
       e->hash = h;
       e->kind = (uint8_t) kind;
@@ -203,11 +208,6 @@ static int lo_is_store_name(const char *s, size_t n) {
   for (size_t i = 0; i < 32; i++) if (!lo_is_hash_char(s[i])) return 0;
   for (size_t i = 33; i < n; i++) if (!lo_is_name_char(s[i])) return 0;
   return 1;
-}
-
-static int lo_ends_with(const char *s, size_t n, const char *suffix) {
-  size_t k = strlen(suffix);
-  return n >= k && memcmp(s + n - k, suffix, k) == 0;
 }
 
 // libfuse's names for unlinked-but-open files: redirected to the work dir by JS.
@@ -644,12 +644,8 @@ NAPI_METHOD(fuse_native_fast_set) {
   size_t len;
   NAPI_STATUS_THROWS(napi_get_value_string_utf8(env, argv[1], name, sizeof(name), &len));
   NAPI_ARGV_INT32(kind, 2)
-  if (len == 0 || len > LO_NAME_MAX) {
-    // Never in the table: such a name goes to JS. Make sure no old entry stays.
-    if (len > 0 && len < sizeof(name) - 1) lo_put(f, name, len, -1);
-    return NULL;
-  }
-  if (lo_put(f, name, len, kind) < 0) napi_throw_error(env, "ENOMEM", "fast path: out of memory");
+  if (len == 0 || len > LO_NAME_MAX) return NULL; // never in the table; lo_resolve passes such names
+  lo_put(f, name, len, kind); // out of memory switches the fast path off (lo_fast.failed)
   return NULL;
 }
 
@@ -671,11 +667,11 @@ NAPI_METHOD(fuse_native_fast_enable) {
   if (f == NULL) return NULL;
   bool on;
   NAPI_STATUS_THROWS(napi_get_value_bool(env, argv[1], &on));
-  __atomic_store_n(&f->enabled, on ? 1 : 0, __ATOMIC_RELEASE);
+  __atomic_store_n(&f->enabled, on && !__atomic_load_n(&f->failed, __ATOMIC_ACQUIRE) ? 1 : 0, __ATOMIC_RELEASE);
   return NULL;
 }
 
-// fuse_native_fast_counters(thread): [counter..., entries] as numbers, or null.
+// fuse_native_fast_counters(thread): [counter..., entries, enabled] as numbers, or null.
 NAPI_METHOD(fuse_native_fast_counters) {
   NAPI_ARGV(1)
   lo_fast *f = lo_of(env, argv[0]);
@@ -684,7 +680,7 @@ NAPI_METHOD(fuse_native_fast_counters) {
     napi_get_null(env, &out);
     return out;
   }
-  napi_create_array_with_length(env, LO_C_COUNT + 1, &out);
+  napi_create_array_with_length(env, LO_C_COUNT + 2, &out);
   for (int i = 0; i < LO_C_COUNT; i++) {
     napi_value v;
     napi_create_double(env, (double) __atomic_load_n(&f->counters[i], __ATOMIC_RELAXED), &v);
@@ -696,5 +692,7 @@ NAPI_METHOD(fuse_native_fast_counters) {
   napi_value v;
   napi_create_double(env, entries, &v);
   napi_set_element(env, out, LO_C_COUNT, v);
+  napi_create_double(env, (double) __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE), &v);
+  napi_set_element(env, out, LO_C_COUNT + 1, v);
   return out;
 }

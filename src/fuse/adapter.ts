@@ -185,9 +185,9 @@ export class FuseMount {
     this.fast?.enable(on);
   }
 
-  /** The fast path's counters, or null before the mount or when it is off. */
-  fastCounters(): (FastCounters & { on: boolean }) | null {
-    return this.fast ? { on: this.fastWanted, ...this.fast.counters() } : null;
+  /** The fast path's counters (`on`: whether it is answering now), or null before the mount. */
+  fastCounters(): FastCounters | null {
+    return this.fast ? this.fast.counters() : null;
   }
 
   unmount(): Promise<void> {

@@ -1,14 +1,14 @@
 import Fuse = require('fuse-native');
 import { TopLevelSink } from '../layers/layers';
 
-/** Names of the fast path's counters, in native/fastpath.c's order (then the table size). */
+/** Names of the fast path's counters, in native/fastpath.c's order (then the table size and whether it is on). */
 const COUNTERS = [
   'getattr', 'fgetattr', 'readlink', 'open', 'create', 'read', 'write', 'release', 'fsync',
   'ftruncate', 'readdir', 'mkdir', 'unlink', 'rmdir', 'symlink', 'rename', 'link', 'chmod',
   'chown', 'truncate', 'utimens', 'upper', 'lower', 'miss', 'passed',
 ] as const;
 
-export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number>;
+export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number> & { on: boolean };
 
 const KIND = { upper: 0, lower: 1, whiteout: 2 } as const;
 
@@ -41,7 +41,7 @@ export class FastPath implements TopLevelSink {
 
   counters(): FastCounters {
     const values = Fuse.fastPath.counters(this.thread) ?? [];
-    const out = { entries: values[COUNTERS.length] ?? 0 } as FastCounters;
+    const out = { entries: values[COUNTERS.length] ?? 0, on: values[COUNTERS.length + 1] === 1 } as FastCounters;
     COUNTERS.forEach((name, i) => { out[name] = values[i] ?? 0; });
     return out;
   }
