@@ -482,85 +482,74 @@ static int lo_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t
   return 0;
 }
 
+// The answer to a change made here: -errno, or 0 (counted).
+static int lo_done(lo_fast *f, int rc, int counter) {
+  if (rc < 0) return -errno;
+  lo_count(f, counter);
+  return 0;
+}
+
 static int lo_mkdir(const char *path, mode_t mode) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(mkdir, path, mode);
-  if (mkdir(real, mode & 07777) < 0) return -errno;
-  lo_count(f, LO_C_MKDIR);
-  return 0;
+  return lo_done(f, mkdir(real, mode & 07777), LO_C_MKDIR);
 }
 
 static int lo_unlink(const char *path) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(unlink, path);
-  if (unlink(real) < 0) return -errno;
-  lo_count(f, LO_C_UNLINK);
-  return 0;
+  return lo_done(f, unlink(real), LO_C_UNLINK);
 }
 
 static int lo_rmdir(const char *path) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(rmdir, path);
-  if (rmdir(real) < 0) return -errno;
-  lo_count(f, LO_C_RMDIR);
-  return 0;
+  return lo_done(f, rmdir(real), LO_C_RMDIR);
 }
 
 static int lo_symlink(const char *target, const char *path) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(symlink, target, path);
-  if (symlink(target, real) < 0) return -errno;
-  lo_count(f, LO_C_SYMLINK);
-  return 0;
+  return lo_done(f, symlink(target, real), LO_C_SYMLINK);
 }
 
 static int lo_rename(const char *src, const char *dst) {
   lo_fast *f = lo_get();
   char from[PATH_MAX], to[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, src, 0, from) || !lo_upper_path(f, dst, 0, to)) LO_PASS_TO(rename, src, dst);
-  if (rename(from, to) < 0) return -errno;
-  lo_count(f, LO_C_RENAME);
-  return 0;
+  return lo_done(f, rename(from, to), LO_C_RENAME);
 }
 
 static int lo_link(const char *src, const char *dst) {
   lo_fast *f = lo_get();
   char from[PATH_MAX], to[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, src, 0, from) || !lo_upper_path(f, dst, 0, to)) LO_PASS_TO(link, src, dst);
-  if (link(from, to) < 0) return -errno;
-  lo_count(f, LO_C_LINK);
-  return 0;
+  return lo_done(f, link(from, to), LO_C_LINK);
 }
 
 static int lo_chmod(const char *path, mode_t mode) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(chmod, path, mode);
-  if (chmod(real, mode & 07777) < 0) return -errno;
-  lo_count(f, LO_C_CHMOD);
-  return 0;
+  return lo_done(f, chmod(real, mode & 07777), LO_C_CHMOD);
 }
 
 static int lo_chown(const char *path, uid_t uid, gid_t gid) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(chown, path, uid, gid);
-  if (lchown(real, uid, gid) < 0) return -errno;
-  lo_count(f, LO_C_CHOWN);
-  return 0;
+  return lo_done(f, lchown(real, uid, gid), LO_C_CHOWN);
 }
 
 static int lo_truncate(const char *path, off_t size) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(truncate, path, size);
-  if (truncate(real, size) < 0) return -errno;
-  lo_count(f, LO_C_TRUNCATE);
-  return 0;
+  return lo_done(f, truncate(real, size), LO_C_TRUNCATE);
 }
 
 // Full nanosecond precision, UTIME_NOW and UTIME_OMIT as they come.
@@ -568,9 +557,7 @@ static int lo_utimens(const char *path, const struct timespec tv[2]) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
   if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(utimens, path, tv);
-  if (utimensat(AT_FDCWD, real, tv, AT_SYMLINK_NOFOLLOW) < 0) return -errno;
-  lo_count(f, LO_C_UTIMENS);
-  return 0;
+  return lo_done(f, utimensat(AT_FDCWD, real, tv, AT_SYMLINK_NOFOLLOW), LO_C_UTIMENS);
 }
 
 // Puts the fast path in front of each operation JS implements; the JS handler stays the
