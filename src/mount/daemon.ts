@@ -14,10 +14,10 @@ import { Tracer } from '../overlay/trace';
 import { controlSocketPath, isMountPoint, removeRecord, writeRecord, writeRootConfig } from './records';
 import { validateMount } from './validate';
 
-/** A running mount: the overlay, its metadata module and the FUSE session. */
 /** How many lower objects a mirror mount settles at start (native/fastpath.c keeps 2^19). */
 const SETTLE_LIMIT = 200_000;
 
+/** A running mount: the overlay, its metadata module and the FUSE session. */
 export class Daemon {
   private stopping: Promise<void> | null = null;
   private fuse: import('../fuse/adapter').FuseMount | null = null;
