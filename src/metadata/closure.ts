@@ -16,7 +16,9 @@ import { UpperDb } from './upper-db';
  * dependency order instead (copyClosureRowByRow).
  */
 export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly string[]): number {
-  const todo = paths.filter((p) => upper.idOf(p) === undefined);
+  // Paths the upper DB has, or the lower DB lacks (a lower dir without a row), need nothing:
+  // answered without attaching or a transaction.
+  const todo = paths.filter((p) => upper.idOf(p) === undefined && lower.pathRow(p) !== undefined);
   if (todo.length === 0) return 0;
   const db = upper.db;
   try {

@@ -60,22 +60,34 @@ export class Metadata {
     return count;
   }
 
+  /** Whether the merged DB has lower object `name`'s row (then its lookups need no hook). */
+  lowerSettled(name: string): boolean {
+    const storePath = `${this.storeDir}/${name}`;
+    if (this.known.has(storePath)) return true;
+    if (this.upper.idOf(storePath) === undefined) return false;
+    this.known.set(storePath, true);
+    return true;
+  }
+
   /** Lookup hook: null when nothing needs doing, else the pending closure copy. */
   lowerLookup(name: string): Promise<void> | null {
     const storePath = `${this.storeDir}/${name}`;
-    if (this.known.has(storePath)) return null;
-    if (this.upper.idOf(storePath) !== undefined) {
-      this.known.set(storePath, true);
-      return null;
-    }
+    if (this.lowerSettled(name)) return null;
     let p = this.inflight.get(storePath);
     if (p) return p;
+    // Lazy mode: a row the lower DB snapshot lacks may have been committed since it was
+    // opened (the follower reopens it only every followIntervalMs). In mirror mode the
+    // follower must see the change itself, to import it.
+    if (this.mode === 'lazy' && this.lower.pathRow(storePath) === undefined && this.lower.changed()) this.lower.reopen();
     const t0 = Date.now();
     p = withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
       this.inflight.delete(storePath);
-      this.known.set(storePath, true);
-      this.stats.count('closureSyncs');
-      this.stats.count('rowsCopied', n);
+      // A lower object without a lower DB row (yet) stays unsettled: asked again next time.
+      if (n > 0) {
+        this.known.set(storePath, true);
+        this.stats.count('closureSyncs');
+        this.stats.count('rowsCopied', n);
+      }
       this.stats.trace?.('closure', storePath, `${n} rows`, Date.now() - t0);
     }, (err) => {
       this.inflight.delete(storePath);

@@ -79,6 +79,7 @@ export class Daemon {
     }
     this.overlay.hooks = {
       lowerLookup: (name) => this.metadata.lowerLookup(name),
+      lowerSettled: (name) => this.metadata.lowerSettled(name),
       upperRemoved: (name) => this.metadata.upperRemoved(name),
       upperAdded: (name) => this.metadata.upperAdded(name),
       lowerWriteRefused: (name) => this.metadata.lowerWriteRefused(name),

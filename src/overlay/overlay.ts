@@ -28,6 +28,8 @@ export interface OverlayHooks {
    * delays the lookup's answer until it settles (lazy closure copy into the upper DB).
    */
   lowerLookup?: (name: string) => Promise<void> | null;
+  /** Whether lower object `name` needs no lowerLookup any more (its closure is in the DB). */
+  lowerSettled?: (name: string) => boolean;
   /** Called after the upper layer lost a top-level object (delete or rename away). */
   upperRemoved?: (name: string) => void;
   /** Called after the upper layer gained a top-level object. */
@@ -176,12 +178,14 @@ export class Overlay {
 
   /**
    * A lookup of `path` has been answered successfully, after any closure copy it awaited: a
-   * top-level lower object is then settled (TopLevelIndex.lowerServed).
+   * top-level lower object whose row the merged DB now has is settled (TopLevelIndex.lowerServed);
+   * one without a row (its files came before its lower DB row) is asked about again.
    */
   lookupServed(path: string): void {
     if (path.indexOf('/', 1) >= 0 || path.length < 2) return;
     const top = path.slice(1);
-    if (this.index.resolve(top) === Layer.Lower) this.index.lowerServed(top);
+    if (this.index.resolve(top) !== Layer.Lower) return;
+    if (this.hooks.lowerSettled === undefined || this.hooks.lowerSettled(top)) this.index.lowerServed(top);
   }
 
   // ---- attributes -------------------------------------------------------------------------

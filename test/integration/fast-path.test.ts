@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { check, cli } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
+import { nix } from '../helpers/nix';
 
 // The native fast path (native/fastpath.c) against real mounts: that it answers at all, that
 // what it answers matches what the layers hold, that top-level changes made through JS reach
@@ -94,6 +95,32 @@ test('mirror mode answers a lower object\'s first lookup natively; lazy mode sen
       t.true(n(s1.fastPath, 'readdir') > n(s0.fastPath, 'readdir'), 'lazy: below the object, the fast path answers');
     }
   }
+});
+
+test('lazy: a lower object whose DB row comes after its files is not settled until the row exists', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  // The same content and name give the same store path in any store: learn it from a scratch one.
+  const scratch = path.join(dir, 'scratch');
+  await fs.promises.mkdir(path.join(scratch, 'nix/store'), { recursive: true });
+  const storePath = await lowerAdd(scratch, 'late-row');
+  const name = rel(storePath);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), metadata: 'lazy' });
+
+  // Its files first, as a copy into a shared lower store would leave them, without a DB row.
+  await fs.promises.writeFile(path.join(m.lowerStore, name), 'late-row\n', { mode: 0o444 });
+  t.true((await fs.promises.lstat(path.join(m.store, name))).isFile(), 'visible as a lower object');
+  const s0 = await status(m.root);
+  t.is(s0.counters.closureSyncs, 0, 'nothing to copy yet');
+
+  // Then its row. The next lookup that reaches the daemon must copy it, not be answered natively.
+  t.is(await lowerAdd(lower.root, 'late-row'), storePath);
+  await check('sh', ['-c', 'echo 2 > /proc/sys/vm/drop_caches']);
+  await fs.promises.lstat(path.join(m.store, name));
+  const s1 = await status(m.root);
+  t.is(s1.counters.closureSyncs, 1, 'the closure was copied on the next lookup');
+  const v = await nix('nix-store', ['--store', m.root, '--check-validity', storePath]);
+  t.is(v.code, 0, `valid in the merged store: ${v.stderr}`);
 });
 
 test('readdir gives the d_ino and d_type that lstat gives, in both layers', async (t) => {
