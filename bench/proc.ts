@@ -4,7 +4,9 @@ import * as fs from 'node:fs';
  * Resource use of a filesystem daemon, read from /proc (we run as root, so any pid).
  * CPU: utime + stime of /proc/PID/stat in clock ticks (USER_HZ, 100 on Linux).
  * Peak RSS: VmHWM of /proc/PID/status; writing 5 to /proc/PID/clear_refs resets it to the
- * current RSS, so the peak can be taken per workload.
+ * current RSS, so the peak can be taken per workload. RSS counts the program's own file pages
+ * too (the `node` binary alone is ~40 MiB of them, shared with every Node process), so the
+ * private memory at the end of the span (RssAnon) is reported beside it.
  */
 const TICKS_PER_S = 100;
 
@@ -19,7 +21,7 @@ export function cpuSeconds(pid: number): number | null {
   }
 }
 
-export function statusKiB(pid: number, field: 'VmHWM' | 'VmRSS'): number | null {
+export function statusKiB(pid: number, field: 'VmHWM' | 'VmRSS' | 'RssAnon'): number | null {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : null;
@@ -41,12 +43,13 @@ export class Usage {
     this.cpu0 = pid === null ? null : cpuSeconds(pid);
   }
 
-  stop(): { cpuS: number | null; peakRssKiB: number | null } {
-    if (this.pid === null) return { cpuS: null, peakRssKiB: null };
+  stop(): { cpuS: number | null; peakRssKiB: number | null; anonKiB: number | null } {
+    if (this.pid === null) return { cpuS: null, peakRssKiB: null, anonKiB: null };
     const cpu1 = cpuSeconds(this.pid);
     return {
       cpuS: cpu1 !== null && this.cpu0 !== null ? Math.round((cpu1 - this.cpu0) * 100) / 100 : null,
       peakRssKiB: statusKiB(this.pid, 'VmHWM'),
+      anonKiB: statusKiB(this.pid, 'RssAnon'),
     };
   }
 }

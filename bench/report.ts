@@ -85,8 +85,10 @@ function resourceTable(r: Results): string {
     rowLabel(row),
     ...daemons.map((p) => fmt(median(samples(r, row, p).flatMap((s) => (s.cpuS === null ? [] : [s.cpuS]))))),
     ...daemons.map((p) => fmt(median(samples(r, row, p).flatMap((s) => (s.peakRssKiB === null ? [] : [s.peakRssKiB / 1024]))))),
+    ...daemons.map((p) => fmt(median(samples(r, row, p).flatMap((s) => (s.anonKiB === null || s.anonKiB === undefined ? [] : [s.anonKiB / 1024]))))),
   ]);
-  return table(['workload', ...daemons.map((p) => `CPU s ${PEER_LABEL[p]}`), ...daemons.map((p) => `peak RSS MiB ${PEER_LABEL[p]}`)], body);
+  return table(['workload', ...daemons.map((p) => `CPU s ${PEER_LABEL[p]}`), ...daemons.map((p) => `peak RSS MiB ${PEER_LABEL[p]}`),
+    ...daemons.map((p) => `private MiB ${PEER_LABEL[p]}`)], body);
 }
 
 function metadataTable(r: Results): string {
@@ -205,7 +207,7 @@ export function renderMarkdown(r: Results): string {
       '',
       ratioTable(r),
       '',
-      'FUSE daemons during each workload: CPU time (user + system) and peak RSS, medians.',
+      'FUSE daemons during each workload: CPU time (user + system), peak RSS, and private memory (RssAnon: RSS without file pages such as the program itself) at its end; medians.',
       '',
       resourceTable(r),
     );

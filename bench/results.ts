@@ -17,6 +17,8 @@ export interface FsSample {
   /** The FUSE daemon's CPU time (user + system) and peak RSS during the run. */
   cpuS: number | null;
   peakRssKiB: number | null;
+  /** Its private memory (RssAnon) at the end of the run; absent in results from before it was kept. */
+  anonKiB?: number | null;
   note?: string;
   error?: string;
 }

@@ -184,7 +184,7 @@ async function measure(ctx: FsContext, id: FsWorkloadId, peer: Peer, errors: str
       const msg = `${id} ${phase} on ${peer.name} (rep ${ctx.rep + 1}): ${err instanceof Error ? err.message : String(err)}`;
       log(`  FAILED ${msg}`);
       errors.push(msg);
-      out.push({ ...base, cpuS: null, peakRssKiB: null, error: msg });
+      out.push({ ...base, cpuS: null, peakRssKiB: null, anonKiB: null, error: msg });
       // A failed run may have left the peer unmounted: bring it back for the next workload.
       await peer.unmount().then(() => peer.mount()).catch((e: unknown) => errors.push(`remount ${peer.name}: ${String(e)}`));
     }

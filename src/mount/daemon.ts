@@ -241,6 +241,7 @@ export class Daemon {
       fastPath: fast,
       follower: this.metadata.followerState(),
       gcRootsSyncing: this.metadata.rootsSyncing(),
+      memory: process.memoryUsage(),
       health: this.health(),
       tracing: this.tracer ? { file: this.tracer.file, prefix: this.tracer.prefix ?? null } : null,
     };
