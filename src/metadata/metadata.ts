@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { OverlayStats } from '../overlay/stats';
 import { log } from '../util/log';
+import { Checkpointer } from './checkpointer';
 import { copyClosure } from './closure';
 import { GcLock } from './gc-lock';
 import { LowerRoots } from './gc-roots';
@@ -35,6 +36,8 @@ export class Metadata {
   private readonly reconcileTimers = new Map<string, NodeJS.Timeout>();
   /** Mirror mode only: GC roots that keep lower objects alive for plain Nix's GC. */
   roots: LowerRoots | null = null;
+  /** Lazy mode: WAL checkpoints on a worker thread (checkpointer.ts). */
+  private readonly checkpointer: Checkpointer | null;
   /** While a background sync runs: root changes wait for it, in order (rootsDo). */
   private rootsBusy: Promise<void> | null = null;
   /** Names in both layers; set by the daemon (the overlay's index knows them). */
@@ -48,6 +51,9 @@ export class Metadata {
     readonly storeDir = '/nix/store',
   ) {
     this.mirror = new Mirror(upper, lower);
+    // Lazy mode answers lookups after closure copies: their checkpoints go to a worker.
+    this.checkpointer = mode === 'lazy' && !upper.db.readonly ? new Checkpointer(path.join(upper.dbDir, 'db.sqlite')) : null;
+    if (this.checkpointer) upper.db.pragma('wal_autocheckpoint = 0');
   }
 
   /** The mirror's first import; returns the number of rows added. */
@@ -84,6 +90,7 @@ export class Metadata {
       this.inflight.delete(storePath);
       // A lower object without a lower DB row (yet) stays unsettled: asked again next time.
       if (n > 0) {
+        this.checkpointer?.wrote();
         this.known.set(storePath, true);
         this.stats.count('closureSyncs');
         this.stats.count('rowsCopied', n);
@@ -275,6 +282,7 @@ export class Metadata {
   }
 
   close(): void {
+    void this.checkpointer?.close();
     this.stop();
     this.lower.close();
     this.upper.close();

@@ -2,6 +2,7 @@ import test from 'ava';
 import Database = require('better-sqlite3');
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Checkpointer } from '../../src/metadata/checkpointer';
 import { copyClosure } from '../../src/metadata/closure';
 import { LowerDb } from '../../src/metadata/lower-db';
 import { Mirror } from '../../src/metadata/mirror';
@@ -152,4 +153,26 @@ test('reading the lower DB while a writer has its WAL open leaves nothing behind
   up.close();
   t.deepEqual(fs.readdirSync(path.dirname(file)).sort(), before, 'the writer removed its WAL and shm: no reader held them');
   t.true(n > 0);
+});
+
+test('Checkpointer: a worker checkpoints the WAL once it passes 1000 pages; the writer does not', async (t) => {
+  const dir = tempDir(t);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const file = path.join(dir, 'db', 'db.sqlite');
+  up.db.pragma('wal_autocheckpoint = 0');
+  const cp = new Checkpointer(file);
+  t.teardown(async () => { await cp.close(); up.close(); });
+  const ins = up.db.prepare('INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 1)');
+  up.db.transaction(() => {
+    for (let i = 0; i < 30_000; i++) ins.run(`/nix/store/${String(i).padStart(32, '0')}-checkpoint-test-${'x'.repeat(60)}`, `sha256:${i}`);
+  })();
+  const before = fs.statSync(file).size;
+  t.true(fs.statSync(`${file}-wal`).size > 4096 * 1000, 'the WAL is past the threshold');
+  cp.wrote();
+  let after = before;
+  for (let i = 0; i < 100 && after <= before; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    after = fs.statSync(file).size;
+  }
+  t.true(after > before * 4, `the DB file took the WAL's pages (${before} → ${after} bytes)`);
 });
