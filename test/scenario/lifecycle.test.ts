@@ -25,6 +25,14 @@ async function addText(m: Merged, dir: string, fileName: string, content: string
   return (await nixOk('nix-store', ['--store', m.root, '--add', f])).trim();
 }
 
+/** Every lower object is still visible and valid in the merged store. */
+async function lowerIntact(t: ExecutionContext, m: Merged, paths: Record<string, string>): Promise<void> {
+  for (const [role, q] of Object.entries(paths)) {
+    t.true(fs.existsSync(path.join(m.store, rel(q))), `lower ${role} no longer visible`);
+    t.true(await valid(m, q), `lower ${role} no longer valid`);
+  }
+}
+
 async function noWhiteouts(t: ExecutionContext, upper: string): Promise<void> {
   for (const n of await fs.promises.readdir(upper)) {
     const st = await fs.promises.lstat(path.join(upper, n));
@@ -57,10 +65,7 @@ for (const gc of [['nix-collect-garbage'], ['nix-store', '--gc']] as const) {
       t.false(fs.existsSync(path.join(m.upper, rel(q))), `${q} still in the upper dir`);
       t.false(await valid(m, q), `${q} still valid`);
     }
-    for (const [role, q] of Object.entries(p)) {
-      t.true(fs.existsSync(path.join(m.store, rel(q))), `lower ${role} no longer visible`);
-      t.true(await valid(m, q), `lower ${role} no longer valid`);
-    }
+    await lowerIntact(t, m, p);
     await noWhiteouts(t, m.upper);
     t.is((await nix('nix-store', ['--store', m.root, '--verify'])).code, 0);
     await m.unmount();
@@ -81,10 +86,7 @@ test('GC right after mount waits until the GC roots, written in the background, 
   t.is(r.code, 0, r.stderr);
   t.regex(r.stderr, /waiting for the big garbage collector lock/, 'the GC waited for the lock');
   t.false(await valid(m, added), 'the unrooted upper path was collected');
-  for (const [role, q] of Object.entries(lower.manifest.paths)) {
-    t.true(fs.existsSync(path.join(m.store, rel(q))), `lower ${role} no longer visible`);
-    t.true(await valid(m, q), `lower ${role} no longer valid`);
-  }
+  await lowerIntact(t, m, lower.manifest.paths);
   t.true(fs.readdirSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store')).length > 0, 'roots written');
   await m.unmount();
   t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
