@@ -54,7 +54,7 @@ enum {
   LO_C_GETATTR, LO_C_FGETATTR, LO_C_READLINK, LO_C_OPEN, LO_C_CREATE, LO_C_READ, LO_C_WRITE,
   LO_C_RELEASE, LO_C_FSYNC, LO_C_FTRUNCATE, LO_C_READDIR, LO_C_MKDIR, LO_C_UNLINK, LO_C_RMDIR,
   LO_C_SYMLINK, LO_C_RENAME, LO_C_LINK, LO_C_CHMOD, LO_C_CHOWN, LO_C_TRUNCATE, LO_C_UTIMENS,
-  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED,
+  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED, LO_C_CACHED_LISTING,
   LO_C_COUNT
 };
 
@@ -67,6 +67,11 @@ typedef struct lo_entry {
 } lo_entry;
 
 typedef struct {
+  uint64_t nodeid;
+  uint32_t epoch;
+} lo_listing;
+
+typedef struct {
   pthread_rwlock_t lock;
   lo_entry **buckets;
   size_t nbuckets;   // a power of two
@@ -76,6 +81,14 @@ typedef struct {
   char dir[2][PATH_MAX];
   size_t dir_len[2];
   dev_t dev[2];
+
+  // Directories whose listing the kernel was allowed to keep, with the epoch they were listed
+  // in (see "the channel"); `refresh` (lo_reset) starts a new epoch.
+  pthread_mutex_t listings_lock;
+  lo_listing *listings; // open addressing on nodeid; nodeid 0 = free
+  size_t listings_cap;  // a power of two, or 0 before the first
+  size_t listings_count;
+  uint32_t epoch;
 
   int enabled;
   // Set when the table could not take an entry: it no longer has every upper name, so the
@@ -565,6 +578,193 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 #undef LO_WRAP
 }
 
+// ---- the channel: between libfuse and /dev/fuse -------------------------------------------
+//
+// libfuse 2.9 builds every reply from `struct fuse_file_info`, which cannot ask for the open
+// flags the kernel learnt after protocol 7.19. One of them matters here: FOPEN_CACHE_DIR
+// (with FOPEN_KEEP_CACHE) on an OPENDIR reply lets the kernel keep the directory's listing in
+// its page cache and answer later getdents from it, with no OPENDIR→READDIR→READDIR round
+// trips and no GETATTR for the atime the uncached path invalidates. The kernel honours the flag
+// whatever minor version was negotiated (fs/fuse/readdir.c checks only the open flags).
+//
+// So the mount reads and writes /dev/fuse through this channel instead of libfuse's own: the
+// same read(2)/writev(2) and error handling as libfuse's kernel channel (fuse_kern_chan.c),
+// plus, on a successful OPENDIR reply, the two flags, under these conditions:
+//
+// - Not for the store root (node 1): its listing grows with the lower store, beside the mount.
+// - Only while the fast path is on (tracing must see every READDIR; while it is off, each
+//   OPENDIR reply lacks FOPEN_KEEP_CACHE, so the kernel drops the cached listing).
+// - Every other directory changes only through this mount: a lower object never changes, an
+//   upper one is written only here, and the kernel resets a cached listing when a change made
+//   through the mount touches the directory (fuse_dir_changed bumps its version) or its mtime
+//   moves. An object put beside the mount needs `refresh`, as before; a refresh starts a new
+//   epoch, and a directory's first OPENDIR in an epoch is answered without FOPEN_KEEP_CACHE,
+//   which makes the kernel drop the listing it kept (lo_listing_flags).
+//
+// The reply to a request is sent by the thread that read it (libfuse's high-level API answers
+// synchronously), so the request's opcode and node travel in a thread-local.
+
+#define LO_FUSE_OPENDIR 27
+#define LO_FUSE_ROOT_ID 1
+#define LO_FOPEN_KEEP_CACHE (1u << 1)
+#define LO_FOPEN_CACHE_DIR (1u << 3)
+
+typedef struct {
+  uint32_t len;
+  uint32_t opcode;
+  uint64_t unique;
+  uint64_t nodeid;
+  uint32_t uid, gid, pid, padding;
+} lo_in_header;
+
+typedef struct {
+  uint32_t len;
+  int32_t error;
+  uint64_t unique;
+} lo_out_header;
+
+typedef struct {
+  uint64_t fh;
+  uint32_t open_flags;
+  uint32_t padding;
+} lo_open_out;
+
+typedef struct {
+  uint64_t unique;
+  uint64_t nodeid;
+  uint32_t opcode;
+} lo_request;
+
+static __thread lo_request lo_current;
+
+static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
+  struct fuse_chan *ch = *chp;
+  struct fuse_session *se = fuse_chan_session(ch);
+  for (;;) {
+    ssize_t n = read(fuse_chan_fd(ch), buf, size);
+    int err = errno;
+    if (fuse_session_exited(se)) return 0;
+    if (n < 0) {
+      if (err == ENOENT) continue; // the request was interrupted before we read it
+      if (err == ENODEV) {         // unmounted
+        fuse_session_exit(se);
+        return 0;
+      }
+      if (err != EINTR && err != EAGAIN) perror("fuse: reading device");
+      return -err;
+    }
+    if ((size_t) n < sizeof(lo_in_header)) {
+      fprintf(stderr, "short read on fuse device\n");
+      return -EIO;
+    }
+    const lo_in_header *in = (const lo_in_header *) buf;
+    lo_current.unique = in->unique;
+    lo_current.nodeid = in->nodeid;
+    lo_current.opcode = in->opcode;
+    return (int) n;
+  }
+}
+
+#define LO_LISTINGS_MIN (1u << 12)
+#define LO_LISTINGS_MAX (1u << 20)
+
+// The open flags for directory `nodeid` while the fast path is on: FOPEN_CACHE_DIR always, and
+// FOPEN_KEEP_CACHE too if its listing was cached in the current epoch. Without KEEP_CACHE the
+// kernel drops what it kept and fills the cache again from this listing. So a `refresh` (a
+// new epoch) costs every directory one listing, and a full table just starts a new epoch.
+static uint32_t lo_listing_flags(lo_fast *f, uint64_t nodeid) {
+  uint32_t flags = LO_FOPEN_CACHE_DIR;
+  pthread_mutex_lock(&f->listings_lock);
+  if (f->listings_count + 1 > f->listings_cap / 4 * 3) {
+    size_t cap = f->listings_cap == 0 ? LO_LISTINGS_MIN : f->listings_cap * 2;
+    lo_listing *grown = cap <= LO_LISTINGS_MAX ? calloc(cap, sizeof(lo_listing)) : NULL;
+    if (grown != NULL) {
+      for (size_t i = 0; i < f->listings_cap; i++) {
+        lo_listing e = f->listings[i];
+        if (e.nodeid == 0) continue;
+        size_t j = (size_t) (e.nodeid * 0x9E3779B97F4A7C15ull) & (cap - 1);
+        while (grown[j].nodeid != 0) j = (j + 1) & (cap - 1);
+        grown[j] = e;
+      }
+      free(f->listings);
+      f->listings = grown;
+      f->listings_cap = cap;
+    } else if (f->listings_cap > 0) {
+      memset(f->listings, 0, f->listings_cap * sizeof(lo_listing));
+      f->listings_count = 0;
+      f->epoch++;
+    }
+  }
+  if (f->listings_cap > 0) {
+    size_t mask = f->listings_cap - 1;
+    size_t j = (size_t) (nodeid * 0x9E3779B97F4A7C15ull) & mask;
+    while (f->listings[j].nodeid != 0 && f->listings[j].nodeid != nodeid) j = (j + 1) & mask;
+    if (f->listings[j].nodeid == nodeid && f->listings[j].epoch == f->epoch) {
+      flags |= LO_FOPEN_KEEP_CACHE;
+    } else {
+      if (f->listings[j].nodeid == 0) f->listings_count++;
+      f->listings[j].nodeid = nodeid;
+      f->listings[j].epoch = f->epoch;
+    }
+  }
+  pthread_mutex_unlock(&f->listings_lock);
+  return flags;
+}
+
+// The open flags to add to this reply: a successful OPENDIR of a directory below the root while
+// the fast path is on gets the listing flags; anything else none.
+static uint32_t lo_reply_flags(struct fuse_chan *ch, const struct iovec iov[], size_t count) {
+  if (count != 2 || iov[0].iov_len != sizeof(lo_out_header) || iov[1].iov_len != sizeof(lo_open_out)) return 0;
+  const lo_out_header *out = (const lo_out_header *) iov[0].iov_base;
+  if (out->error != 0 || out->unique != lo_current.unique) return 0;
+  if (lo_current.opcode != LO_FUSE_OPENDIR || lo_current.nodeid == LO_FUSE_ROOT_ID) return 0;
+  fuse_thread_t *ft = (fuse_thread_t *) fuse_chan_data(ch);
+  lo_fast *f = __atomic_load_n(&ft->fast, __ATOMIC_ACQUIRE);
+  if (f == NULL || !__atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) return 0;
+  lo_count(f, LO_C_CACHED_LISTING);
+  return lo_listing_flags(f, lo_current.nodeid);
+}
+
+static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t count) {
+  if (iov == NULL) return 0;
+  struct iovec patched[2];
+  lo_open_out open_out;
+  uint32_t flags = lo_reply_flags(ch, iov, count);
+  if (flags != 0) {
+    memcpy(&open_out, iov[1].iov_base, sizeof(open_out));
+    open_out.open_flags |= flags;
+    patched[0] = iov[0];
+    patched[1].iov_base = &open_out;
+    patched[1].iov_len = sizeof(open_out);
+    iov = patched;
+  }
+  if (writev(fuse_chan_fd(ch), iov, (int) count) < 0) {
+    int err = errno;
+    // ENOENT: the request was interrupted meanwhile, and the kernel no longer wants the reply.
+    if (!fuse_session_exited(fuse_chan_session(ch)) && err != ENOENT) perror("fuse: writing device");
+    return -err;
+  }
+  return 0;
+}
+
+static void lo_chan_destroy(struct fuse_chan *ch) {
+  // The descriptor belongs to libfuse's kernel channel, which fuse_unmount closes.
+  (void) ch;
+}
+
+static struct fuse_chan_ops lo_chan_ops = {
+  .receive = lo_chan_receive,
+  .send = lo_chan_send,
+  .destroy = lo_chan_destroy,
+};
+
+// The channel the session serves: ours over the kernel channel's descriptor, or the kernel
+// channel itself if ours cannot be made.
+static struct fuse_chan *lo_channel(struct fuse_chan *kernel, fuse_thread_t *ft) {
+  struct fuse_chan *ch = fuse_chan_new(&lo_chan_ops, fuse_chan_fd(kernel), fuse_chan_bufsize(kernel), ft);
+  return ch != NULL ? ch : kernel;
+}
+
 // ---- the JS side's API (src/fuse/fast-path.ts) ---------------------------------------------
 
 static lo_fast *lo_of(napi_env env, napi_value thread) {
@@ -593,7 +793,7 @@ NAPI_METHOD(fuse_native_fast_config) {
   if (ft->fast != NULL) return NULL;
 
   lo_fast *f = calloc(1, sizeof(lo_fast));
-  if (f == NULL || pthread_rwlock_init(&f->lock, NULL) != 0) {
+  if (f == NULL || pthread_rwlock_init(&f->lock, NULL) != 0 || pthread_mutex_init(&f->listings_lock, NULL) != 0) {
     napi_throw_error(env, "ENOMEM", "fast path: out of memory");
     return NULL;
   }
@@ -636,6 +836,10 @@ NAPI_METHOD(fuse_native_fast_reset) {
   pthread_rwlock_wrlock(&f->lock);
   lo_clear_locked(f, 0);
   pthread_rwlock_unlock(&f->lock);
+  // An object's layer may have changed beside the mount: every kept listing is listed again.
+  pthread_mutex_lock(&f->listings_lock);
+  f->epoch++;
+  pthread_mutex_unlock(&f->listings_lock);
   return NULL;
 }
 

@@ -6,6 +6,8 @@ const COUNTERS = [
   'getattr', 'fgetattr', 'readlink', 'open', 'create', 'read', 'write', 'release', 'fsync',
   'ftruncate', 'readdir', 'mkdir', 'unlink', 'rmdir', 'symlink', 'rename', 'link', 'chmod',
   'chown', 'truncate', 'utimens', 'upper', 'lower', 'miss', 'passed',
+  // OPENDIR replies that let the kernel keep the listing (native/fastpath.c, "the channel").
+  'cachedListings',
 ] as const;
 
 export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number> & { on: boolean };

@@ -203,3 +203,89 @@ test('tracing and --no-fast-path send every request to JS', async (t) => {
   t.is(n(s2.fastPath, 'getattr') + n(s2.fastPath, 'readdir') + n(s2.fastPath, 'miss'), 0, 'nothing answered natively');
   t.true(s2.ops.getattr > 0 && s2.ops.readdir > 0, 'JS answered');
 });
+
+/** The names in `dir`, listed by an outside process (`ls -A`). */
+async function listing(dir: string): Promise<string[]> {
+  return (await check('ls', ['-A', dir])).trim().split('\n').filter((l) => l !== '').sort();
+}
+
+test('the kernel keeps listings below the root: asked once, reset by changes through the mount; the root is always asked', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm') });
+  const readdirs = async (): Promise<number> => (await status(m.root)).ops.readdir ?? 0;
+
+  // A lower object: listed by the daemon once, then from the kernel's cache.
+  const lowerObj = path.join(m.store, rel(lower.manifest.paths.dirObject));
+  const expected = (await fs.promises.readdir(path.join(m.lowerStore, rel(lower.manifest.paths.dirObject)))).sort();
+  t.deepEqual(await listing(lowerObj), expected);
+  const r1 = await readdirs();
+  t.deepEqual(await listing(lowerObj), expected);
+  t.deepEqual(await listing(lowerObj), expected);
+  t.is(await readdirs(), r1, 'listing a lower object again asks the daemon nothing');
+  t.true(n((await status(m.root)).fastPath, 'cachedListings') >= 3, 'status counts the directory opens that let the kernel keep the listing');
+
+  // An upper object: every change through the mount shows in the next listing.
+  const up = path.join(m.store, '0000000000000000000000000000000f-fast-listing');
+  await fs.promises.mkdir(path.join(up, 'sub'), { recursive: true });
+  await fs.promises.writeFile(path.join(up, 'a'), 'a');
+  t.deepEqual(await listing(up), ['a', 'sub']);
+  await fs.promises.writeFile(path.join(up, 'b'), 'b');
+  t.deepEqual(await listing(up), ['a', 'b', 'sub'], 'a created file shows');
+  await fs.promises.unlink(path.join(up, 'a'));
+  t.deepEqual(await listing(up), ['b', 'sub'], 'an unlinked file goes');
+  await fs.promises.rename(path.join(up, 'b'), path.join(up, 'sub', 'b'));
+  t.deepEqual(await listing(up), ['sub'], 'a file renamed away goes');
+  t.deepEqual(await listing(path.join(up, 'sub')), ['b'], 'and shows where it went');
+  await fs.promises.symlink('sub/b', path.join(up, 'l'));
+  await fs.promises.mkdir(path.join(up, 'd'));
+  await fs.promises.link(path.join(up, 'sub', 'b'), path.join(up, 'h'));
+  t.deepEqual(await listing(up), ['d', 'h', 'l', 'sub'], 'a symlink, a directory and a hard link show');
+  await fs.promises.rmdir(path.join(up, 'd'));
+  t.deepEqual(await listing(up), ['h', 'l', 'sub'], 'a removed directory goes');
+
+  // The root is listed by the daemon every time: it grows beside the mount.
+  await listing(m.store);
+  const r2 = await readdirs();
+  await listing(m.store);
+  t.true(await readdirs() > r2, 'listing the root asks the daemon again');
+  const added = rel(await lowerAdd(lower.root, 'fast-listing-late'));
+  let seen = false;
+  for (let i = 0; i < 40 && !seen; i++) {
+    seen = (await listing(m.store)).includes(added);
+    if (!seen) await new Promise((r) => setTimeout(r, 100));
+  }
+  t.true(seen, 'a lower object added after mount shows in the root listing within 4 s');
+
+});
+
+test('refresh: an upper copy put beside the mount over a lower object whose listing the kernel keeps is listed afresh', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm') });
+  const readdirs = async (): Promise<number> => (await status(m.root)).ops.readdir ?? 0;
+  const libName = rel(lower.manifest.paths.libOut);
+  const obj = path.join(m.store, libName);
+  const before = await listing(obj);
+  const r1 = await readdirs();
+  t.deepEqual(await listing(obj), before);
+  t.is(await readdirs(), r1, 'the kernel keeps the lower listing');
+  t.false(before.includes('UPPER'));
+  await check('cp', ['-a', path.join(m.lowerStore, libName), path.join(m.upper, libName)]);
+  await check('sh', ['-c', `chmod -R u+w '${m.upper}/${libName}' && echo upper > '${m.upper}/${libName}/UPPER'`]);
+  t.is((await cli(['refresh', m.root])).code, 0);
+  t.deepEqual(await listing(obj), [...before, 'UPPER'].sort(), 'after refresh the upper copy is listed');
+  t.deepEqual(await listing(obj), [...before, 'UPPER'].sort(), 'and kept');
+});
+
+test('--no-fast-path: every listing reaches the daemon', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { extra: ['--no-fast-path'] });
+  const obj = path.join(m.store, rel(lower.manifest.paths.dirObject));
+  await listing(obj);
+  const r1 = (await status(m.root)).ops.readdir ?? 0;
+  await listing(obj);
+  const s = await status(m.root);
+  t.true((s.ops.readdir ?? 0) > r1, 'the second listing was asked too');
+  t.is(n(s.fastPath, 'cachedListings'), 0);
+});
