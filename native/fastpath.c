@@ -30,6 +30,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/ioctl.h>
 #include <sys/types.h>
 
 #define LO_UPPER 0
@@ -54,7 +55,7 @@ enum {
   LO_C_GETATTR, LO_C_FGETATTR, LO_C_READLINK, LO_C_OPEN, LO_C_CREATE, LO_C_READ, LO_C_WRITE,
   LO_C_RELEASE, LO_C_FSYNC, LO_C_FTRUNCATE, LO_C_READDIR, LO_C_MKDIR, LO_C_UNLINK, LO_C_RMDIR,
   LO_C_SYMLINK, LO_C_RENAME, LO_C_LINK, LO_C_CHMOD, LO_C_CHOWN, LO_C_TRUNCATE, LO_C_UTIMENS,
-  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED, LO_C_CACHED_LISTING,
+  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED, LO_C_CACHED_LISTING, LO_C_PASSTHROUGH,
   LO_C_COUNT
 };
 
@@ -89,6 +90,8 @@ typedef struct {
   size_t listings_cap;  // a power of two, or 0 before the first
   size_t listings_count;
   uint32_t epoch;
+  // Lower files at least this long are opened with FUSE passthrough; -1: none (the channel).
+  int64_t passthrough_min;
 
   int enabled;
   // Set when the table could not take an entry: it no longer has every upper name, so the
@@ -604,10 +607,20 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 // The reply to a request is sent by the thread that read it (libfuse's high-level API answers
 // synchronously), so the request's opcode and node travel in a thread-local.
 
+#define LO_FUSE_OPEN 14
+#define LO_FUSE_RELEASE 18
+#define LO_FUSE_INIT 26
 #define LO_FUSE_OPENDIR 27
 #define LO_FUSE_ROOT_ID 1
 #define LO_FOPEN_KEEP_CACHE (1u << 1)
 #define LO_FOPEN_CACHE_DIR (1u << 3)
+#define LO_FOPEN_PASSTHROUGH (1u << 7)
+#define LO_FUSE_INIT_EXT (1u << 30)
+#define LO_FUSE_PASSTHROUGH2 (1u << 5) // FUSE_PASSTHROUGH (bit 37) in flags2
+#define LO_FUSE_DEV_IOC_BACKING_OPEN _IOW(229, 1, lo_backing_map)
+#define LO_FUSE_DEV_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
+// Highest descriptor a passthrough handle may have (lo_chan.by_fd is indexed by it).
+#define LO_MAX_PASSTHROUGH_FD (1 << 20)
 
 typedef struct {
   uint32_t len;
@@ -626,43 +639,76 @@ typedef struct {
 typedef struct {
   uint64_t fh;
   uint32_t open_flags;
-  uint32_t padding;
+  int32_t backing_id; // 7.40; libfuse 2.9 sends 0 (padding)
 } lo_open_out;
+
+typedef struct {
+  uint32_t flags;
+  uint32_t open_flags;
+} lo_open_in;
+
+typedef struct {
+  uint64_t fh;
+  uint32_t flags, release_flags;
+  uint64_t lock_owner;
+} lo_release_in;
+
+typedef struct {
+  uint32_t major, minor, max_readahead, flags;
+  uint32_t flags2; // only with FUSE_INIT_EXT in flags
+} lo_init_in;
+
+// fuse_init_out as of 7.43; libfuse 2.9 fills the first 24 bytes (7.19).
+typedef struct {
+  uint32_t major, minor, max_readahead, flags;
+  uint16_t max_background, congestion_threshold;
+  uint32_t max_write, time_gran;
+  uint16_t max_pages, map_alignment;
+  uint32_t flags2, max_stack_depth;
+  uint16_t request_timeout;
+  uint16_t unused[11];
+} lo_init_out;
+#define LO_INIT_OUT_LIBFUSE 24
+
+typedef struct {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+} lo_backing_map;
+
+// One lower file open with passthrough (id >= 0) or, after the kernel refused a backing file,
+// in the page cache (id < 0): every open of a file while another is open gets the same mode
+// (the kernel fails an open whose mode differs from the inode's with EIO).
+typedef struct lo_backing {
+  struct lo_backing *next;
+  dev_t dev;
+  ino_t ino;
+  int32_t id;
+  uint32_t opens;
+} lo_backing;
+
+typedef struct {
+  fuse_thread_t *ft;
+  // The kernel offered FUSE_PASSTHROUGH (INIT); the connection has it (our INIT reply asked).
+  int kernel_passthrough;
+  int passthrough;
+  pthread_mutex_t lock;
+  lo_backing *backings;  // a list: few files are open at once
+  lo_backing **by_fd;    // the entry a passthrough handle's descriptor holds
+  size_t by_fd_len;
+} lo_chan;
 
 typedef struct {
   uint64_t unique;
   uint64_t nodeid;
   uint32_t opcode;
+  uint32_t open_flags; // OPEN: the flags of open(2)
 } lo_request;
 
 static __thread lo_request lo_current;
 
-static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
-  struct fuse_chan *ch = *chp;
-  struct fuse_session *se = fuse_chan_session(ch);
-  for (;;) {
-    ssize_t n = read(fuse_chan_fd(ch), buf, size);
-    int err = errno;
-    if (fuse_session_exited(se)) return 0;
-    if (n < 0) {
-      if (err == ENOENT) continue; // the request was interrupted before we read it
-      if (err == ENODEV) {         // unmounted
-        fuse_session_exit(se);
-        return 0;
-      }
-      if (err != EINTR && err != EAGAIN) perror("fuse: reading device");
-      return -err;
-    }
-    if ((size_t) n < sizeof(lo_in_header)) {
-      fprintf(stderr, "short read on fuse device\n");
-      return -EIO;
-    }
-    const lo_in_header *in = (const lo_in_header *) buf;
-    lo_current.unique = in->unique;
-    lo_current.nodeid = in->nodeid;
-    lo_current.opcode = in->opcode;
-    return (int) n;
-  }
+static lo_fast *lo_chan_fast(lo_chan *c) {
+  return __atomic_load_n(&c->ft->fast, __ATOMIC_ACQUIRE);
 }
 
 #define LO_LISTINGS_MIN (1u << 12)
@@ -711,35 +757,211 @@ static uint32_t lo_listing_flags(lo_fast *f, uint64_t nodeid) {
   return flags;
 }
 
-// The open flags to add to this reply: a successful OPENDIR of a directory below the root while
-// the fast path is on gets the listing flags; anything else none.
-static uint32_t lo_reply_flags(struct fuse_chan *ch, const struct iovec iov[], size_t count) {
-  if (count != 2 || iov[0].iov_len != sizeof(lo_out_header) || iov[1].iov_len != sizeof(lo_open_out)) return 0;
+// ---- passthrough -----------------------------------------------------------------------------
+
+// The backing entry for lower file `st` (open as `fd`), with one more open counted, or NULL.
+static lo_backing *lo_backing_get(lo_chan *c, int devfd, int fd, const struct stat *st) {
+  if (fd < 0 || fd >= LO_MAX_PASSTHROUGH_FD) return NULL;
+  pthread_mutex_lock(&c->lock);
+  if ((size_t) fd >= c->by_fd_len) {
+    size_t len = c->by_fd_len == 0 ? 1024 : c->by_fd_len;
+    while (len <= (size_t) fd) len *= 2;
+    lo_backing **grown = realloc(c->by_fd, len * sizeof(lo_backing *));
+    if (grown == NULL) {
+      pthread_mutex_unlock(&c->lock);
+      return NULL;
+    }
+    memset(grown + c->by_fd_len, 0, (len - c->by_fd_len) * sizeof(lo_backing *));
+    c->by_fd = grown;
+    c->by_fd_len = len;
+  }
+  lo_backing *b = c->backings;
+  while (b != NULL && (b->dev != st->st_dev || b->ino != st->st_ino)) b = b->next;
+  if (b == NULL) {
+    b = calloc(1, sizeof(lo_backing));
+    if (b == NULL) {
+      pthread_mutex_unlock(&c->lock);
+      return NULL;
+    }
+    b->dev = st->st_dev;
+    b->ino = st->st_ino;
+    lo_backing_map map = { .fd = fd, .flags = 0, .padding = 0 };
+    b->id = ioctl(devfd, LO_FUSE_DEV_IOC_BACKING_OPEN, &map); // -1 if refused: page cache
+    b->next = c->backings;
+    c->backings = b;
+  }
+  b->opens++;
+  c->by_fd[fd] = b;
+  pthread_mutex_unlock(&c->lock);
+  return b;
+}
+
+// The handle with descriptor `fd` is released: one open less, and the backing file goes with
+// the last one.
+static void lo_backing_put(lo_chan *c, int devfd, int fd) {
+  if (fd < 0) return;
+  pthread_mutex_lock(&c->lock);
+  lo_backing *b = (size_t) fd < c->by_fd_len ? c->by_fd[fd] : NULL;
+  if (b != NULL) {
+    c->by_fd[fd] = NULL;
+    if (--b->opens == 0) {
+      lo_backing **p = &c->backings;
+      while (*p != b) p = &(*p)->next;
+      *p = b->next;
+      if (b->id >= 0) {
+        uint32_t id = (uint32_t) b->id;
+        ioctl(devfd, LO_FUSE_DEV_IOC_BACKING_CLOSE, &id);
+      }
+      free(b);
+    }
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
+// Whether handle `fh` (file `st`) is a lower file. Handles opened here say so; a JS handle is
+// a plain descriptor: its device tells, unless both layers share one, then its path does.
+static int lo_fd_is_lower(lo_fast *f, uint64_t fh, const struct stat *st) {
+  if (fh & LO_FH_FAST) return (fh & LO_FH_LOWER) != 0;
+  if (st->st_dev != f->dev[LO_LOWER]) return 0;
+  if (f->dev[LO_LOWER] != f->dev[LO_UPPER]) return 1;
+  char link[64], real[PATH_MAX];
+  snprintf(link, sizeof(link), "/proc/self/fd/%d", LO_FH_FD(fh));
+  ssize_t n = readlink(link, real, sizeof(real) - 1);
+  if (n <= 0) return 0;
+  real[n] = '\0';
+  size_t len = f->dir_len[LO_LOWER];
+  return (size_t) n > len && strncmp(real, f->dir[LO_LOWER], len) == 0 && real[len] == '/';
+}
+
+// For a successful OPEN reply of a lower file at least passthrough_min bytes long: the backing
+// id to answer with (>= 0), or -1 (answer as libfuse does). Lower files never change and are
+// opened only for reading, so every open of one qualifies alike.
+static int32_t lo_passthrough_id(lo_chan *c, int devfd, uint64_t fh) {
+  lo_fast *f = lo_chan_fast(c);
+  if (!c->passthrough || f == NULL || f->passthrough_min < 0) return -1;
+  if ((lo_current.open_flags & O_ACCMODE) != O_RDONLY) return -1;
+  int fd = LO_FH_FD(fh);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !lo_fd_is_lower(f, fh, &st)) return -1;
+  if (st.st_size < f->passthrough_min) return -1;
+  lo_backing *b = lo_backing_get(c, devfd, fd, &st);
+  if (b == NULL) return -1;
+  if (b->id < 0) return -1;
+  lo_count(f, LO_C_PASSTHROUGH);
+  return b->id;
+}
+
+// ---- receiving and sending -------------------------------------------------------------------
+
+static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
+  struct fuse_chan *ch = *chp;
+  struct fuse_session *se = fuse_chan_session(ch);
+  lo_chan *c = (lo_chan *) fuse_chan_data(ch);
+  for (;;) {
+    ssize_t n = read(fuse_chan_fd(ch), buf, size);
+    int err = errno;
+    if (fuse_session_exited(se)) return 0;
+    if (n < 0) {
+      if (err == ENOENT) continue; // the request was interrupted before we read it
+      if (err == ENODEV) {         // unmounted
+        fuse_session_exit(se);
+        return 0;
+      }
+      if (err != EINTR && err != EAGAIN) perror("fuse: reading device");
+      return -err;
+    }
+    if ((size_t) n < sizeof(lo_in_header)) {
+      fprintf(stderr, "short read on fuse device\n");
+      return -EIO;
+    }
+    const lo_in_header *in = (const lo_in_header *) buf;
+    const char *arg = buf + sizeof(lo_in_header);
+    size_t arg_len = (size_t) n - sizeof(lo_in_header);
+    lo_current.unique = in->unique;
+    lo_current.nodeid = in->nodeid;
+    lo_current.opcode = in->opcode;
+    lo_current.open_flags = 0;
+    if (in->opcode == LO_FUSE_OPEN && arg_len >= sizeof(lo_open_in)) {
+      lo_current.open_flags = ((const lo_open_in *) arg)->flags;
+    } else if (in->opcode == LO_FUSE_RELEASE && arg_len >= sizeof(lo_release_in)) {
+      // Before libfuse closes the descriptor (and another open may get its number).
+      lo_backing_put(c, fuse_chan_fd(ch), LO_FH_FD(((const lo_release_in *) arg)->fh));
+    } else if (in->opcode == LO_FUSE_INIT && arg_len >= sizeof(lo_init_in)) {
+      const lo_init_in *init = (const lo_init_in *) arg;
+      c->kernel_passthrough = (init->flags & LO_FUSE_INIT_EXT) && (init->flags2 & LO_FUSE_PASSTHROUGH2);
+    }
+    return (int) n;
+  }
+}
+
+static int lo_reply_to(const struct iovec iov[], size_t count, uint32_t opcode, size_t arg_len) {
+  if (count != 2 || iov[0].iov_len != sizeof(lo_out_header) || iov[1].iov_len != arg_len) return 0;
   const lo_out_header *out = (const lo_out_header *) iov[0].iov_base;
-  if (out->error != 0 || out->unique != lo_current.unique) return 0;
-  if (lo_current.opcode != LO_FUSE_OPENDIR || lo_current.nodeid == LO_FUSE_ROOT_ID) return 0;
-  fuse_thread_t *ft = (fuse_thread_t *) fuse_chan_data(ch);
-  lo_fast *f = __atomic_load_n(&ft->fast, __ATOMIC_ACQUIRE);
-  if (f == NULL || !__atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) return 0;
-  lo_count(f, LO_C_CACHED_LISTING);
-  return lo_listing_flags(f, lo_current.nodeid);
+  return out->error == 0 && out->unique == lo_current.unique && lo_current.opcode == opcode;
 }
 
 static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t count) {
   if (iov == NULL) return 0;
+  lo_chan *c = (lo_chan *) fuse_chan_data(ch);
+  int devfd = fuse_chan_fd(ch);
   struct iovec patched[2];
+  lo_out_header header;
   lo_open_out open_out;
-  uint32_t flags = lo_reply_flags(ch, iov, count);
-  if (flags != 0) {
+  lo_init_out init_out;
+  int passthrough_fd = -1;
+
+  if (lo_reply_to(iov, count, LO_FUSE_OPENDIR, sizeof(lo_open_out)) && lo_current.nodeid != LO_FUSE_ROOT_ID) {
+    lo_fast *f = lo_chan_fast(c);
+    if (f != NULL && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) {
+      memcpy(&open_out, iov[1].iov_base, sizeof(open_out));
+      lo_count(f, LO_C_CACHED_LISTING);
+      open_out.open_flags |= lo_listing_flags(f, lo_current.nodeid);
+      patched[0] = iov[0];
+      patched[1] = (struct iovec) { &open_out, sizeof(open_out) };
+      iov = patched;
+    }
+  } else if (lo_reply_to(iov, count, LO_FUSE_OPEN, sizeof(lo_open_out))) {
     memcpy(&open_out, iov[1].iov_base, sizeof(open_out));
-    open_out.open_flags |= flags;
-    patched[0] = iov[0];
-    patched[1].iov_base = &open_out;
-    patched[1].iov_len = sizeof(open_out);
-    iov = patched;
+    int32_t id = lo_passthrough_id(c, devfd, open_out.fh);
+    if (id >= 0) {
+      // The kernel reads the backing file itself, which has its own page cache.
+      open_out.open_flags = (open_out.open_flags & ~LO_FOPEN_KEEP_CACHE) | LO_FOPEN_PASSTHROUGH;
+      open_out.backing_id = id;
+      passthrough_fd = LO_FH_FD(open_out.fh);
+      patched[0] = iov[0];
+      patched[1] = (struct iovec) { &open_out, sizeof(open_out) };
+      iov = patched;
+    } else if (c->passthrough) {
+      // A refused backing file still counted an open (page cache mode for the file).
+      int fd = LO_FH_FD(open_out.fh);
+      pthread_mutex_lock(&c->lock);
+      int held = fd >= 0 && (size_t) fd < c->by_fd_len && c->by_fd[fd] != NULL;
+      pthread_mutex_unlock(&c->lock);
+      if (held) passthrough_fd = fd;
+    }
+  } else if (lo_reply_to(iov, count, LO_FUSE_INIT, LO_INIT_OUT_LIBFUSE)) {
+    lo_fast *f = lo_chan_fast(c);
+    if (c->kernel_passthrough && f != NULL && f->passthrough_min >= 0) {
+      // Ask for passthrough (7.40) in an otherwise unchanged 7.19 reply: the kernel reads the
+      // extended fields whatever the minor version (fs/fuse/inode.c process_init_reply).
+      memset(&init_out, 0, sizeof(init_out));
+      memcpy(&init_out, iov[1].iov_base, LO_INIT_OUT_LIBFUSE);
+      init_out.flags |= LO_FUSE_INIT_EXT;
+      init_out.flags2 |= LO_FUSE_PASSTHROUGH2;
+      init_out.max_stack_depth = 1; // backing files on a stacked fs (overlayfs) are refused
+      memcpy(&header, iov[0].iov_base, sizeof(header));
+      header.len = (uint32_t) (sizeof(header) + sizeof(init_out));
+      patched[0] = (struct iovec) { &header, sizeof(header) };
+      patched[1] = (struct iovec) { &init_out, sizeof(init_out) };
+      iov = patched;
+      c->passthrough = 1;
+    }
   }
-  if (writev(fuse_chan_fd(ch), iov, (int) count) < 0) {
+
+  if (writev(devfd, iov, (int) count) < 0) {
     int err = errno;
+    // The kernel never got this open (interrupted), and libfuse releases the handle itself.
+    if (passthrough_fd >= 0) lo_backing_put(c, devfd, passthrough_fd);
     // ENOENT: the request was interrupted meanwhile, and the kernel no longer wants the reply.
     if (!fuse_session_exited(fuse_chan_session(ch)) && err != ENOENT) perror("fuse: writing device");
     return -err;
@@ -748,7 +970,8 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
 }
 
 static void lo_chan_destroy(struct fuse_chan *ch) {
-  // The descriptor belongs to libfuse's kernel channel, which fuse_unmount closes.
+  // The descriptor belongs to libfuse's kernel channel, which fuse_unmount closes. lo_chan
+  // stays: the process ends with the mount.
   (void) ch;
 }
 
@@ -761,7 +984,10 @@ static struct fuse_chan_ops lo_chan_ops = {
 // The channel the session serves: ours over the kernel channel's descriptor, or the kernel
 // channel itself if ours cannot be made.
 static struct fuse_chan *lo_channel(struct fuse_chan *kernel, fuse_thread_t *ft) {
-  struct fuse_chan *ch = fuse_chan_new(&lo_chan_ops, fuse_chan_fd(kernel), fuse_chan_bufsize(kernel), ft);
+  lo_chan *c = calloc(1, sizeof(lo_chan));
+  if (c == NULL || pthread_mutex_init(&c->lock, NULL) != 0) return kernel;
+  c->ft = ft;
+  struct fuse_chan *ch = fuse_chan_new(&lo_chan_ops, fuse_chan_fd(kernel), fuse_chan_bufsize(kernel), c);
   return ch != NULL ? ch : kernel;
 }
 
@@ -774,10 +1000,12 @@ static lo_fast *lo_of(napi_env env, napi_value thread) {
   return ft->fast;
 }
 
-// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev): creates the fast
-// path, disabled and empty. Idempotent per mount.
+// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin):
+// creates the fast path, disabled and empty; lower files of at least passthroughMin bytes are
+// opened with FUSE passthrough if the kernel has it (-1: never). Idempotent per mount. Call it
+// before the kernel's INIT is answered (the JS init handler) for passthrough to be asked for.
 NAPI_METHOD(fuse_native_fast_config) {
-  NAPI_ARGV(5)
+  NAPI_ARGV(6)
   fuse_thread_t *ft;
   size_t ft_len;
   NAPI_STATUS_THROWS(napi_get_buffer_info(env, argv[0], (void **) &ft, &ft_len));
@@ -790,6 +1018,8 @@ NAPI_METHOD(fuse_native_fast_config) {
   double devs[2];
   NAPI_STATUS_THROWS(napi_get_value_double(env, argv[3], &devs[0]));
   NAPI_STATUS_THROWS(napi_get_value_double(env, argv[4], &devs[1]));
+  double passthrough_min;
+  NAPI_STATUS_THROWS(napi_get_value_double(env, argv[5], &passthrough_min));
   if (ft->fast != NULL) return NULL;
 
   lo_fast *f = calloc(1, sizeof(lo_fast));
@@ -797,6 +1027,7 @@ NAPI_METHOD(fuse_native_fast_config) {
     napi_throw_error(env, "ENOMEM", "fast path: out of memory");
     return NULL;
   }
+  f->passthrough_min = passthrough_min < 0 ? -1 : (int64_t) passthrough_min;
   f->nbuckets = 1024;
   f->buckets = calloc(f->nbuckets, sizeof(lo_entry *));
   if (f->buckets == NULL) {

@@ -160,21 +160,42 @@ function timeArg(t: unknown): number | undefined {
   return typeof t === 'number' ? t : Date.now();
 }
 
+/**
+ * Lower files at least this long are opened with FUSE passthrough: the kernel reads the lower
+ * file itself, so no READ reaches the daemon and the data is cached once (bench/README.md).
+ */
+export const PASSTHROUGH_MIN_BYTES = 0;
+
 export class FuseMount {
   private fuse: StoreFuse;
   private fast: FastPath | null = null;
   private fastWanted: boolean;
 
-  /** `fastPath`: whether the native fast path (fast-path.ts) serves what it can. */
-  constructor(readonly mountpoint: string, private readonly ov: Overlay, mo: MountOptions = DEFAULT_MOUNT_OPTIONS, fastPath = true) {
-    this.fuse = new StoreFuse(mountpoint, fuseOps(ov), mo);
+  /**
+   * `fastPath`: whether the native fast path (fast-path.ts) serves what it can. `passthrough`:
+   * whether lower files are read by the kernel itself where it can (FUSE passthrough).
+   */
+  constructor(readonly mountpoint: string, private readonly ov: Overlay, mo: MountOptions = DEFAULT_MOUNT_OPTIONS, fastPath = true, private readonly passthrough = false) {
+    const ops = fuseOps(ov);
+    // libfuse calls init before it answers the kernel's INIT: the native side must know the
+    // layers by then, to ask the kernel for passthrough (and before any open is answered).
+    ops.init = (cb: Cb) => {
+      this.startFastPath();
+      cb(0);
+    };
+    this.fuse = new StoreFuse(mountpoint, ops, mo);
     this.fastWanted = fastPath;
   }
 
   async mount(): Promise<void> {
     await new Promise<void>((resolve, reject) => this.fuse.mount((err) => (err ? reject(err) : resolve())));
+    this.startFastPath();
+  }
+
+  private startFastPath(): void {
+    if (this.fast !== null) return;
     if (this.fuse._thread === null) throw new Error('fuse-native mounted without its native state');
-    this.fast = new FastPath(this.fuse._thread, this.ov.dirs, this.ov.layerDevs);
+    this.fast = new FastPath(this.fuse._thread, this.ov.dirs, this.ov.layerDevs, this.passthrough ? PASSTHROUGH_MIN_BYTES : -1);
     this.ov.index.attach(this.fast);
     this.fast.enable(this.fastWanted);
   }

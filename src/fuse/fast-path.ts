@@ -6,8 +6,9 @@ const COUNTERS = [
   'getattr', 'fgetattr', 'readlink', 'open', 'create', 'read', 'write', 'release', 'fsync',
   'ftruncate', 'readdir', 'mkdir', 'unlink', 'rmdir', 'symlink', 'rename', 'link', 'chmod',
   'chown', 'truncate', 'utimens', 'upper', 'lower', 'miss', 'passed',
-  // OPENDIR replies that let the kernel keep the listing (native/fastpath.c, "the channel").
-  'cachedListings',
+  // OPENDIR replies that let the kernel keep the listing, and OPENs answered with a backing
+  // file the kernel reads itself (native/fastpath.c, "the channel").
+  'cachedListings', 'passthrough',
 ] as const;
 
 export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number> & { on: boolean };
@@ -21,8 +22,9 @@ const KIND = { upper: 0, lower: 1, whiteout: 2 } as const;
  * decide comes here as before. Exists once the mount has started; off while tracing.
  */
 export class FastPath implements TopLevelSink {
-  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number]) {
-    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1]);
+  /** `passthroughMin`: lower files at least this long are read by the kernel itself (FUSE passthrough); -1: none. */
+  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number) {
+    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin);
   }
 
   set(name: string, kind: keyof typeof KIND): void {

@@ -14,6 +14,8 @@ export interface MountConfig {
   attrTimeoutS: number;
   /** Whether the native fast path serves what it can (off while tracing regardless). */
   fastPath: boolean;
+  /** Whether the kernel reads lower files itself (FUSE passthrough, where the kernel has it). */
+  passthrough: boolean;
   /** Trace from the start to this file (see Tracer); off when absent. */
   traceFile?: string;
   tracePrefix?: string;

@@ -89,7 +89,7 @@ export class Daemon {
     const { FuseMount, DEFAULT_MOUNT_OPTIONS } = await import('../fuse/adapter');
     const fuse = new FuseMount(merged.storeDir, this.overlay,
       { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout },
-      this.fastPathWanted());
+      this.fastPathWanted(), cfg.passthrough !== false);
     this.onProgress?.(`mounting ${merged.storeDir}`);
     try {
       await fuse.mount();
