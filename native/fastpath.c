@@ -55,7 +55,7 @@ enum {
   LO_C_GETATTR, LO_C_FGETATTR, LO_C_READLINK, LO_C_OPEN, LO_C_CREATE, LO_C_READ, LO_C_WRITE,
   LO_C_RELEASE, LO_C_FSYNC, LO_C_FTRUNCATE, LO_C_READDIR, LO_C_MKDIR, LO_C_UNLINK, LO_C_RMDIR,
   LO_C_SYMLINK, LO_C_RENAME, LO_C_LINK, LO_C_CHMOD, LO_C_CHOWN, LO_C_TRUNCATE, LO_C_UTIMENS,
-  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED, LO_C_CACHED_LISTING, LO_C_PASSTHROUGH,
+  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED, LO_C_LISTING, LO_C_PASSTHROUGH,
   LO_C_COUNT
 };
 
@@ -68,11 +68,6 @@ typedef struct lo_entry {
 } lo_entry;
 
 typedef struct {
-  uint64_t nodeid;
-  uint32_t epoch;
-} lo_listing;
-
-typedef struct {
   pthread_rwlock_t lock;
   lo_entry **buckets;
   size_t nbuckets;   // a power of two
@@ -83,13 +78,9 @@ typedef struct {
   size_t dir_len[2];
   dev_t dev[2];
 
-  // Directories whose listing the kernel was allowed to keep, with the epoch they were listed
-  // in (see "the channel"); `refresh` (lo_reset) starts a new epoch.
-  pthread_mutex_t listings_lock;
-  lo_listing *listings; // open addressing on nodeid; nodeid 0 = free
-  size_t listings_cap;  // a power of two, or 0 before the first
-  size_t listings_count;
-  uint32_t epoch;
+  // The channel the mount is served through ("the channel"), and whether config ran.
+  struct lo_chan *chan;
+  int configured;
   // Lower files at least this long are opened with FUSE passthrough; -1: none (the channel).
   int64_t passthrough_min;
 
@@ -583,44 +574,61 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 
 // ---- the channel: between libfuse and /dev/fuse -------------------------------------------
 //
-// libfuse 2.9 builds every reply from `struct fuse_file_info`, which cannot ask for the open
-// flags the kernel learnt after protocol 7.19. One of them matters here: FOPEN_CACHE_DIR
-// (with FOPEN_KEEP_CACHE) on an OPENDIR reply lets the kernel keep the directory's listing in
-// its page cache and answer later getdents from it, with no OPENDIR→READDIR→READDIR round
-// trips and no GETATTR for the atime the uncached path invalidates. The kernel honours the flag
-// whatever minor version was negotiated (fs/fuse/readdir.c checks only the open flags).
+// libfuse 2.9 negotiates protocol 7.19 and builds every reply from `struct fuse_file_info`, so
+// two kernel features are out of its reach: directory listings the kernel keeps, and FUSE
+// passthrough. So the session reads and writes /dev/fuse through this channel instead of
+// libfuse's kernel channel: the same read(2)/writev(2) and error handling (fuse_kern_chan.c),
+// plus the following.
 //
-// So the mount reads and writes /dev/fuse through this channel instead of libfuse's own: the
-// same read(2)/writev(2) and error handling as libfuse's kernel channel (fuse_kern_chan.c),
-// plus, on a successful OPENDIR reply, the two flags, under these conditions:
+// Listings. The first OPENDIR is answered ENOSYS here, which tells the kernel (Linux 5.1+, when
+// INIT offers FUSE_NO_OPENDIR_SUPPORT) that opening a directory needs no request; it then opens
+// every directory with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR and answers getdents from a listing
+// it keeps, with no OPENDIR, READDIR, RELEASEDIR or atime GETATTR (fs/fuse/file.c
+// fuse_file_open, fs/fuse/readdir.c). The kernel drops a kept listing when a change through the
+// mount touches the directory (fuse_dir_changed); what changes beside the mount is pushed to it
+// (lo_invalidate): the root when the lower store changes (the daemon watches it) and every
+// listed directory on `refresh`. Only when the fast path is on at the first OPENDIR.
 //
-// - Not for the store root (node 1): its listing grows with the lower store, beside the mount.
-// - Only while the fast path is on (tracing must see every READDIR; while it is off, each
-//   OPENDIR reply lacks FOPEN_KEEP_CACHE, so the kernel drops the cached listing).
-// - Every other directory changes only through this mount: a lower object never changes, an
-//   upper one is written only here, and the kernel resets a cached listing when a change made
-//   through the mount touches the directory (fuse_dir_changed bumps its version) or its mtime
-//   moves. An object put beside the mount needs `refresh`, as before; a refresh starts a new
-//   epoch, and a directory's first OPENDIR in an epoch is answered without FOPEN_KEEP_CACHE,
-//   which makes the kernel drop the listing it kept (lo_listing_flags).
+// libfuse's high-level readdir needs the handle its opendir made, so for a READDIR without one
+// (fh 0) the channel first has libfuse serve an OPENDIR of its own (fuse_session_process on
+// this thread, a unique with LO_OWN, the reply kept here), then hands libfuse the READDIR with
+// that handle. The handle stays (lo_dirs) while the listing goes on, so the READDIRs of a long
+// listing do not list the directory again each; at its end (or when a newer listing of the
+// directory replaces it) a RELEASEDIR of the channel's own gives it back, served by the next
+// thread that reads a request. FSYNCDIR and directory ioctls without a handle are answered
+// ENOSYS here.
+//
+// Passthrough. See lo_passthrough_id.
 //
 // The reply to a request is sent by the thread that read it (libfuse's high-level API answers
-// synchronously), so the request's opcode and node travel in a thread-local.
+// synchronously), so the request being served travels in a thread-local.
 
 #define LO_FUSE_OPEN 14
 #define LO_FUSE_RELEASE 18
 #define LO_FUSE_INIT 26
 #define LO_FUSE_OPENDIR 27
+#define LO_FUSE_READDIR 28
+#define LO_FUSE_RELEASEDIR 29
+#define LO_FUSE_FSYNCDIR 30
+#define LO_FUSE_IOCTL 39
+#define LO_FUSE_IOCTL_DIR (1u << 4)
 #define LO_FUSE_ROOT_ID 1
 #define LO_FOPEN_KEEP_CACHE (1u << 1)
-#define LO_FOPEN_CACHE_DIR (1u << 3)
 #define LO_FOPEN_PASSTHROUGH (1u << 7)
+#define LO_FUSE_NO_OPENDIR_SUPPORT (1u << 24)
 #define LO_FUSE_INIT_EXT (1u << 30)
 #define LO_FUSE_PASSTHROUGH2 (1u << 5) // FUSE_PASSTHROUGH (bit 37) in flags2
 #define LO_FUSE_DEV_IOC_BACKING_OPEN _IOW(229, 1, lo_backing_map)
 #define LO_FUSE_DEV_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
 // Highest descriptor a passthrough handle may have (lo_chan.by_fd is indexed by it).
 #define LO_MAX_PASSTHROUGH_FD (1 << 20)
+// Requests the channel makes itself carry this bit in their unique (the kernel's count up by 2
+// from 0 and never get near it); their replies stay here.
+#define LO_OWN (1ULL << 62)
+// Directory handles kept for listings in progress, and directories remembered for `refresh`.
+#define LO_DIRS 64
+#define LO_LISTED_MIN (1u << 12)
+#define LO_LISTED_MAX (1u << 22)
 
 typedef struct {
   uint32_t len;
@@ -652,6 +660,21 @@ typedef struct {
   uint32_t flags, release_flags;
   uint64_t lock_owner;
 } lo_release_in;
+
+typedef struct {
+  uint64_t fh;
+  uint64_t offset;
+  uint32_t size, read_flags;
+  uint64_t lock_owner;
+  uint32_t flags, padding;
+} lo_read_in;
+
+typedef struct {
+  uint64_t fh;
+  uint32_t flags, cmd;
+  uint64_t arg;
+  uint32_t in_size, out_size;
+} lo_ioctl_in;
 
 typedef struct {
   uint32_t major, minor, max_readahead, flags;
@@ -687,15 +710,34 @@ typedef struct lo_backing {
   uint32_t opens;
 } lo_backing;
 
+// A directory handle libfuse made for the channel's own OPENDIR, kept while a listing goes on.
 typedef struct {
+  uint64_t nodeid; // 0: free
+  uint64_t fh;
+  int busy;        // a READDIR is using it
+} lo_dir;
+
+// A handle to give back (a queue: whichever thread reads next serves it).
+typedef struct lo_dir_release {
+  struct lo_dir_release *next;
+  uint64_t nodeid, fh;
+} lo_dir_release;
+
+typedef struct lo_chan {
   fuse_thread_t *ft;
-  // The kernel offered FUSE_PASSTHROUGH (INIT); the connection has it (our INIT reply asked).
-  int kernel_passthrough;
-  int passthrough;
+  struct fuse_chan *ch;
+  // What the kernel offered in INIT, and what this connection does.
+  int kernel_passthrough, kernel_no_opendir;
+  int passthrough, no_opendir;
+  uint64_t own_unique;
   pthread_mutex_t lock;
   lo_backing *backings;  // a list: few files are open at once
   lo_backing **by_fd;    // the entry a passthrough handle's descriptor holds
   size_t by_fd_len;
+  lo_dir dirs[LO_DIRS];
+  lo_dir_release *releases;
+  uint64_t *listed;      // open addressing on nodeid (0 free): directories listed, for refresh
+  size_t listed_cap, listed_count;
 } lo_chan;
 
 typedef struct {
@@ -703,58 +745,21 @@ typedef struct {
   uint64_t nodeid;
   uint32_t opcode;
   uint32_t open_flags; // OPEN: the flags of open(2)
+
+  // A READDIR without a handle: 1 while the channel's own OPENDIR is with libfuse (its reply
+  // fills dir_fh or dir_error), 2 while the READDIR itself is with libfuse.
+  int dir_step;
+  uint64_t dir_unique;
+  uint64_t dir_fh;
+  int32_t dir_error;
+  int dir_kept;         // dir_fh is an lo_dirs entry (busy)
+  int dir_first;        // the READDIR is at offset 0 (a new listing)
 } lo_request;
 
 static __thread lo_request lo_current;
 
 static lo_fast *lo_chan_fast(lo_chan *c) {
   return __atomic_load_n(&c->ft->fast, __ATOMIC_ACQUIRE);
-}
-
-#define LO_LISTINGS_MIN (1u << 12)
-#define LO_LISTINGS_MAX (1u << 20)
-
-// The open flags for directory `nodeid` while the fast path is on: FOPEN_CACHE_DIR always, and
-// FOPEN_KEEP_CACHE too if its listing was cached in the current epoch. Without KEEP_CACHE the
-// kernel drops what it kept and fills the cache again from this listing. So a `refresh` (a
-// new epoch) costs every directory one listing, and a full table just starts a new epoch.
-static uint32_t lo_listing_flags(lo_fast *f, uint64_t nodeid) {
-  uint32_t flags = LO_FOPEN_CACHE_DIR;
-  pthread_mutex_lock(&f->listings_lock);
-  if (f->listings_count + 1 > f->listings_cap / 4 * 3) {
-    size_t cap = f->listings_cap == 0 ? LO_LISTINGS_MIN : f->listings_cap * 2;
-    lo_listing *grown = cap <= LO_LISTINGS_MAX ? calloc(cap, sizeof(lo_listing)) : NULL;
-    if (grown != NULL) {
-      for (size_t i = 0; i < f->listings_cap; i++) {
-        lo_listing e = f->listings[i];
-        if (e.nodeid == 0) continue;
-        size_t j = (size_t) (e.nodeid * 0x9E3779B97F4A7C15ull) & (cap - 1);
-        while (grown[j].nodeid != 0) j = (j + 1) & (cap - 1);
-        grown[j] = e;
-      }
-      free(f->listings);
-      f->listings = grown;
-      f->listings_cap = cap;
-    } else if (f->listings_cap > 0) {
-      memset(f->listings, 0, f->listings_cap * sizeof(lo_listing));
-      f->listings_count = 0;
-      f->epoch++;
-    }
-  }
-  if (f->listings_cap > 0) {
-    size_t mask = f->listings_cap - 1;
-    size_t j = (size_t) (nodeid * 0x9E3779B97F4A7C15ull) & mask;
-    while (f->listings[j].nodeid != 0 && f->listings[j].nodeid != nodeid) j = (j + 1) & mask;
-    if (f->listings[j].nodeid == nodeid && f->listings[j].epoch == f->epoch) {
-      flags |= LO_FOPEN_KEEP_CACHE;
-    } else {
-      if (f->listings[j].nodeid == 0) f->listings_count++;
-      f->listings[j].nodeid = nodeid;
-      f->listings[j].epoch = f->epoch;
-    }
-  }
-  pthread_mutex_unlock(&f->listings_lock);
-  return flags;
 }
 
 // ---- passthrough -----------------------------------------------------------------------------
@@ -833,9 +838,14 @@ static int lo_fd_is_lower(lo_fast *f, uint64_t fh, const struct stat *st) {
   return (size_t) n > len && strncmp(real, f->dir[LO_LOWER], len) == 0 && real[len] == '/';
 }
 
-// For a successful OPEN reply of a lower file at least passthrough_min bytes long: the backing
-// id to answer with (>= 0), or -1 (answer as libfuse does). Lower files never change and are
-// opened only for reading, so every open of one qualifies alike.
+// For a successful OPEN reply: the backing id to answer with (>= 0), or -1 (answer as libfuse
+// does). A lower regular file at least passthrough_min bytes long is read by the kernel itself
+// (FUSE passthrough, 7.40): no READ reaches the daemon, and its data is cached once, in the
+// lower file's page cache. Lower files never change and are opened only for reading, so every
+// open of one qualifies alike, whoever answered it (native code or JS) and whether the fast
+// path is on; all open handles of a file share one backing id, and the backing file goes with
+// the RELEASE of the last (the kernel refuses mixed modes and a second backing file for an
+// inode, with EIO).
 static int32_t lo_passthrough_id(lo_chan *c, int devfd, uint64_t fh) {
   lo_fast *f = lo_chan_fast(c);
   if (!c->passthrough || f == NULL || f->passthrough_min < 0) return -1;
@@ -851,14 +861,158 @@ static int32_t lo_passthrough_id(lo_chan *c, int devfd, uint64_t fh) {
   return b->id;
 }
 
+// ---- listings --------------------------------------------------------------------------------
+
+// Remembers that directory `nodeid` was listed (the kernel keeps the listing), for refresh.
+static void lo_listed(lo_chan *c, uint64_t nodeid) {
+  pthread_mutex_lock(&c->lock);
+  if (c->listed_count + 1 > c->listed_cap / 4 * 3) {
+    size_t cap = c->listed_cap == 0 ? LO_LISTED_MIN : c->listed_cap * 2;
+    uint64_t *grown = cap <= LO_LISTED_MAX ? calloc(cap, sizeof(uint64_t)) : NULL;
+    if (grown == NULL) {
+      // Beyond this many directories a refresh cannot reach every kept listing (documented).
+      pthread_mutex_unlock(&c->lock);
+      return;
+    }
+    for (size_t i = 0; i < c->listed_cap; i++) {
+      uint64_t n = c->listed[i];
+      if (n == 0) continue;
+      size_t j = (size_t) (n * 0x9E3779B97F4A7C15ull) & (cap - 1);
+      while (grown[j] != 0) j = (j + 1) & (cap - 1);
+      grown[j] = n;
+    }
+    free(c->listed);
+    c->listed = grown;
+    c->listed_cap = cap;
+  }
+  size_t mask = c->listed_cap - 1;
+  size_t j = (size_t) (nodeid * 0x9E3779B97F4A7C15ull) & mask;
+  while (c->listed[j] != 0 && c->listed[j] != nodeid) j = (j + 1) & mask;
+  if (c->listed[j] == 0) {
+    c->listed[j] = nodeid;
+    c->listed_count++;
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
+// Makes the kernel drop what it keeps of the root (all: and of every listed directory).
+static void lo_invalidate(lo_chan *c, int all) {
+  if (c->ch == NULL) return;
+  fuse_lowlevel_notify_inval_inode(c->ch, LO_FUSE_ROOT_ID, 0, 0);
+  if (!all) return;
+  pthread_mutex_lock(&c->lock);
+  uint64_t *listed = c->listed;
+  size_t cap = c->listed_cap;
+  c->listed = NULL;
+  c->listed_cap = c->listed_count = 0;
+  pthread_mutex_unlock(&c->lock);
+  // ENOENT for a directory the kernel has forgotten meanwhile: nothing to drop.
+  for (size_t i = 0; i < cap; i++) {
+    if (listed[i] != 0) fuse_lowlevel_notify_inval_inode(c->ch, listed[i], 0, 0);
+  }
+  free(listed);
+}
+
+// A reply written by the channel itself (an answer libfuse never sees).
+static void lo_reply_error(int devfd, uint64_t unique, int err) {
+  lo_out_header out = { .len = sizeof(out), .error = -err, .unique = unique };
+  if (write(devfd, &out, sizeof(out)) < 0 && errno != ENOENT) perror("fuse: writing device");
+}
+
+// Has libfuse serve a request of the channel's own on this thread (its reply stays in
+// lo_chan_send). lo_current describes it meanwhile.
+static void lo_own_request(lo_chan *c, struct fuse_chan *ch, uint32_t opcode, uint64_t nodeid, const void *arg, size_t arg_len) {
+  char buf[sizeof(lo_in_header) + 64];
+  lo_in_header in = { .len = (uint32_t) (sizeof(in) + arg_len), .opcode = opcode, .nodeid = nodeid };
+  in.unique = LO_OWN | (__atomic_add_fetch(&c->own_unique, 2, __ATOMIC_RELAXED) & (LO_OWN - 1));
+  memcpy(buf, &in, sizeof(in));
+  memcpy(buf + sizeof(in), arg, arg_len);
+  lo_current.unique = in.unique;
+  lo_current.nodeid = nodeid;
+  lo_current.opcode = opcode;
+  fuse_session_process(fuse_chan_session(ch), buf, in.len, ch);
+}
+
+// Serves the queued RELEASEDIRs of the channel's own.
+static void lo_serve_releases(lo_chan *c, struct fuse_chan *ch) {
+  for (;;) {
+    pthread_mutex_lock(&c->lock);
+    lo_dir_release *q = c->releases;
+    if (q != NULL) c->releases = q->next;
+    pthread_mutex_unlock(&c->lock);
+    if (q == NULL) return;
+    lo_release_in rel = { .fh = q->fh };
+    lo_own_request(c, ch, LO_FUSE_RELEASEDIR, q->nodeid, &rel, sizeof(rel));
+    free(q);
+  }
+}
+
+// The kept handle of directory `nodeid` for a READDIR at a later offset, marked busy; or 0.
+static uint64_t lo_dir_take(lo_chan *c, uint64_t nodeid) {
+  uint64_t fh = 0;
+  pthread_mutex_lock(&c->lock);
+  for (int i = 0; i < LO_DIRS; i++) {
+    if (c->dirs[i].nodeid == nodeid && !c->dirs[i].busy) {
+      c->dirs[i].busy = 1;
+      fh = c->dirs[i].fh;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&c->lock);
+  return fh;
+}
+
+// After the reply to a READDIR served with handle `fh` of `nodeid`: keep the handle while the
+// listing goes on (`more`), else give it back (c->releases).
+static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int more) {
+  uint64_t release = 0;
+  pthread_mutex_lock(&c->lock);
+  lo_dir *slot = NULL, *free_slot = NULL;
+  for (int i = 0; i < LO_DIRS; i++) {
+    if (kept ? c->dirs[i].fh == fh && c->dirs[i].nodeid == nodeid : c->dirs[i].nodeid == nodeid) slot = &c->dirs[i];
+    if (c->dirs[i].nodeid == 0 && free_slot == NULL) free_slot = &c->dirs[i];
+  }
+  if (kept && slot == NULL) {
+    release = fh; // not expected: a busy slot is only freed by its user
+  } else if (kept) {
+    if (more) slot->busy = 0;
+    else {
+      release = fh;
+      slot->nodeid = 0;
+    }
+  } else if (!more) {
+    release = fh;
+  } else if (slot != NULL && !slot->busy) {
+    release = slot->fh; // an older listing of the same directory, abandoned: the new one stays
+    slot->fh = fh;
+  } else if (slot == NULL && free_slot != NULL) {
+    *free_slot = (lo_dir) { .nodeid = nodeid, .fh = fh, .busy = 0 };
+  } else {
+    release = fh;
+  }
+  if (release != 0) {
+    lo_dir_release *q = malloc(sizeof(lo_dir_release));
+    if (q != NULL) { // else libfuse keeps a directory handle it is never asked to free
+      *q = (lo_dir_release) { .next = c->releases, .nodeid = nodeid, .fh = release };
+      c->releases = q;
+    }
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
 // ---- receiving and sending -------------------------------------------------------------------
 
 static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
   struct fuse_chan *ch = *chp;
   struct fuse_session *se = fuse_chan_session(ch);
   lo_chan *c = (lo_chan *) fuse_chan_data(ch);
+  int devfd = fuse_chan_fd(ch);
+  lo_request *r = &lo_current;
   for (;;) {
-    ssize_t n = read(fuse_chan_fd(ch), buf, size);
+    if (__atomic_load_n(&c->releases, __ATOMIC_RELAXED) != NULL) lo_serve_releases(c, ch);
+    r->dir_step = 0;
+
+    ssize_t n = read(devfd, buf, size);
     int err = errno;
     if (fuse_session_exited(se)) return 0;
     if (n < 0) {
@@ -874,21 +1028,77 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
       fprintf(stderr, "short read on fuse device\n");
       return -EIO;
     }
-    const lo_in_header *in = (const lo_in_header *) buf;
+    lo_in_header *in = (lo_in_header *) buf;
     const char *arg = buf + sizeof(lo_in_header);
     size_t arg_len = (size_t) n - sizeof(lo_in_header);
-    lo_current.unique = in->unique;
-    lo_current.nodeid = in->nodeid;
-    lo_current.opcode = in->opcode;
-    lo_current.open_flags = 0;
-    if (in->opcode == LO_FUSE_OPEN && arg_len >= sizeof(lo_open_in)) {
-      lo_current.open_flags = ((const lo_open_in *) arg)->flags;
-    } else if (in->opcode == LO_FUSE_RELEASE && arg_len >= sizeof(lo_release_in)) {
+    r->unique = in->unique;
+    r->nodeid = in->nodeid;
+    r->opcode = in->opcode;
+    r->open_flags = 0;
+    switch (in->opcode) {
+    case LO_FUSE_OPEN:
+      if (arg_len >= sizeof(lo_open_in)) r->open_flags = ((const lo_open_in *) arg)->flags;
+      break;
+    case LO_FUSE_RELEASE:
       // Before libfuse closes the descriptor (and another open may get its number).
-      lo_backing_put(c, fuse_chan_fd(ch), LO_FH_FD(((const lo_release_in *) arg)->fh));
-    } else if (in->opcode == LO_FUSE_INIT && arg_len >= sizeof(lo_init_in)) {
-      const lo_init_in *init = (const lo_init_in *) arg;
-      c->kernel_passthrough = (init->flags & LO_FUSE_INIT_EXT) && (init->flags2 & LO_FUSE_PASSTHROUGH2);
+      if (arg_len >= sizeof(lo_release_in)) lo_backing_put(c, devfd, LO_FH_FD(((const lo_release_in *) arg)->fh));
+      break;
+    case LO_FUSE_INIT:
+      if (arg_len >= sizeof(lo_init_in)) {
+        const lo_init_in *init = (const lo_init_in *) arg;
+        c->kernel_passthrough = (init->flags & LO_FUSE_INIT_EXT) && (init->flags2 & LO_FUSE_PASSTHROUGH2);
+        c->kernel_no_opendir = (init->flags & LO_FUSE_NO_OPENDIR_SUPPORT) != 0;
+      }
+      break;
+    case LO_FUSE_OPENDIR: {
+      lo_fast *f = lo_chan_fast(c);
+      if (c->kernel_no_opendir && f != NULL && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&c->no_opendir, 1, __ATOMIC_RELEASE);
+        lo_reply_error(devfd, in->unique, ENOSYS);
+        continue;
+      }
+      break;
+    }
+    case LO_FUSE_READDIR:
+      if (arg_len >= sizeof(lo_read_in) && ((const lo_read_in *) arg)->fh == 0) {
+        lo_read_in *rd = (lo_read_in *) (buf + sizeof(lo_in_header));
+        uint64_t unique = in->unique, nodeid = in->nodeid;
+        uint64_t fh = rd->offset != 0 ? lo_dir_take(c, nodeid) : 0;
+        r->dir_kept = fh != 0;
+        r->dir_first = rd->offset == 0;
+        if (fh == 0) {
+          r->dir_step = 1;
+          lo_open_in open_in = { .flags = O_RDONLY | O_DIRECTORY };
+          lo_own_request(c, ch, LO_FUSE_OPENDIR, nodeid, &open_in, sizeof(open_in));
+          r->unique = unique;
+          r->nodeid = nodeid;
+          r->opcode = LO_FUSE_READDIR;
+          if (r->dir_step != 1 || r->dir_error != 0 || r->dir_fh == 0) {
+            r->dir_step = 0;
+            lo_reply_error(devfd, unique, r->dir_error != 0 ? -r->dir_error : EIO);
+            continue;
+          }
+          fh = r->dir_fh;
+        }
+        rd->fh = fh;
+        r->dir_fh = fh;
+        r->dir_unique = unique;
+        r->dir_step = 2;
+      }
+      break;
+    case LO_FUSE_FSYNCDIR:
+      // No fsyncdir op (the kernel stops asking after ENOSYS); libfuse would need a handle.
+      if (arg_len >= sizeof(uint64_t) && *(const uint64_t *) arg == 0) {
+        lo_reply_error(devfd, in->unique, ENOSYS);
+        continue;
+      }
+      break;
+    case LO_FUSE_IOCTL:
+      if (arg_len >= sizeof(lo_ioctl_in) && ((const lo_ioctl_in *) arg)->fh == 0 && (((const lo_ioctl_in *) arg)->flags & LO_FUSE_IOCTL_DIR)) {
+        lo_reply_error(devfd, in->unique, ENOSYS);
+        continue;
+      }
+      break;
     }
     return (int) n;
   }
@@ -903,24 +1113,27 @@ static int lo_reply_to(const struct iovec iov[], size_t count, uint32_t opcode, 
 static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t count) {
   if (iov == NULL) return 0;
   lo_chan *c = (lo_chan *) fuse_chan_data(ch);
+  lo_request *r = &lo_current;
   int devfd = fuse_chan_fd(ch);
+  const lo_out_header *out = count >= 1 && iov[0].iov_len >= sizeof(lo_out_header) ? (const lo_out_header *) iov[0].iov_base : NULL;
+
+  // Replies to the channel's own requests stay here.
+  if (out != NULL && (out->unique & LO_OWN) && out->unique == r->unique) {
+    if (r->opcode == LO_FUSE_OPENDIR && r->dir_step == 1) {
+      r->dir_error = out->error;
+      r->dir_fh = 0;
+      if (out->error == 0 && count == 2 && iov[1].iov_len >= sizeof(lo_open_out)) r->dir_fh = ((const lo_open_out *) iov[1].iov_base)->fh;
+    }
+    return 0;
+  }
+
   struct iovec patched[2];
   lo_out_header header;
   lo_open_out open_out;
   lo_init_out init_out;
   int passthrough_fd = -1;
 
-  if (lo_reply_to(iov, count, LO_FUSE_OPENDIR, sizeof(lo_open_out)) && lo_current.nodeid != LO_FUSE_ROOT_ID) {
-    lo_fast *f = lo_chan_fast(c);
-    if (f != NULL && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) {
-      memcpy(&open_out, iov[1].iov_base, sizeof(open_out));
-      lo_count(f, LO_C_CACHED_LISTING);
-      open_out.open_flags |= lo_listing_flags(f, lo_current.nodeid);
-      patched[0] = iov[0];
-      patched[1] = (struct iovec) { &open_out, sizeof(open_out) };
-      iov = patched;
-    }
-  } else if (lo_reply_to(iov, count, LO_FUSE_OPEN, sizeof(lo_open_out))) {
+  if (lo_reply_to(iov, count, LO_FUSE_OPEN, sizeof(lo_open_out))) {
     memcpy(&open_out, iov[1].iov_base, sizeof(open_out));
     int32_t id = lo_passthrough_id(c, devfd, open_out.fh);
     if (id >= 0) {
@@ -958,15 +1171,28 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
     }
   }
 
+  int rc = 0;
   if (writev(devfd, iov, (int) count) < 0) {
     int err = errno;
     // The kernel never got this open (interrupted), and libfuse releases the handle itself.
     if (passthrough_fd >= 0) lo_backing_put(c, devfd, passthrough_fd);
     // ENOENT: the request was interrupted meanwhile, and the kernel no longer wants the reply.
     if (!fuse_session_exited(fuse_chan_session(ch)) && err != ENOENT) perror("fuse: writing device");
-    return -err;
+    rc = -err;
   }
-  return 0;
+
+  // A READDIR the channel gave a handle: keep the handle while the listing goes on.
+  if (r->dir_step == 2 && out != NULL && out->unique == r->dir_unique) {
+    r->dir_step = 0;
+    int more = rc == 0 && out->error == 0 && count >= 2 && iov[1].iov_len > 0;
+    if (r->dir_first && out->error == 0) {
+      lo_listed(c, r->nodeid);
+      lo_fast *f = lo_chan_fast(c);
+      if (f != NULL) lo_count(f, LO_C_LISTING);
+    }
+    lo_dir_done(c, r->nodeid, r->dir_fh, r->dir_kept, more);
+  }
+  return rc;
 }
 
 static void lo_chan_destroy(struct fuse_chan *ch) {
@@ -981,14 +1207,19 @@ static struct fuse_chan_ops lo_chan_ops = {
   .destroy = lo_chan_destroy,
 };
 
+static lo_fast *lo_fast_new(void);
+
 // The channel the session serves: ours over the kernel channel's descriptor, or the kernel
-// channel itself if ours cannot be made.
+// channel itself if ours cannot be made. Also makes the fast path's state (unconfigured).
 static struct fuse_chan *lo_channel(struct fuse_chan *kernel, fuse_thread_t *ft) {
   lo_chan *c = calloc(1, sizeof(lo_chan));
-  if (c == NULL || pthread_mutex_init(&c->lock, NULL) != 0) return kernel;
+  lo_fast *f = lo_fast_new();
+  if (c == NULL || f == NULL || pthread_mutex_init(&c->lock, NULL) != 0) return kernel;
   c->ft = ft;
-  struct fuse_chan *ch = fuse_chan_new(&lo_chan_ops, fuse_chan_fd(kernel), fuse_chan_bufsize(kernel), c);
-  return ch != NULL ? ch : kernel;
+  f->chan = c;
+  __atomic_store_n(&ft->fast, f, __ATOMIC_RELEASE);
+  c->ch = fuse_chan_new(&lo_chan_ops, fuse_chan_fd(kernel), fuse_chan_bufsize(kernel), c);
+  return c->ch != NULL ? c->ch : kernel;
 }
 
 // ---- the JS side's API (src/fuse/fast-path.ts) ---------------------------------------------
@@ -1000,10 +1231,26 @@ static lo_fast *lo_of(napi_env env, napi_value thread) {
   return ft->fast;
 }
 
+// The fast path's state, empty, disabled and unconfigured (lo_channel makes it with the mount).
+static lo_fast *lo_fast_new(void) {
+  lo_fast *f = calloc(1, sizeof(lo_fast));
+  if (f == NULL) return NULL;
+  f->passthrough_min = -1;
+  f->nbuckets = 1024;
+  f->buckets = calloc(f->nbuckets, sizeof(lo_entry *));
+  if (f->buckets == NULL || pthread_rwlock_init(&f->lock, NULL) != 0) {
+    free(f->buckets);
+    free(f);
+    return NULL;
+  }
+  return f;
+}
+
 // fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin):
-// creates the fast path, disabled and empty; lower files of at least passthroughMin bytes are
-// opened with FUSE passthrough if the kernel has it (-1: never). Idempotent per mount. Call it
-// before the kernel's INIT is answered (the JS init handler) for passthrough to be asked for.
+// configures the fast path (disabled and empty until enabled); lower files of at least
+// passthroughMin bytes are opened with FUSE passthrough if the kernel has it (-1: never).
+// Once per mount; before the kernel's INIT is answered (the JS init handler) for passthrough
+// to be asked for.
 NAPI_METHOD(fuse_native_fast_config) {
   NAPI_ARGV(6)
   fuse_thread_t *ft;
@@ -1020,27 +1267,24 @@ NAPI_METHOD(fuse_native_fast_config) {
   NAPI_STATUS_THROWS(napi_get_value_double(env, argv[4], &devs[1]));
   double passthrough_min;
   NAPI_STATUS_THROWS(napi_get_value_double(env, argv[5], &passthrough_min));
-  if (ft->fast != NULL) return NULL;
-
-  lo_fast *f = calloc(1, sizeof(lo_fast));
-  if (f == NULL || pthread_rwlock_init(&f->lock, NULL) != 0 || pthread_mutex_init(&f->listings_lock, NULL) != 0) {
-    napi_throw_error(env, "ENOMEM", "fast path: out of memory");
-    return NULL;
+  lo_fast *f = ft->fast;
+  if (f == NULL) { // the mount runs on libfuse's own channel (ours could not be made)
+    f = lo_fast_new();
+    if (f == NULL) {
+      napi_throw_error(env, "ENOMEM", "fast path: out of memory");
+      return NULL;
+    }
+    __atomic_store_n(&ft->fast, f, __ATOMIC_RELEASE);
   }
-  f->passthrough_min = passthrough_min < 0 ? -1 : (int64_t) passthrough_min;
-  f->nbuckets = 1024;
-  f->buckets = calloc(f->nbuckets, sizeof(lo_entry *));
-  if (f->buckets == NULL) {
-    napi_throw_error(env, "ENOMEM", "fast path: out of memory");
-    return NULL;
-  }
+  if (f->configured) return NULL;
   const char *dirs[2] = { upper, lower };
   for (int i = 0; i < 2; i++) {
     strncpy(f->dir[i], dirs[i], PATH_MAX - 1);
     f->dir_len[i] = strlen(f->dir[i]);
     f->dev[i] = (dev_t) devs[i];
   }
-  __atomic_store_n(&ft->fast, f, __ATOMIC_RELEASE);
+  f->passthrough_min = passthrough_min < 0 ? -1 : (int64_t) passthrough_min;
+  f->configured = 1;
   return NULL;
 }
 
@@ -1067,10 +1311,19 @@ NAPI_METHOD(fuse_native_fast_reset) {
   pthread_rwlock_wrlock(&f->lock);
   lo_clear_locked(f, 0);
   pthread_rwlock_unlock(&f->lock);
-  // An object's layer may have changed beside the mount: every kept listing is listed again.
-  pthread_mutex_lock(&f->listings_lock);
-  f->epoch++;
-  pthread_mutex_unlock(&f->listings_lock);
+  return NULL;
+}
+
+// fuse_native_fast_invalidate(thread, all): makes the kernel list the root again (the lower
+// store changed beside the mount), and with `all` every directory it keeps a listing of
+// (`refresh`).
+NAPI_METHOD(fuse_native_fast_invalidate) {
+  NAPI_ARGV(2)
+  lo_fast *f = lo_of(env, argv[0]);
+  if (f == NULL || f->chan == NULL) return NULL;
+  bool all;
+  NAPI_STATUS_THROWS(napi_get_value_bool(env, argv[1], &all));
+  lo_invalidate(f->chan, all);
   return NULL;
 }
 
@@ -1081,7 +1334,7 @@ NAPI_METHOD(fuse_native_fast_enable) {
   if (f == NULL) return NULL;
   bool on;
   NAPI_STATUS_THROWS(napi_get_value_bool(env, argv[1], &on));
-  __atomic_store_n(&f->enabled, on && !__atomic_load_n(&f->failed, __ATOMIC_ACQUIRE) ? 1 : 0, __ATOMIC_RELEASE);
+  __atomic_store_n(&f->enabled, on && f->configured && !__atomic_load_n(&f->failed, __ATOMIC_ACQUIRE) ? 1 : 0, __ATOMIC_RELEASE);
   return NULL;
 }
 

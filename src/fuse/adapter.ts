@@ -206,6 +206,14 @@ export class FuseMount {
     this.fast?.enable(on);
   }
 
+  /**
+   * Makes the kernel list the store root again (the lower store changed beside the mount); with
+   * `all`, every directory whose listing it keeps (after `refresh`).
+   */
+  invalidateListings(all: boolean): void {
+    this.fast?.invalidate(all);
+  }
+
   /** The fast path's counters (`on`: whether it is answering now), or null before the mount. */
   fastCounters(): FastCounters | null {
     return this.fast ? this.fast.counters() : null;

@@ -6,9 +6,9 @@ const COUNTERS = [
   'getattr', 'fgetattr', 'readlink', 'open', 'create', 'read', 'write', 'release', 'fsync',
   'ftruncate', 'readdir', 'mkdir', 'unlink', 'rmdir', 'symlink', 'rename', 'link', 'chmod',
   'chown', 'truncate', 'utimens', 'upper', 'lower', 'miss', 'passed',
-  // OPENDIR replies that let the kernel keep the listing, and OPENs answered with a backing
-  // file the kernel reads itself (native/fastpath.c, "the channel").
-  'cachedListings', 'passthrough',
+  // Directory listings the kernel keeps (served once), and OPENs answered with a backing file
+  // the kernel reads itself (native/fastpath.c, "the channel").
+  'listings', 'passthrough',
 ] as const;
 
 export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number> & { on: boolean };
@@ -41,6 +41,11 @@ export class FastPath implements TopLevelSink {
 
   enable(on: boolean): void {
     Fuse.fastPath.enable(this.thread, on);
+  }
+
+  /** Makes the kernel list the root again; with `all`, every directory whose listing it keeps. */
+  invalidate(all: boolean): void {
+    Fuse.fastPath.invalidate(this.thread, all);
   }
 
   counters(): FastCounters {

@@ -19,6 +19,7 @@ declare module 'fuse-native' {
       reset(thread: Buffer): void;
       enable(thread: Buffer, on: boolean): void;
       counters(thread: Buffer): number[] | null;
+      invalidate(thread: Buffer, all: boolean): void;
     };
   }
   export = Fuse;

@@ -30,6 +30,7 @@ export class Daemon {
   /** Called when the mount disappeared without us (fusermount -u from outside). */
   onMountGone: (() => void) | undefined;
   private watchdog: NodeJS.Timeout | null = null;
+  private lowerWatch: NodeJS.Timeout | null = null;
   /** Hears what a slow start is doing (the CLI shows it when mounting takes a while). */
   onProgress: ((text: string) => void) | undefined;
 
@@ -102,7 +103,10 @@ export class Daemon {
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
 
     if (cfg.metadata === 'mirror') this.settleLowerObjects(lowerDb);
+    this.watchLowerStore(lower.storeDir, cfg.followIntervalMs);
     this.metadata.startFollower(cfg.followIntervalMs, (names) => {
+      // New rows can make a bookkeeping-like lower name a store object (layers.ts).
+      this.fuse?.invalidateListings(false);
       if (names === null) {
         this.overlay.index.refresh();
         return;
@@ -165,6 +169,7 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       if (this.watchdog) clearInterval(this.watchdog);
+      if (this.lowerWatch) clearInterval(this.lowerWatch);
       this.metadata?.stop();
       await this.control?.close();
       if (this.fuse) {
@@ -214,6 +219,32 @@ export class Daemon {
   refresh(): void {
     this.overlay.refresh();
     this.metadata.lower.reopen();
+    this.fuse?.invalidateListings(true);
+  }
+
+  /**
+   * The kernel keeps the root's listing (native/fastpath.c, "the channel"); the lower store
+   * changes beside the mount, so when its directory or DB changes the kernel is told to list
+   * the root again.
+   */
+  private watchLowerStore(storeDir: string, intervalMs: number): void {
+    let last = '';
+    const look = (): string => {
+      try {
+        const st = fs.statSync(storeDir, { bigint: true });
+        return `${st.mtimeNs}:${st.ctimeNs}:${st.ino}`;
+      } catch {
+        return 'absent';
+      }
+    };
+    last = look();
+    this.lowerWatch = setInterval(() => {
+      const now = look();
+      if (now === last) return;
+      last = now;
+      this.fuse?.invalidateListings(false);
+    }, intervalMs);
+    this.lowerWatch.unref();
   }
 
   status(): Record<string, unknown> {
