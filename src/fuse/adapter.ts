@@ -1,6 +1,7 @@
 import Fuse = require('fuse-native');
 import { Attr, Overlay } from '../overlay/overlay';
 import { FastCounters, FastPath } from './fast-path';
+import { PASSTHROUGH_MIN_BYTES } from '../mount/config';
 import { E, Errno } from '../util/errno';
 import { log } from '../util/log';
 
@@ -160,11 +161,6 @@ function timeArg(t: unknown): number | undefined {
   return typeof t === 'number' ? t : Date.now();
 }
 
-/**
- * Lower files at least this long are opened with FUSE passthrough: the kernel reads the lower
- * file itself, so no READ reaches the daemon and the data is cached once (bench/README.md).
- */
-export const PASSTHROUGH_MIN_BYTES = 0;
 
 export class FuseMount {
   private fuse: StoreFuse;

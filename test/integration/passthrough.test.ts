@@ -6,8 +6,10 @@ import * as path from 'node:path';
 import { check, cli } from '../helpers/exec';
 import { sharedLower } from '../helpers/fixture';
 import { mountMerged } from '../helpers/mount';
+import { PASSTHROUGH_MIN_BYTES } from '../../src/mount/config';
 
-// FUSE passthrough (native/fastpath.c, "the channel"): the kernel reads lower files itself.
+// FUSE passthrough (native/fastpath.c, "the channel"): the kernel reads lower files of at least
+// PASSTHROUGH_MIN_BYTES itself.
 // What must hold: the bytes, mmap and attributes are the lower file's; every open of a file
 // gets the same mode while another is open (the kernel fails a mismatch with EIO), whoever
 // answers the open (native code or JS); upper files never take part; --no-passthrough and a
@@ -25,9 +27,10 @@ const num = (c: Counters, k: string): number => Number(c[k] ?? 0);
 const rel = (storePath: string): string => storePath.replace(/^\/nix\/store\//, '');
 const sha = (b: Buffer): string => crypto.createHash('sha256').update(b).digest('hex');
 
-/** Every regular file below `dir`, relative, sorted. */
-async function files(dir: string): Promise<string[]> {
-  return (await check('find', [dir, '-type', 'f', '-printf', '%P\n'])).trim().split('\n').filter((l) => l !== '').sort();
+/** Every regular file below `dir` (relative, sorted) with its size. */
+async function files(dir: string): Promise<{ name: string; size: number }[]> {
+  const lines = (await check('find', [dir, '-type', 'f', '-printf', '%s %P\n'])).trim().split('\n').filter((l) => l !== '');
+  return lines.map((l) => ({ size: Number(l.slice(0, l.indexOf(' '))), name: l.slice(l.indexOf(' ') + 1) })).sort((a, b) => a.name.localeCompare(b.name));
 }
 
 /**
@@ -74,17 +77,22 @@ test('passthrough: lower files read, mmap and stat as in the lower dir, concurre
   const name = rel(lower.manifest.paths.dirObject);
   const merged = path.join(m.store, name);
   const list = await files(merged);
-  t.true(list.length >= 3, 'the object has files');
+  const bigOnes = list.filter((f) => f.size >= PASSTHROUGH_MIN_BYTES);
+  t.true(list.length > bigOnes.length && bigOnes.length >= 1, 'the object has files below and above the threshold');
   const before = await fastPath(m.root);
-  for (const f of list) {
-    t.is(sha(await fs.promises.readFile(path.join(merged, f))), sha(await fs.promises.readFile(path.join(m.lowerStore, name, f))), `${f}: same bytes`);
+  for (const f of bigOnes) {
+    t.is(sha(await fs.promises.readFile(path.join(merged, f.name))), sha(await fs.promises.readFile(path.join(m.lowerStore, name, f.name))), `${f.name}: same bytes`);
   }
   const after = await fastPath(m.root);
-  t.true(num(after, 'passthrough') - num(before, 'passthrough') >= list.length, 'every lower file was opened with passthrough');
+  t.is(num(after, 'passthrough') - num(before, 'passthrough'), bigOnes.length, 'every lower file above the threshold was opened with passthrough');
   t.is(num(after, 'read'), num(before, 'read'), 'no READ reached the daemon');
+  for (const f of list.filter((x) => x.size < PASSTHROUGH_MIN_BYTES)) {
+    t.is(sha(await fs.promises.readFile(path.join(merged, f.name))), sha(await fs.promises.readFile(path.join(m.lowerStore, name, f.name))), `${f.name}: same bytes`);
+  }
+  t.is(num(await fastPath(m.root), 'passthrough'), num(after, 'passthrough'), 'smaller files are read through the daemon');
 
   // Two descriptors at once, mmap, and the attributes of an open file.
-  const big = list[0]!;
+  const big = bigOnes[0]!.name;
   const out = await check('python3', ['-c', `
 import hashlib, mmap, os, sys
 p = sys.argv[1]
@@ -111,7 +119,7 @@ test('passthrough: a file held open keeps its mode when JS answers the next open
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root);
   const name = rel(lower.manifest.paths.dirObject);
-  const file = (await files(path.join(m.store, name)))[0]!;
+  const file = (await files(path.join(m.store, name))).find((f) => f.size >= PASSTHROUGH_MIN_BYTES)!.name;
   const want = sha(await fs.promises.readFile(path.join(m.lowerStore, name, file)));
 
   const held = holder(t, path.join(m.store, name, file));
