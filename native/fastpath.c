@@ -55,7 +55,7 @@ enum {
   LO_C_GETATTR, LO_C_FGETATTR, LO_C_READLINK, LO_C_OPEN, LO_C_CREATE, LO_C_READ, LO_C_WRITE,
   LO_C_RELEASE, LO_C_FSYNC, LO_C_FTRUNCATE, LO_C_READDIR, LO_C_MKDIR, LO_C_UNLINK, LO_C_RMDIR,
   LO_C_SYMLINK, LO_C_RENAME, LO_C_LINK, LO_C_CHMOD, LO_C_CHOWN, LO_C_TRUNCATE, LO_C_UTIMENS,
-  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED, LO_C_LISTING, LO_C_PASSTHROUGH,
+  LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED, LO_C_LISTING, LO_C_PASSTHROUGH, LO_C_READDIRPLUS,
   LO_C_COUNT
 };
 
@@ -610,7 +610,11 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 #define LO_FUSE_READDIR 28
 #define LO_FUSE_RELEASEDIR 29
 #define LO_FUSE_FSYNCDIR 30
+#define LO_FUSE_LOOKUP 1
 #define LO_FUSE_IOCTL 39
+#define LO_FUSE_READDIRPLUS 44
+#define LO_FUSE_DO_READDIRPLUS (1u << 13)
+#define LO_FUSE_READDIRPLUS_AUTO (1u << 14)
 #define LO_FUSE_IOCTL_DIR (1u << 4)
 #define LO_FUSE_ROOT_ID 1
 #define LO_FOPEN_KEEP_CACHE (1u << 1)
@@ -627,6 +631,8 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 #define LO_OWN (1ULL << 62)
 // Directory handles kept for listings in progress, and directories remembered for `refresh`.
 #define LO_DIRS 64
+// The largest READDIRPLUS answered (the kernel asks for a page, or up to max_pages).
+#define LO_PLUS_MAX (128 * 1024)
 #define LO_LISTED_MIN (1u << 12)
 #define LO_LISTED_MAX (1u << 22)
 
@@ -668,6 +674,18 @@ typedef struct {
   uint64_t lock_owner;
   uint32_t flags, padding;
 } lo_read_in;
+
+typedef struct {
+  uint64_t ino;
+  uint64_t off;
+  uint32_t namelen;
+  uint32_t type;
+  char name[];
+} lo_dirent;
+#define LO_DIRENT_ALIGN(x) (((x) + 7) & ~(size_t) 7)
+
+// fuse_entry_out: nodeid, generation, entry_valid, attr_valid, their nsecs, then fuse_attr.
+#define LO_ENTRY_OUT 128
 
 typedef struct {
   uint64_t fh;
@@ -715,6 +733,7 @@ typedef struct {
   uint64_t nodeid; // 0: free
   uint64_t fh;
   int busy;        // a READDIR is using it
+  uint64_t used;   // when it last served (c->dir_clock), to give back the oldest when all are taken
 } lo_dir;
 
 // A handle to give back (a queue: whichever thread reads next serves it).
@@ -727,14 +746,15 @@ typedef struct lo_chan {
   fuse_thread_t *ft;
   struct fuse_chan *ch;
   // What the kernel offered in INIT, and what this connection does.
-  int kernel_passthrough, kernel_no_opendir;
-  int passthrough, no_opendir;
+  int kernel_passthrough, kernel_no_opendir, kernel_readdirplus;
+  int passthrough, no_opendir, readdirplus;
   uint64_t own_unique;
   pthread_mutex_t lock;
   lo_backing *backings;  // a list: few files are open at once
   lo_backing **by_fd;    // the entry a passthrough handle's descriptor holds
   size_t by_fd_len;
   lo_dir dirs[LO_DIRS];
+  uint64_t dir_clock;
   lo_dir_release *releases;
   uint64_t *listed;      // open addressing on nodeid (0 free): directories listed, for refresh
   size_t listed_cap, listed_count;
@@ -754,6 +774,11 @@ typedef struct {
   int32_t dir_error;
   int dir_kept;         // dir_fh is an lo_dirs entry (busy)
   int dir_first;        // the READDIR is at offset 0 (a new listing)
+  // Replies to the channel's own READDIR and LOOKUP (READDIRPLUS is made of them).
+  char *plain;          // the dirents (LO_PLUS_MAX bytes)
+  size_t plain_len;
+  int32_t own_error;
+  char entry[LO_ENTRY_OUT];
 } lo_request;
 
 static __thread lo_request lo_current;
@@ -922,7 +947,8 @@ static void lo_reply_error(int devfd, uint64_t unique, int err) {
 // Has libfuse serve a request of the channel's own on this thread (its reply stays in
 // lo_chan_send). lo_current describes it meanwhile.
 static void lo_own_request(lo_chan *c, struct fuse_chan *ch, uint32_t opcode, uint64_t nodeid, const void *arg, size_t arg_len) {
-  char buf[sizeof(lo_in_header) + 64];
+  char buf[sizeof(lo_in_header) + sizeof(lo_read_in) + LO_NAME_MAX + 1];
+  if (arg_len > sizeof(buf) - sizeof(lo_in_header)) return;
   lo_in_header in = { .len = (uint32_t) (sizeof(in) + arg_len), .opcode = opcode, .nodeid = nodeid };
   in.unique = LO_OWN | (__atomic_add_fetch(&c->own_unique, 2, __ATOMIC_RELAXED) & (LO_OWN - 1));
   memcpy(buf, &in, sizeof(in));
@@ -942,7 +968,10 @@ static void lo_serve_releases(lo_chan *c, struct fuse_chan *ch) {
     pthread_mutex_unlock(&c->lock);
     if (q == NULL) return;
     lo_release_in rel = { .fh = q->fh };
-    lo_own_request(c, ch, LO_FUSE_RELEASEDIR, q->nodeid, &rel, sizeof(rel));
+    // Named by the root, not by the directory: the kernel may have forgotten the directory
+    // since (its last handle closed), and libfuse aborts on a node it does not know. Its
+    // releasedir uses the node only for a path, which nothing here reads.
+    lo_own_request(c, ch, LO_FUSE_RELEASEDIR, LO_FUSE_ROOT_ID, &rel, sizeof(rel));
     free(q);
   }
 }
@@ -967,16 +996,31 @@ static uint64_t lo_dir_take(lo_chan *c, uint64_t nodeid) {
 static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int more) {
   uint64_t release = 0;
   pthread_mutex_lock(&c->lock);
-  lo_dir *slot = NULL, *free_slot = NULL;
+  lo_dir *slot = NULL, *free_slot = NULL, *oldest = NULL;
   for (int i = 0; i < LO_DIRS; i++) {
-    if (kept ? c->dirs[i].fh == fh && c->dirs[i].nodeid == nodeid : c->dirs[i].nodeid == nodeid) slot = &c->dirs[i];
-    if (c->dirs[i].nodeid == 0 && free_slot == NULL) free_slot = &c->dirs[i];
+    lo_dir *d = &c->dirs[i];
+    if (kept ? d->fh == fh && d->nodeid == nodeid : d->nodeid == nodeid) slot = d;
+    if (d->nodeid == 0 && free_slot == NULL) free_slot = d;
+    if (d->nodeid != 0 && !d->busy && (oldest == NULL || d->used < oldest->used)) oldest = d;
+  }
+  uint64_t now = ++c->dir_clock;
+  if (!kept && more && slot == NULL && free_slot == NULL && oldest != NULL) {
+    // Every slot is taken, most likely by listings abandoned half way: the oldest goes.
+    lo_dir_release *q = malloc(sizeof(lo_dir_release));
+    if (q != NULL) {
+      *q = (lo_dir_release) { .next = c->releases, .nodeid = oldest->nodeid, .fh = oldest->fh };
+      c->releases = q;
+      oldest->nodeid = 0;
+      free_slot = oldest;
+    }
   }
   if (kept && slot == NULL) {
     release = fh; // not expected: a busy slot is only freed by its user
   } else if (kept) {
-    if (more) slot->busy = 0;
-    else {
+    if (more) {
+      slot->busy = 0;
+      slot->used = now;
+    } else {
       release = fh;
       slot->nodeid = 0;
     }
@@ -985,8 +1029,9 @@ static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int 
   } else if (slot != NULL && !slot->busy) {
     release = slot->fh; // an older listing of the same directory, abandoned: the new one stays
     slot->fh = fh;
+    slot->used = now;
   } else if (slot == NULL && free_slot != NULL) {
-    *free_slot = (lo_dir) { .nodeid = nodeid, .fh = fh, .busy = 0 };
+    *free_slot = (lo_dir) { .nodeid = nodeid, .fh = fh, .busy = 0, .used = now };
   } else {
     release = fh;
   }
@@ -998,6 +1043,103 @@ static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int 
     }
   }
   pthread_mutex_unlock(&c->lock);
+}
+
+// A handle for directory `nodeid` to list from `off`: a kept one, or one from an OPENDIR of the
+// channel's own; 0 (and an errno in *err) if libfuse refused it.
+static uint64_t lo_dir_handle(lo_chan *c, struct fuse_chan *ch, uint64_t nodeid, uint64_t off, int *kept, int *err) {
+  lo_request *r = &lo_current;
+  uint64_t fh = off != 0 ? lo_dir_take(c, nodeid) : 0;
+  *kept = fh != 0;
+  *err = 0;
+  if (fh != 0) return fh;
+  r->dir_step = 1;
+  r->dir_error = 0;
+  r->dir_fh = 0;
+  lo_open_in open_in = { .flags = O_RDONLY | O_DIRECTORY };
+  lo_own_request(c, ch, LO_FUSE_OPENDIR, nodeid, &open_in, sizeof(open_in));
+  r->dir_step = 0;
+  if (r->dir_error != 0 || r->dir_fh == 0) {
+    *err = r->dir_error != 0 ? -r->dir_error : EIO;
+    return 0;
+  }
+  return r->dir_fh;
+}
+
+// READDIRPLUS, which libfuse 2.9 does not know: the listing from libfuse's readdir (an own
+// READDIR), and for each entry that fits, its entry from libfuse's lookup (an own LOOKUP, so
+// libfuse counts the lookup the kernel will FORGET). "." and ".." carry no entry (nodeid 0).
+static void lo_readdirplus(lo_chan *c, struct fuse_chan *ch, int devfd, const lo_in_header *in, const lo_read_in *rd) {
+  lo_request *r = &lo_current;
+  uint64_t unique = in->unique, nodeid = in->nodeid, off = rd->offset;
+  size_t size = rd->size < LO_PLUS_MAX ? rd->size : LO_PLUS_MAX;
+  if (r->plain == NULL) r->plain = malloc(LO_PLUS_MAX);
+  char *reply = malloc(sizeof(lo_out_header) + size);
+  if (r->plain == NULL || reply == NULL) {
+    free(reply);
+    lo_reply_error(devfd, unique, ENOMEM);
+    return;
+  }
+  int kept = 0, err = 0;
+  uint64_t fh = rd->fh; // a handle from a real OPENDIR (before the first was refused)
+  int own = fh == 0;
+  if (own) fh = lo_dir_handle(c, ch, nodeid, off, &kept, &err);
+  if (fh == 0) {
+    free(reply);
+    lo_reply_error(devfd, unique, err);
+    return;
+  }
+  lo_read_in plain_in = { .fh = fh, .offset = off, .size = (uint32_t) size };
+  r->plain_len = 0;
+  r->own_error = 0;
+  lo_own_request(c, ch, LO_FUSE_READDIR, nodeid, &plain_in, sizeof(plain_in));
+  int32_t error = r->own_error;
+  lo_fast *f = lo_chan_fast(c);
+  size_t used = sizeof(lo_out_header), at = 0;
+  while (error == 0 && at + sizeof(lo_dirent) <= r->plain_len) {
+    const lo_dirent *d = (const lo_dirent *) (r->plain + at);
+    size_t plain_rec = LO_DIRENT_ALIGN(sizeof(lo_dirent) + d->namelen);
+    size_t plus_rec = LO_DIRENT_ALIGN(LO_ENTRY_OUT + sizeof(lo_dirent) + d->namelen);
+    if (d->namelen == 0 || d->namelen > LO_NAME_MAX || at + plain_rec > r->plain_len) break;
+    if (used + plus_rec > sizeof(lo_out_header) + size) break;
+    char *e = reply + used;
+    memset(e, 0, plus_rec);
+    int dots = d->name[0] == '.' && (d->namelen == 1 || (d->namelen == 2 && d->name[1] == '.'));
+    // Only lookups the fast path answers: at the root that means a name whose layer is
+    // settled (a lookup through JS would copy a lazy closure for every listed object).
+    int settled = nodeid != LO_FUSE_ROOT_ID;
+    if (!settled && f != NULL && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) {
+      int kind = lo_kind(f, d->name, d->namelen);
+      settled = kind == LO_UPPER || kind == LO_LOWER;
+    }
+    if (!dots && settled) {
+      char name[LO_NAME_MAX + 1];
+      memcpy(name, d->name, d->namelen);
+      name[d->namelen] = '\0';
+      lo_own_request(c, ch, LO_FUSE_LOOKUP, nodeid, name, d->namelen + 1);
+      memcpy(e, r->entry, LO_ENTRY_OUT); // zero (no entry) if the lookup failed
+    }
+    memcpy(e + LO_ENTRY_OUT, d, sizeof(lo_dirent) + d->namelen);
+    used += plus_rec;
+    at += plain_rec;
+  }
+  lo_out_header *out = (lo_out_header *) reply;
+  *out = (lo_out_header) { .len = (uint32_t) (error == 0 ? used : sizeof(lo_out_header)), .error = error, .unique = unique };
+  r->unique = unique;
+  r->nodeid = nodeid;
+  r->opcode = LO_FUSE_READDIRPLUS;
+  int wrote = write(devfd, reply, out->len) >= 0;
+  if (!wrote && errno != ENOENT) perror("fuse: writing device");
+  int more = wrote && error == 0 && used > sizeof(lo_out_header);
+  free(reply);
+  if (f != NULL && wrote) lo_count(f, LO_C_READDIRPLUS);
+  if (own) {
+    if (off == 0 && error == 0) {
+      lo_listed(c, nodeid);
+      if (f != NULL) lo_count(f, LO_C_LISTING);
+    }
+    lo_dir_done(c, nodeid, fh, kept, more);
+  }
 }
 
 // ---- receiving and sending -------------------------------------------------------------------
@@ -1048,6 +1190,7 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
         const lo_init_in *init = (const lo_init_in *) arg;
         c->kernel_passthrough = (init->flags & LO_FUSE_INIT_EXT) && (init->flags2 & LO_FUSE_PASSTHROUGH2);
         c->kernel_no_opendir = (init->flags & LO_FUSE_NO_OPENDIR_SUPPORT) != 0;
+        c->kernel_readdirplus = (init->flags & LO_FUSE_DO_READDIRPLUS) && (init->flags & LO_FUSE_READDIRPLUS_AUTO);
       }
       break;
     case LO_FUSE_OPENDIR: {
@@ -1084,6 +1227,12 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
         r->dir_fh = fh;
         r->dir_unique = unique;
         r->dir_step = 2;
+      }
+      break;
+    case LO_FUSE_READDIRPLUS:
+      if (c->readdirplus && arg_len >= sizeof(lo_read_in)) {
+        lo_readdirplus(c, ch, devfd, in, (const lo_read_in *) arg);
+        continue;
       }
       break;
     case LO_FUSE_FSYNCDIR:
@@ -1123,6 +1272,17 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
       r->dir_error = out->error;
       r->dir_fh = 0;
       if (out->error == 0 && count == 2 && iov[1].iov_len >= sizeof(lo_open_out)) r->dir_fh = ((const lo_open_out *) iov[1].iov_base)->fh;
+    } else if (r->opcode == LO_FUSE_READDIR) {
+      r->own_error = out->error;
+      r->plain_len = 0;
+      if (out->error == 0 && count == 2 && r->plain != NULL && iov[1].iov_len <= LO_PLUS_MAX) {
+        memcpy(r->plain, iov[1].iov_base, iov[1].iov_len);
+        r->plain_len = iov[1].iov_len;
+      }
+    } else if (r->opcode == LO_FUSE_LOOKUP) {
+      r->own_error = out->error;
+      memset(r->entry, 0, sizeof(r->entry));
+      if (out->error == 0 && count == 2 && iov[1].iov_len == LO_ENTRY_OUT) memcpy(r->entry, iov[1].iov_base, LO_ENTRY_OUT);
     }
     return 0;
   }
@@ -1153,21 +1313,34 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
       if (held) passthrough_fd = fd;
     }
   } else if (lo_reply_to(iov, count, LO_FUSE_INIT, LO_INIT_OUT_LIBFUSE)) {
+    // Flags of later protocol versions in an otherwise unchanged 7.19 reply: the kernel reads
+    // them, and the extended fields, whatever the minor version (fs/fuse/inode.c
+    // process_init_reply), and no request changes shape.
     lo_fast *f = lo_chan_fast(c);
-    if (c->kernel_passthrough && f != NULL && f->passthrough_min >= 0) {
-      // Ask for passthrough (7.40) in an otherwise unchanged 7.19 reply: the kernel reads the
-      // extended fields whatever the minor version (fs/fuse/inode.c process_init_reply).
+    int plus = c->kernel_readdirplus && f != NULL && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE);
+    int passthrough = c->kernel_passthrough && f != NULL && f->passthrough_min >= 0;
+    if (plus || passthrough) {
       memset(&init_out, 0, sizeof(init_out));
       memcpy(&init_out, iov[1].iov_base, LO_INIT_OUT_LIBFUSE);
-      init_out.flags |= LO_FUSE_INIT_EXT;
-      init_out.flags2 |= LO_FUSE_PASSTHROUGH2;
-      init_out.max_stack_depth = 1; // backing files on a stacked fs (overlayfs) are refused
       memcpy(&header, iov[0].iov_base, sizeof(header));
-      header.len = (uint32_t) (sizeof(header) + sizeof(init_out));
+      size_t len = LO_INIT_OUT_LIBFUSE;
+      if (plus) {
+        // Listings come with each entry's attributes (lo_readdirplus); the kernel asks for them
+        // at the start of a listing and when lookups follow one.
+        init_out.flags |= LO_FUSE_DO_READDIRPLUS | LO_FUSE_READDIRPLUS_AUTO;
+        c->readdirplus = 1;
+      }
+      if (passthrough) {
+        init_out.flags |= LO_FUSE_INIT_EXT;
+        init_out.flags2 |= LO_FUSE_PASSTHROUGH2;
+        init_out.max_stack_depth = 1; // backing files on a stacked fs (overlayfs) are refused
+        len = sizeof(init_out);
+        c->passthrough = 1;
+      }
+      header.len = (uint32_t) (sizeof(header) + len);
       patched[0] = (struct iovec) { &header, sizeof(header) };
-      patched[1] = (struct iovec) { &init_out, sizeof(init_out) };
+      patched[1] = (struct iovec) { &init_out, len };
       iov = patched;
-      c->passthrough = 1;
     }
   }
 

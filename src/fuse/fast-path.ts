@@ -6,9 +6,9 @@ const COUNTERS = [
   'getattr', 'fgetattr', 'readlink', 'open', 'create', 'read', 'write', 'release', 'fsync',
   'ftruncate', 'readdir', 'mkdir', 'unlink', 'rmdir', 'symlink', 'rename', 'link', 'chmod',
   'chown', 'truncate', 'utimens', 'upper', 'lower', 'miss', 'passed',
-  // Directory listings the kernel keeps (served once), and OPENs answered with a backing file
-  // the kernel reads itself (native/fastpath.c, "the channel").
-  'listings', 'passthrough',
+  // Directory listings the kernel keeps (served once), OPENs answered with a backing file the
+  // kernel reads itself, and READDIRPLUS answers (native/fastpath.c, "the channel").
+  'listings', 'passthrough', 'readdirplus',
 ] as const;
 
 export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number> & { on: boolean };

@@ -204,6 +204,11 @@ test('tracing and --no-fast-path send every request to JS', async (t) => {
   t.true(s2.ops.getattr > 0 && s2.ops.readdir > 0, 'JS answered');
 });
 
+/** Reads the first entries of `dir` (one getdents) and closes it: a listing abandoned half way. */
+async function abandon(dir: string): Promise<void> {
+  await check('python3', ['-c', 'import os, sys\nit = os.scandir(sys.argv[1])\nnext(it)\nit.close()', dir]);
+}
+
 /** The names in `dir`, listed by an outside process (`ls -A`). */
 async function listing(dir: string): Promise<string[]> {
   return (await check('ls', ['-A', dir])).trim().split('\n').filter((l) => l !== '').sort();
@@ -306,7 +311,7 @@ test('listings the kernel keeps: long ones listed by several processes at once, 
   const want = [...names].sort();
   const lists = await Promise.all([0, 1, 2, 3].map(() => listing(obj)));
   for (const l of lists) t.deepEqual(l, want, 'four concurrent listings are complete');
-  await check('sh', ['-c', `ls -f '${obj}' | head -1 >/dev/null`]);
+  await abandon(obj);
   t.deepEqual(await listing(obj), want, 'after a listing abandoned half way');
   await fs.promises.unlink(path.join(obj, names[1234]!));
   t.deepEqual(await listing(obj), want.filter((x) => x !== names[1234]), 'an unlinked entry goes');
@@ -339,4 +344,64 @@ test('lazy mode: the kept root listing shows a lower object added after mount (t
     if (!seen) await new Promise((r) => setTimeout(r, 100));
   }
   t.true(seen, 'the new lower object is listed within 4 s');
+});
+
+test('READDIRPLUS: a listing brings every entry\'s attributes; after the kernel forgets them, the entries still work', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const obj = path.join(m.store, '0000000000000000000000000000003a-fast-readdirplus');
+  await fs.promises.mkdir(obj);
+  const names = Array.from({ length: 300 }, (_, i) => `file-${String(i).padStart(3, '0')}`);
+  await check('sh', ['-c', 'cd "$1" && shift && for n in "$@"; do echo "$n" > "$n"; done', 'sh', obj, ...names]);
+  await fs.promises.mkdir(path.join(obj, 'sub'));
+  await fs.promises.symlink('file-000', path.join(obj, 'link'));
+  const p0 = n((await status(m.root)).fastPath, 'readdirplus');
+
+  // `ls -l` and `find` agree with the upper dir, entry by entry.
+  const upperDir = path.join(m.upper, path.basename(obj));
+  const want = (await check('find', [upperDir, '-mindepth', '1', '-printf', '%P %s %m %y %l\n'])).trim().split('\n').sort();
+  const got = (await check('find', [obj, '-mindepth', '1', '-printf', '%P %s %m %y %l\n'])).trim().split('\n').sort();
+  t.deepEqual(got, want);
+  t.true(n((await status(m.root)).fastPath, 'readdirplus') > p0, 'the listing was a READDIRPLUS');
+
+  // The kernel forgets the entries (each FORGET must match a lookup libfuse counted).
+  await fs.promises.writeFile('/proc/sys/vm/drop_caches', '2');
+  for (const name of names.slice(0, 100)) t.is(await fs.promises.readFile(path.join(obj, name), 'utf8'), `${name}\n`);
+  for (const name of names.slice(100, 200)) await fs.promises.rename(path.join(obj, name), path.join(obj, 'sub', name));
+  for (const name of names.slice(200)) await fs.promises.unlink(path.join(obj, name));
+  t.deepEqual(await listing(obj), [...names.slice(0, 100), 'link', 'sub'].sort());
+  t.deepEqual(await listing(path.join(obj, 'sub')), names.slice(100, 200));
+  t.is(await fs.promises.readlink(path.join(obj, 'link')), 'file-000');
+  await check('ls', ['-lR', m.store]);
+  t.true((await status(m.root)).fastPath?.on, 'the daemon still serves');
+});
+
+test('listings abandoned half way in more directories than handles are kept for (the oldest are given back), half of them removed and forgotten meanwhile', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const obj = path.join(m.store, '0000000000000000000000000000004a-fast-abandoned');
+  const dirs = Array.from({ length: 70 }, (_, i) => `d${String(i).padStart(2, '0')}`);
+  // 70 directories of 200 long names: each listing takes several READDIRs.
+  await check('sh', ['-c', `mkdir -p '${obj}' && cd '${obj}' && for d in ${dirs.join(' ')}; do mkdir $d; (cd $d && touch $(seq -f 'entry-with-a-rather-long-name-%04g' 1 200)); done`]);
+  for (const d of dirs.slice(0, 35)) await abandon(path.join(obj, d));
+  // The first half goes while its handles are still kept, and the kernel forgets it.
+  await check('rm', ['-rf', ...dirs.slice(0, 35).map((d) => path.join(obj, d))]);
+  await fs.promises.writeFile('/proc/sys/vm/drop_caches', '2');
+  for (const d of dirs.slice(35)) await abandon(path.join(obj, d));
+  for (const d of dirs.slice(35, 40)) t.is((await listing(path.join(obj, d))).length, 200, `${d} lists whole`);
+  t.deepEqual(await listing(obj), dirs.slice(35));
+  t.true((await status(m.root)).fastPath?.on, 'the daemon still serves');
+});
+
+test('lazy mode: listing the root copies no closure (only names the fast path knows come with attributes)', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), metadata: 'lazy' });
+  const s0 = await status(m.root);
+  const names = await listing(m.store);
+  t.true(names.length >= 5, 'the root lists the lower objects');
+  const s1 = await status(m.root);
+  t.true(n(s1.fastPath, 'readdirplus') > n(s0.fastPath, 'readdirplus'), 'the listing was a READDIRPLUS');
+  t.is(s1.counters.closureSyncs ?? 0, s0.counters.closureSyncs ?? 0, 'and copied no closure');
+  t.is(s1.counters.lower ?? 0, s0.counters.lower ?? 0, 'nor looked up a lower object');
 });

@@ -58,7 +58,7 @@ function fastPathLine(f: Record<string, number | boolean>): string {
   for (const [k, v] of Object.entries(f)) {
     if (typeof v === 'number' && !['upper', 'lower', 'passed', 'entries', 'listings', 'passthrough'].includes(k)) answered += v;
   }
-  return `${f.on ? 'on' : 'off'}: ${answered} requests answered natively, ${String(f.passed)} passed to JS (${String(f.entries)} names known); listings kept by the kernel ${String(f.listings ?? 0)}, passthrough opens ${String(f.passthrough ?? 0)}`;
+  return `${f.on ? 'on' : 'off'}: ${answered} requests answered natively, ${String(f.passed)} passed to JS (${String(f.entries)} names known); listings kept by the kernel ${String(f.listings ?? 0)}, READDIRPLUS ${String(f.readdirplus ?? 0)}, passthrough opens ${String(f.passthrough ?? 0)}`;
 }
 
 function formatStatus(s: Record<string, any>): string {
