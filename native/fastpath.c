@@ -738,7 +738,7 @@ typedef struct {
 // A handle to give back (a queue: whichever thread reads next serves it).
 typedef struct lo_dir_release {
   struct lo_dir_release *next;
-  uint64_t nodeid, fh;
+  uint64_t fh;
 } lo_dir_release;
 
 typedef struct lo_chan {
@@ -1007,7 +1007,7 @@ static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int 
     // Every slot is taken, most likely by listings abandoned half way: the oldest goes.
     lo_dir_release *q = malloc(sizeof(lo_dir_release));
     if (q != NULL) {
-      *q = (lo_dir_release) { .next = c->releases, .nodeid = oldest->nodeid, .fh = oldest->fh };
+      *q = (lo_dir_release) { .next = c->releases, .fh = oldest->fh };
       c->releases = q;
       oldest->nodeid = 0;
       free_slot = oldest;
@@ -1037,7 +1037,7 @@ static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int 
   if (release != 0) {
     lo_dir_release *q = malloc(sizeof(lo_dir_release));
     if (q != NULL) { // else libfuse keeps a directory handle it is never asked to free
-      *q = (lo_dir_release) { .next = c->releases, .nodeid = nodeid, .fh = release };
+      *q = (lo_dir_release) { .next = c->releases, .fh = release };
       c->releases = q;
     }
   }
@@ -1205,25 +1205,19 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
       if (arg_len >= sizeof(lo_read_in) && ((const lo_read_in *) arg)->fh == 0) {
         lo_read_in *rd = (lo_read_in *) (buf + sizeof(lo_in_header));
         uint64_t unique = in->unique, nodeid = in->nodeid;
-        uint64_t fh = rd->offset != 0 ? lo_dir_take(c, nodeid) : 0;
-        r->dir_kept = fh != 0;
-        r->dir_first = rd->offset == 0;
+        int kept = 0, err = 0;
+        uint64_t fh = lo_dir_handle(c, ch, nodeid, rd->offset, &kept, &err);
+        r->unique = unique;
+        r->nodeid = nodeid;
+        r->opcode = LO_FUSE_READDIR;
         if (fh == 0) {
-          r->dir_step = 1;
-          lo_open_in open_in = { .flags = O_RDONLY | O_DIRECTORY };
-          lo_own_request(c, ch, LO_FUSE_OPENDIR, nodeid, &open_in, sizeof(open_in));
-          r->unique = unique;
-          r->nodeid = nodeid;
-          r->opcode = LO_FUSE_READDIR;
-          if (r->dir_step != 1 || r->dir_error != 0 || r->dir_fh == 0) {
-            r->dir_step = 0;
-            lo_reply_error(devfd, unique, r->dir_error != 0 ? -r->dir_error : EIO);
-            continue;
-          }
-          fh = r->dir_fh;
+          lo_reply_error(devfd, unique, err);
+          continue;
         }
         rd->fh = fh;
         r->dir_fh = fh;
+        r->dir_kept = kept;
+        r->dir_first = rd->offset == 0;
         r->dir_unique = unique;
         r->dir_step = 2;
       }
