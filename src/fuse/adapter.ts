@@ -161,7 +161,6 @@ function timeArg(t: unknown): number | undefined {
   return typeof t === 'number' ? t : Date.now();
 }
 
-
 export class FuseMount {
   private fuse: StoreFuse;
   private fast: FastPath | null = null;
