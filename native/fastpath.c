@@ -955,7 +955,12 @@ static void lo_own_request(lo_chan *c, struct fuse_chan *ch, uint32_t opcode, ui
   lo_current.unique = in.unique;
   lo_current.nodeid = nodeid;
   lo_current.opcode = opcode;
+  // libfuse's loop lets a worker be cancelled while it waits in receive (at unmount), but never
+  // while it serves a request: this one is served inside receive.
+  int cancel;
+  pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
   fuse_session_process(fuse_chan_session(ch), buf, in.len, ch);
+  pthread_setcancelstate(cancel, NULL);
 }
 
 // Serves the queued RELEASEDIRs of the channel's own.
@@ -1115,6 +1120,7 @@ static void lo_readdirplus(lo_chan *c, struct fuse_chan *ch, int devfd, const lo
       char name[LO_NAME_MAX + 1];
       memcpy(name, d->name, d->namelen);
       name[d->namelen] = '\0';
+      memset(r->entry, 0, sizeof(r->entry));
       lo_own_request(c, ch, LO_FUSE_LOOKUP, nodeid, name, d->namelen + 1);
       memcpy(e, r->entry, LO_ENTRY_OUT); // zero (no entry) if the lookup failed
     }
