@@ -575,8 +575,8 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 // ---- the channel: between libfuse and /dev/fuse -------------------------------------------
 //
 // libfuse 2.9 negotiates protocol 7.19 and builds every reply from `struct fuse_file_info`, so
-// two kernel features are out of its reach: directory listings the kernel keeps, and FUSE
-// passthrough. So the session reads and writes /dev/fuse through this channel instead of
+// three kernel features are out of its reach: directory listings the kernel keeps, READDIRPLUS
+// and FUSE passthrough. So the session reads and writes /dev/fuse through this channel instead of
 // libfuse's kernel channel: the same read(2)/writev(2) and error handling (fuse_kern_chan.c),
 // plus the following.
 //
@@ -598,7 +598,7 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 // thread that reads a request. FSYNCDIR and directory ioctls without a handle are answered
 // ENOSYS here.
 //
-// Passthrough. See lo_passthrough_id.
+// READDIRPLUS: see lo_readdirplus. Passthrough: see lo_passthrough_id.
 //
 // The reply to a request is sent by the thread that read it (libfuse's high-level API answers
 // synchronously), so the request being served travels in a thread-local.
@@ -874,6 +874,7 @@ static int32_t lo_passthrough_id(lo_chan *c, int devfd, uint64_t fh) {
   lo_fast *f = lo_chan_fast(c);
   if (!c->passthrough || f == NULL || f->passthrough_min < 0) return -1;
   if ((lo_current.open_flags & O_ACCMODE) != O_RDONLY) return -1;
+  if ((fh & LO_FH_FAST) && !(fh & LO_FH_LOWER)) return -1; // an upper file, opened natively
   int fd = LO_FH_FD(fh);
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !lo_fd_is_lower(f, fh, &st)) return -1;
@@ -995,6 +996,14 @@ static uint64_t lo_dir_take(lo_chan *c, uint64_t nodeid) {
   return fh;
 }
 
+// Queues directory handle `fh` to be given back (c->lock held).
+static void lo_give_back_locked(lo_chan *c, uint64_t fh) {
+  lo_dir_release *q = malloc(sizeof(lo_dir_release));
+  if (q == NULL) return; // libfuse keeps a directory handle it is never asked to free
+  *q = (lo_dir_release) { .next = c->releases, .fh = fh };
+  c->releases = q;
+}
+
 // After the reply to a READDIR served with handle `fh` of `nodeid`: keep the handle while the
 // listing goes on (`more`), else give it back (c->releases).
 static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int more) {
@@ -1010,13 +1019,9 @@ static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int 
   uint64_t now = ++c->dir_clock;
   if (!kept && more && slot == NULL && free_slot == NULL && oldest != NULL) {
     // Every slot is taken, most likely by listings abandoned half way: the oldest goes.
-    lo_dir_release *q = malloc(sizeof(lo_dir_release));
-    if (q != NULL) {
-      *q = (lo_dir_release) { .next = c->releases, .fh = oldest->fh };
-      c->releases = q;
-      oldest->nodeid = 0;
-      free_slot = oldest;
-    }
+    lo_give_back_locked(c, oldest->fh);
+    oldest->nodeid = 0;
+    free_slot = oldest;
   }
   if (kept && slot == NULL) {
     release = fh; // not expected: a busy slot is only freed by its user
@@ -1039,14 +1044,19 @@ static void lo_dir_done(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int 
   } else {
     release = fh;
   }
-  if (release != 0) {
-    lo_dir_release *q = malloc(sizeof(lo_dir_release));
-    if (q != NULL) { // else libfuse keeps a directory handle it is never asked to free
-      *q = (lo_dir_release) { .next = c->releases, .fh = release };
-      c->releases = q;
-    }
-  }
+  if (release != 0) lo_give_back_locked(c, release);
   pthread_mutex_unlock(&c->lock);
+}
+
+// After a READDIR or READDIRPLUS served with the channel's handle `fh`: a new listing that
+// succeeded (`first`) is remembered and counted; the handle is kept or given back (lo_dir_done).
+static void lo_listing_served(lo_chan *c, uint64_t nodeid, uint64_t fh, int kept, int first, int more) {
+  if (first) {
+    lo_listed(c, nodeid);
+    lo_fast *f = lo_chan_fast(c);
+    if (f != NULL) lo_count(f, LO_C_LISTING);
+  }
+  lo_dir_done(c, nodeid, fh, kept, more);
 }
 
 // A handle for directory `nodeid` to list from `off`: a kept one, or one from an OPENDIR of the
@@ -1138,13 +1148,7 @@ static void lo_readdirplus(lo_chan *c, struct fuse_chan *ch, int devfd, const lo
   int more = wrote && error == 0 && used > sizeof(lo_out_header);
   free(reply);
   if (f != NULL && wrote) lo_count(f, LO_C_READDIRPLUS);
-  if (own) {
-    if (off == 0 && error == 0) {
-      lo_listed(c, nodeid);
-      if (f != NULL) lo_count(f, LO_C_LISTING);
-    }
-    lo_dir_done(c, nodeid, fh, kept, more);
-  }
+  if (own) lo_listing_served(c, nodeid, fh, kept, off == 0 && error == 0, more);
 }
 
 // ---- receiving and sending -------------------------------------------------------------------
@@ -1360,12 +1364,7 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
   if (r->dir_step == 2 && out != NULL && out->unique == r->dir_unique) {
     r->dir_step = 0;
     int more = rc == 0 && out->error == 0 && count >= 2 && iov[1].iov_len > 0;
-    if (r->dir_first && out->error == 0) {
-      lo_listed(c, r->nodeid);
-      lo_fast *f = lo_chan_fast(c);
-      if (f != NULL) lo_count(f, LO_C_LISTING);
-    }
-    lo_dir_done(c, r->nodeid, r->dir_fh, r->dir_kept, more);
+    lo_listing_served(c, r->nodeid, r->dir_fh, r->dir_kept, r->dir_first && out->error == 0, more);
   }
   return rc;
 }

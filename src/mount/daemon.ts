@@ -228,7 +228,6 @@ export class Daemon {
    * the root again.
    */
   private watchLowerStore(storeDir: string, intervalMs: number): void {
-    let last = '';
     const look = (): string => {
       try {
         const st = fs.statSync(storeDir, { bigint: true });
@@ -237,7 +236,7 @@ export class Daemon {
         return 'absent';
       }
     };
-    last = look();
+    let last = look();
     this.lowerWatch = setInterval(() => {
       const now = look();
       if (now === last) return;
