@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LowerDb } from './lower-db';
@@ -19,9 +20,39 @@ import { LowerDb } from './lower-db';
  * shows again. A duplicate's lower references are rooted in its place, so whatever only a
  * duplicate kept alive stays alive. `nix-store --query --roots` names this dir as the reason a
  * lower object cannot be deleted.
+ *
+ * A full `sync` leaves a stamp (`stampFile`): what it was computed from (the lower DB files'
+ * identity, the duplicates, the store dir) and the roots dir as it left it. While all of these
+ * are unchanged, the roots are exact and a mount need not sync again (`current`). Every change
+ * the mount makes to the roots afterwards removes the stamp first.
  */
 export class LowerRoots {
-  constructor(readonly dir: string, private readonly lower: LowerDb, private readonly storeDir = '/nix/store') {}
+  constructor(readonly dir: string, private readonly lower: LowerDb, readonly stampFile: string | null = null, private readonly storeDir = '/nix/store') {}
+
+  /** Whether the roots dir is what a full `sync` with these duplicates would make of it now. */
+  current(duplicates: ReadonlySet<string>): boolean {
+    if (this.stampFile === null) return false;
+    let stamp: string;
+    try { stamp = fs.readFileSync(this.stampFile, 'utf8'); } catch { return false; }
+    const dir = this.dirIdentity();
+    return dir !== null && stamp === this.stamp(this.lower.signature(), duplicates, dir);
+  }
+
+  private stamp(lowerSignature: string, duplicates: ReadonlySet<string>, dir: string): string {
+    const dups = createHash('sha256').update([...duplicates].sort().join('\n')).digest('hex');
+    return `${JSON.stringify({ storeDir: this.storeDir, lower: lowerSignature, duplicates: dups, dir })}\n`;
+  }
+
+  /** The roots dir's inode and change time: a root added or removed by hand shows here. */
+  private dirIdentity(): string | null {
+    const st = fs.statSync(this.dir, { throwIfNoEntry: false, bigint: true });
+    return st === undefined ? null : `${st.ino}:${st.mtimeNs}:${st.ctimeNs}`;
+  }
+
+  /** The next mount must sync in full: the roots are about to change. */
+  private dropStamp(): void {
+    if (this.stampFile !== null) fs.rmSync(this.stampFile, { force: true });
+  }
 
   /** The root names the lower store needs, given the names the upper layer also has. */
   wanted(duplicates: ReadonlySet<string>): Set<string> {
@@ -49,6 +80,8 @@ export class LowerRoots {
 
   /** Makes the roots dir hold exactly the wanted roots; returns how many were added/removed. */
   sync(duplicates: ReadonlySet<string>): { added: number; removed: number } {
+    this.dropStamp();
+    const lowerSignature = this.lower.snapshotSignature(); // of the snapshot `wanted` reads
     const want = this.wanted(duplicates);
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
     let added = 0, removed = 0;
@@ -59,6 +92,12 @@ export class LowerRoots {
     for (const name of want) {
       if (!have.has(name)) { fs.symlinkSync(`${this.storeDir}/${name}`, path.join(this.dir, name)); added++; }
     }
+    const dir = this.dirIdentity();
+    if (this.stampFile !== null && dir !== null) {
+      fs.mkdirSync(path.dirname(this.stampFile), { recursive: true });
+      fs.writeFileSync(`${this.stampFile}.tmp`, this.stamp(lowerSignature, duplicates, dir));
+      fs.renameSync(`${this.stampFile}.tmp`, this.stampFile);
+    }
     return { added, removed };
   }
 
@@ -68,6 +107,7 @@ export class LowerRoots {
    * the next full `sync` (at mount) drops it. Costs a query per new path, not per lower path.
    */
   added(paths: readonly string[]): number {
+    this.dropStamp();
     const referred = this.lower.conn().prepare(
       'SELECT 1 FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE v.path = ? AND r.referrer != r.reference LIMIT 1').pluck();
     let n = 0;
@@ -79,6 +119,7 @@ export class LowerRoots {
 
   /** `name` is now in the upper layer too: it becomes collectable, its references stay rooted. */
   becameDuplicate(name: string, duplicates: ReadonlySet<string>): void {
+    this.dropStamp();
     fs.rmSync(path.join(this.dir, name), { force: true });
     const refsOf = this.lower.conn().prepare(
       'SELECT w.path FROM Refs r JOIN ValidPaths v ON v.id = r.referrer JOIN ValidPaths w ON w.id = r.reference WHERE v.path = ? AND w.id != v.id').pluck();
@@ -95,6 +136,7 @@ export class LowerRoots {
 
   /** `name` is no longer in the upper layer: the lower copy is served and kept alive again. */
   stoppedDuplicate(name: string): void {
+    this.dropStamp();
     this.link(name);
   }
 
@@ -114,6 +156,7 @@ export class LowerRoots {
 
   /** Removes every root (for a lazy mount, which plain Nix cannot collect anyway). */
   clear(): void {
+    this.dropStamp();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -30,6 +30,12 @@ export class LowerDb {
     return this.signature() !== this.sig;
   }
 
+  /** The DB files' identity when the current connection was opened (its snapshot). */
+  snapshotSignature(): string {
+    this.conn();
+    return this.sig;
+  }
+
   /** A statement prepared once per connection. */
   private stmt(sql: string): Statement {
     let st = this.stmts.get(sql);
@@ -57,7 +63,8 @@ export class LowerDb {
     return lowerDbUri(this.dbFile);
   }
 
-  private signature(): string {
+  /** The DB files' identity now (mtime and size of the DB and its WAL). */
+  signature(): string {
     const a = fs.statSync(this.dbFile, { throwIfNoEntry: false });
     const b = fs.statSync(this.walFile, { throwIfNoEntry: false });
     return `${a?.mtimeMs}:${a?.size}:${b?.mtimeMs}:${b?.size}`;

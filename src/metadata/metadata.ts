@@ -186,8 +186,14 @@ export class Metadata {
       this.syncRoots();
       return;
     }
+    const duplicates = this.duplicates();
+    if (roots.current(duplicates)) {
+      log.info('gc roots: as the last sync left them (same lower DB, duplicates and roots dir)');
+      gcLock.release();
+      return;
+    }
     const t0 = Date.now();
-    const job: RootsJob = { dir: roots.dir, dbFile: this.lower.dbFile, storeDir: this.storeDir, duplicates: [...this.duplicates()] };
+    const job: RootsJob = { dir: roots.dir, stampFile: roots.stampFile, dbFile: this.lower.dbFile, storeDir: this.storeDir, duplicates: [...duplicates] };
     const delayMs = Number(process.env.LOCAL_OVERLAY_TEST_ROOTS_DELAY_MS ?? 0); // tests: widen the window
     const synced = new Promise<void>((resolve) => setTimeout(resolve, delayMs)).then(() => runRootsWorker(job)).then(
       (r) => { log.info(`gc roots: +${r.added} -${r.removed} in ${Date.now() - t0} ms (in the background)`); },

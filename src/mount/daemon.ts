@@ -61,7 +61,7 @@ export class Daemon {
     this.overlay.index.lowerValid = (name) => lowerDb.pathRow(`/nix/store/${name}`) !== undefined;
     if (cfg.traceFile) this.trace(true, cfg.traceFile, cfg.tracePrefix);
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
-    const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb);
+    const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb, path.join(merged.stateDir, 'gc-roots.stamp'));
     let gcLock: GcLock | null = null;
     if (cfg.metadata === 'mirror') {
       this.onProgress?.('importing lower DB rows into the merged DB');

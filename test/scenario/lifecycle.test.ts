@@ -92,6 +92,41 @@ test('GC right after mount waits until the GC roots, written in the background, 
   t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
 });
 
+test('remount: the GC roots sync is skipped while nothing it reads changed; a root removed by hand or a new lower path brings it back', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const rootsDir = path.join(dir, 'merged/nix/var/nix/gcroots/local-overlay-lower-store');
+  const skipped = (): number => (fs.readFileSync(path.join(dir, 'merged/nix/var/log/local-overlay.log'), 'utf8').match(/gc roots: as the last sync left them/g) ?? []).length;
+  const idle = async (m: Merged): Promise<boolean> => eventually(async () => !(JSON.parse((await cli(['status', m.root, '--json'])).stdout) as { gcRootsSyncing: boolean }).gcRootsSyncing);
+
+  let m = await mountMerged(t, lower.root, { dir });
+  t.true(await idle(m), 'first sync done');
+  const first = fs.readdirSync(rootsDir).sort();
+  t.true(first.length > 0);
+  t.is(skipped(), 0, 'a first mount syncs');
+  await m.unmount();
+
+  m = await mountMerged(t, lower.root, { dir });
+  t.true(await idle(m));
+  t.is(skipped(), 1, 'a remount with nothing changed does not sync');
+  t.deepEqual(fs.readdirSync(rootsDir).sort(), first);
+  await m.unmount();
+
+  fs.rmSync(path.join(rootsDir, first[0]));
+  m = await mountMerged(t, lower.root, { dir });
+  t.true(await idle(m));
+  t.is(skipped(), 1, 'a root removed by hand makes the mount sync');
+  t.deepEqual(fs.readdirSync(rootsDir).sort(), first, 'the removed root is back');
+  await m.unmount();
+
+  const added = await lowerAdd(lower.root, `roots-${Date.now()}`);
+  m = await mountMerged(t, lower.root, { dir });
+  t.true(await idle(m));
+  t.is(skipped(), 1, 'a lower store that grew makes the mount sync');
+  t.true(fs.readdirSync(rootsDir).includes(rel(added)), 'the new lower path is rooted');
+  await m.unmount();
+});
+
 test('delete: a referenced upper path cannot be deleted until its referrer is gone', async (t) => {
   const lower = await sharedLower();
   const before = await lowerRootDigest(lower.root);
