@@ -108,6 +108,7 @@ async function main(): Promise<number> {
       log(`mounted ${peers.map((p) => p.name).join(', ')}`);
       for (let rep = 0; rep < reps; rep++) {
         const ctx: FsContext = { store, tarFile, writeFiles: profile.writeFiles, missingLookups: profile.missingLookups, nixEnv: env, rep };
+        await cleanup(fsWorkloads, peers, ctx, results.errors);
         for (const w of fsWorkloads) {
           const order = rotate(peers, rep);
           log(`rep ${rep + 1}/${reps} ${w}: ${order.map((p) => p.name).join(' → ')}`);
@@ -115,6 +116,7 @@ async function main(): Promise<number> {
         }
       }
     }
+    if (peers.length) await cleanup(fsWorkloads, peers, { store, tarFile, writeFiles: profile.writeFiles, missingLookups: profile.missingLookups, nixEnv: env, rep: reps }, results.errors);
     for (const p of peers) await p.unmount();
     peers.length = 0;
 
@@ -176,6 +178,7 @@ async function measure(ctx: FsContext, id: FsWorkloadId, peer: Peer, errors: str
         await peer.mount();
         await dropCaches();
       }
+      await w.before?.(ctx, peer);
       const usage = new Usage(peer.pid());
       const m = await w.run(ctx, peer, phase);
       out.push({ ...base, ...m, ...usage.stop() });
@@ -189,12 +192,20 @@ async function measure(ctx: FsContext, id: FsWorkloadId, peer: Peer, errors: str
       await peer.unmount().then(() => peer.mount()).catch((e: unknown) => errors.push(`remount ${peer.name}: ${String(e)}`));
     }
   }
-  try {
-    await w.after?.(ctx, peer);
-  } catch (err) {
-    errors.push(`${id} cleanup on ${peer.name}: ${String(err)}`);
-  }
   return out;
+}
+
+/** Removes what earlier runs of the workloads made on each peer (FsWorkload.cleanup). */
+async function cleanup(ids: readonly FsWorkloadId[], peers: readonly Peer[], ctx: FsContext, errors: string[]): Promise<void> {
+  for (const id of ids) {
+    for (const peer of peers) {
+      try {
+        await FS_WORKLOAD_DEFS[id].cleanup?.(ctx, peer);
+      } catch (err) {
+        errors.push(`${id} cleanup on ${peer.name}: ${String(err)}`);
+      }
+    }
+  }
 }
 
 async function meta(ctx: MetaContext, id: MetaWorkloadId, rep: number, profile: ProfileParams, results: Results): Promise<void> {

@@ -1,7 +1,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PROBE, check, run, timed } from './exec';
+import { PROBE, check, log, run, timed } from './exec';
 import { Peer } from './peers';
 import { BenchStore } from './store';
 
@@ -36,8 +36,10 @@ export interface FsWorkload {
   phases: readonly Phase[];
   applies(peer: Peer): boolean;
   run(ctx: FsContext, peer: Peer, phase: Phase): Promise<Measured>;
-  /** Untimed cleanup after a run (e.g. removing what the write workload made). */
-  after?(ctx: FsContext, peer: Peer): Promise<void>;
+  /** Untimed preparation just before each timed run. */
+  before?(ctx: FsContext, peer: Peer): Promise<void>;
+  /** Untimed cleanup of what earlier runs made, at the start of each repetition and at the end. */
+  cleanup?(ctx: FsContext, peer: Peer): Promise<void>;
 }
 
 const MiB = 1024 * 1024;
@@ -127,13 +129,38 @@ export const FS_WORKLOAD_DEFS: Record<FsWorkloadId, FsWorkload> = {
       const r = await timed('sh', ['-c', 'mkdir "$1" && tar --no-same-owner -xf "$2" -C "$1" && sync', 'sh', dir, ctx.tarFile], { timeoutMs: 1_800_000 });
       return { value: ctx.writeFiles / r.seconds, seconds: r.seconds, count: ctx.writeFiles };
     },
-    async after(ctx, peer) {
-      const dir = path.join(peer.store, writeDirName(peer, ctx.rep));
-      if (fs.existsSync(dir)) await check('rm', ['-rf', dir], { timeoutMs: 1_800_000 });
+    async before() {
+      const wait = lastWriteCleanup + EXT4_RECENTLY_DELETED_MS - Date.now();
+      if (wait > 0) {
+        log(`  write: waiting ${(wait / 1000).toFixed(0)} s until the inodes removed by the last cleanup are no longer "recently deleted"`);
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    },
+    async cleanup(ctx, peer) {
+      let removed = false;
+      for (let rep = 0; rep <= ctx.rep; rep++) {
+        const dir = path.join(peer.store, writeDirName(peer, rep));
+        if (!fs.existsSync(dir)) continue;
+        await check('rm', ['-rf', dir], { timeoutMs: 1_800_000 });
+        removed = true;
+      }
+      if (!removed) return;
       await check('sync', []);
+      lastWriteCleanup = Date.now();
     },
   },
 };
+
+/**
+ * ext4 without a journal (this machine's root fs) does not reuse an inode within 60 s of its
+ * deletion (fs/ext4/ialloc.c, recently_deleted), and every inode allocation walks past such
+ * inodes: right after the 10,000 files of the previous run are removed, an untar spends most
+ * of its time there, and which peer pays depends on the order of the run. So the files written
+ * are removed at the start of the next repetition, not right after their run, and a write run
+ * starts no sooner than this after the last removal.
+ */
+const EXT4_RECENTLY_DELETED_MS = 61_000;
+let lastWriteCleanup = 0;
 
 /** A fresh store-path-shaped top-level name per peer and repetition. */
 function writeDirName(peer: Peer, rep: number): string {
