@@ -45,20 +45,29 @@ export function withLowerAttached<T>(db: Db, lower: LowerDb, f: () => T): T {
 /** Inside a transaction with the lower DB attached (withLowerAttached). */
 export function copyLowerRows(db: Db, sel: RowSelection): CopyResult {
   const before = db.prepare('SELECT coalesce(max(id), 0) FROM main.ValidPaths').pluck().get() as number;
+  // The rows to copy, numbered in copy order. Each gets upper id `base + seq`, given explicitly:
+  // the lower→upper id map is then known without looking every path up again (3 of the 18 ms
+  // of a 1,000-row closure copy). Above AUTOINCREMENT's high-water mark, like an id it assigns.
+  db.exec('CREATE TEMP TABLE IF NOT EXISTS todo (seq INTEGER PRIMARY KEY, lid INTEGER NOT NULL)');
+  db.exec('DELETE FROM temp.todo');
   const count = db.prepare(`
-    INSERT INTO main.ValidPaths (${PATH_COLUMNS})
-    SELECT ${PATH_COLUMNS.split(', ').map((c) => `l.${c}`).join(', ')}
-    FROM lower.ValidPaths l
+    INSERT INTO temp.todo (lid)
+    SELECT l.id FROM lower.ValidPaths l
     WHERE ${sel.where} AND NOT EXISTS (SELECT 1 FROM main.ValidPaths u WHERE u.path = l.path)
     ORDER BY l.${sel.order}`).run(...sel.params).changes;
   if (count === 0) return { count, before };
+  const seq = db.prepare("SELECT seq FROM main.sqlite_sequence WHERE name = 'ValidPaths'").pluck().get() as number | undefined;
+  const base = Math.max(before, seq ?? 0);
+  db.prepare(`
+    INSERT INTO main.ValidPaths (id, ${PATH_COLUMNS})
+    SELECT ? + t.seq, ${PATH_COLUMNS.split(', ').map((c) => `l.${c}`).join(', ')}
+    FROM temp.todo t JOIN lower.ValidPaths l ON l.id = t.lid
+    ORDER BY t.seq`).run(base);
 
   db.exec('CREATE TEMP TABLE IF NOT EXISTS idmap (lid INTEGER PRIMARY KEY, uid INTEGER NOT NULL)');
   db.exec('DELETE FROM temp.idmap');
-  db.prepare(`
-    INSERT INTO temp.idmap (lid, uid)
-    SELECT l.id, u.id FROM main.ValidPaths u JOIN lower.ValidPaths l ON l.path = u.path
-    WHERE u.id > ?`).run(before);
+  db.prepare('INSERT INTO temp.idmap (lid, uid) SELECT lid, ? + seq FROM temp.todo').run(base);
+  db.exec('DELETE FROM temp.todo');
 
   const indexes = sel.rebuildRefIndexes?.(count)
     ? db.prepare("SELECT name, sql FROM main.sqlite_master WHERE type = 'index' AND tbl_name = 'Refs' AND sql IS NOT NULL").all() as { name: string; sql: string }[]

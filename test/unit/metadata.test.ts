@@ -59,6 +59,27 @@ test('copyClosure copies the closure exactly, references first, and nothing else
   t.is(up.db.prepare('SELECT count(*) FROM Refs WHERE reference > referrer').pluck().get(), 0);
 });
 
+test('copyClosure never reuses the id of a deleted row (AUTOINCREMENT), and its references still name the right paths', async (t) => {
+  const lower = await sharedLower();
+  const dir = tempDir(t);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => { up.close(); lo.close(); });
+  const p = lower.manifest.paths;
+  t.true(copyClosure(up, lo, [p.appOut]) > 0);
+  // Delete the newest rows (as Nix's GC or delete would): the high-water mark stays above max(id).
+  const high = up.db.prepare('SELECT max(id) FROM ValidPaths').pluck().get() as number;
+  up.db.prepare('DELETE FROM Refs WHERE referrer >= ? OR reference >= ?').run(high - 1, high - 1);
+  up.db.prepare('DELETE FROM ValidPaths WHERE id >= ?').run(high - 1);
+  const n = copyClosure(up, lo, [p.appDrv]);
+  t.true(n > 0);
+  const newIds = up.db.prepare('SELECT id FROM ValidPaths WHERE id > ? - 2 ORDER BY id').pluck().all(high) as number[];
+  t.true(newIds.every((id) => id > high), `new ids ${newIds.join(', ')} reuse one at or below ${high}`);
+  const copied = new Set(rows(up.db).keys());
+  t.deepEqual(refs(up.db), refs(lo.conn()).filter((e) => copied.has(e.split(' -> ')[0])), 'every copied row has exactly its lower references');
+  t.is(up.db.prepare('SELECT count(*) FROM Refs WHERE reference > referrer').pluck().get(), 0, 'references first');
+});
+
 test('copyClosure from a lower DB whose ids are not in dependency order still copies references first', async (t) => {
   const dir = tempDir(t);
   // A lower DB another tool made: the referrer got the smaller id. Nix's own schema.
