@@ -1,4 +1,5 @@
 import test from 'ava';
+import type { ExecutionContext } from 'ava';
 import Database = require('better-sqlite3');
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -8,7 +9,7 @@ import { LowerDb } from '../../src/metadata/lower-db';
 import { Mirror } from '../../src/metadata/mirror';
 import { withBusyRetry } from '../../src/metadata/sqlite';
 import { UpperDb } from '../../src/metadata/upper-db';
-import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
+import { freshLower, lowerAdd, LowerFixture, sharedLower } from '../helpers/fixture';
 import { tempDir } from '../helpers/mount';
 
 // The metadata module against real SQLite files: the lower DB is one real Nix 2.8 made.
@@ -35,12 +36,18 @@ function outputs(db: Database.Database): string[] {
 
 const dbFile = (root: string): string => path.join(root, 'nix/var/nix/db/db.sqlite');
 
-test('copyClosure copies the closure exactly, references first, and nothing else', async (t) => {
+/** A new upper DB in a temp dir, and the shared lower store's DB, both closed after the test. */
+async function overShared(t: ExecutionContext): Promise<{ lower: LowerFixture; dir: string; up: UpperDb; lo: LowerDb }> {
   const lower = await sharedLower();
   const dir = tempDir(t);
   const up = UpperDb.open(path.join(dir, 'db'));
   const lo = new LowerDb(dbFile(lower.root));
   t.teardown(() => { up.close(); lo.close(); });
+  return { lower, dir, up, lo };
+}
+
+test('copyClosure copies the closure exactly, references first, and nothing else', async (t) => {
+  const { lower, up, lo } = await overShared(t);
   const p = lower.manifest.paths;
   const n = copyClosure(up, lo, [p.appOut]);
   const want = new Set([p.appOut, p.libOut, p.singleFile, p.textFile]);
@@ -60,11 +67,7 @@ test('copyClosure copies the closure exactly, references first, and nothing else
 });
 
 test('copyClosure never reuses the id of a deleted row (AUTOINCREMENT), and its references still name the right paths', async (t) => {
-  const lower = await sharedLower();
-  const dir = tempDir(t);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(dbFile(lower.root));
-  t.teardown(() => { up.close(); lo.close(); });
+  const { lower, up, lo } = await overShared(t);
   const p = lower.manifest.paths;
   t.true(copyClosure(up, lo, [p.appOut]) > 0);
   // Delete the newest rows (as Nix's GC or delete would): the high-water mark stays above max(id).
@@ -107,11 +110,7 @@ test('copyClosure from a lower DB whose ids are not in dependency order still co
 });
 
 test('copyClosure carries derivation outputs; withBusyRetry waits for a writer without blocking', async (t) => {
-  const lower = await sharedLower();
-  const dir = tempDir(t);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(dbFile(lower.root));
-  t.teardown(() => { up.close(); lo.close(); });
+  const { lower, dir, up, lo } = await overShared(t);
   // Another connection (as Nix would) holds the write lock for 600 ms.
   const nix = new Database(path.join(dir, 'db/db.sqlite'));
   nix.exec('BEGIN IMMEDIATE');
