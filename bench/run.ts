@@ -106,8 +106,9 @@ async function main(): Promise<number> {
       for (const name of peerNames) peers.push(await makePeer(name, { lowerRoot: store.root, dir: path.join(runDir, name) }));
       for (const p of peers) await p.mount();
       log(`mounted ${peers.map((p) => p.name).join(', ')}`);
+      const fsContext = (rep: number): FsContext => ({ store, tarFile, writeFiles: profile.writeFiles, missingLookups: profile.missingLookups, nixEnv: env, rep });
       for (let rep = 0; rep < reps; rep++) {
-        const ctx: FsContext = { store, tarFile, writeFiles: profile.writeFiles, missingLookups: profile.missingLookups, nixEnv: env, rep };
+        const ctx = fsContext(rep);
         await cleanup(fsWorkloads, peers, ctx, results.errors);
         for (const w of fsWorkloads) {
           const order = rotate(peers, rep);
@@ -115,8 +116,8 @@ async function main(): Promise<number> {
           for (const peer of order) results.fs.push(...await measure(ctx, w, peer, results.errors));
         }
       }
+      await cleanup(fsWorkloads, peers, fsContext(reps), results.errors);
     }
-    if (peers.length) await cleanup(fsWorkloads, peers, { store, tarFile, writeFiles: profile.writeFiles, missingLookups: profile.missingLookups, nixEnv: env, rep: reps }, results.errors);
     for (const p of peers) await p.unmount();
     peers.length = 0;
 
