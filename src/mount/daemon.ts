@@ -102,7 +102,6 @@ export class Daemon {
     this.metadata.syncRootsInBackground(gcLock);
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
 
-    if (cfg.metadata === 'mirror') this.settleLowerObjects(lowerDb);
     this.watchLowerStore(lower.storeDir, cfg.followIntervalMs);
     this.metadata.startFollower(cfg.followIntervalMs, (names) => {
       // New rows can make a bookkeeping-like lower name a store object (layers.ts).
@@ -123,6 +122,9 @@ export class Daemon {
       controlSocket: controlSocketPath(cfg.mergedRoot), logFile: cfg.logFile ?? null,
     });
     this.recordWritten = true;
+    // After the mount has answered (start's caller reports it ready before the next turn):
+    // until a lower object is settled its lookups just go through JS once.
+    if (cfg.metadata === 'mirror') setImmediate(() => this.settleLowerObjects(lowerDb));
     // A mount removed from outside leaves fuse-native serving nothing: notice and stop.
     this.watchdog = setInterval(() => {
       if (!this.stopping && !isMountPoint(merged.storeDir)) {
