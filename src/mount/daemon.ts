@@ -137,11 +137,12 @@ export class Daemon {
 
   /**
    * Mirror mode: every lower object whose row the merged DB has needs no closure copy on
-   * lookup, so the fast path may answer its lookups from the start (a cold `ls -l` of the
-   * store root then never reaches JS). Newest first, at most SETTLE_LIMIT of them; the rest
-   * are settled on their first lookup.
+   * lookup, so the fast path may answer its lookups from just after the mount has answered
+   * (a cold `ls -l` of the store root then never reaches JS). Newest first, at most
+   * SETTLE_LIMIT of them; the rest are settled on their first lookup.
    */
   private settleLowerObjects(lowerDb: LowerDb): void {
+    if (this.stopping) return; // the DBs may be closed already
     const t0 = Date.now();
     const prefix = `${this.metadata.storeDir}/`;
     const paths = lowerDb.paths(this.metadata.mirror.lastLowerId, SETTLE_LIMIT);
