@@ -752,6 +752,7 @@ typedef struct lo_chan {
   lo_backing *backings;  // a list: few files are open at once
   lo_backing **by_fd;    // the entry a passthrough handle's descriptor holds
   size_t by_fd_len;
+  uint32_t held;         // by_fd entries set: while 0, a RELEASE need not take the lock
   lo_dir dirs[LO_DIRS];
   uint64_t dir_clock;
   lo_dir_release *releases;
@@ -821,6 +822,7 @@ static lo_backing *lo_backing_get(lo_chan *c, int devfd, int fd, const struct st
   }
   b->opens++;
   c->by_fd[fd] = b;
+  __atomic_store_n(&c->held, c->held + 1, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&c->lock);
   return b;
 }
@@ -828,11 +830,14 @@ static lo_backing *lo_backing_get(lo_chan *c, int devfd, int fd, const struct st
 // The handle with descriptor `fd` is released: one open less, and the backing file goes with
 // the last one.
 static void lo_backing_put(lo_chan *c, int devfd, int fd) {
-  if (fd < 0) return;
+  // Most files are never held (small, upper, or passthrough off): no lock for their RELEASE.
+  // A held handle's OPEN reply was written before the kernel could send its RELEASE.
+  if (fd < 0 || __atomic_load_n(&c->held, __ATOMIC_RELAXED) == 0) return;
   pthread_mutex_lock(&c->lock);
   lo_backing *b = (size_t) fd < c->by_fd_len ? c->by_fd[fd] : NULL;
   if (b != NULL) {
     c->by_fd[fd] = NULL;
+    __atomic_store_n(&c->held, c->held - 1, __ATOMIC_RELAXED);
     if (--b->opens == 0) {
       lo_backing **p = &c->backings;
       while (*p != b) p = &(*p)->next;
@@ -870,7 +875,10 @@ static int lo_fd_is_lower(lo_fast *f, uint64_t fh, const struct stat *st) {
 // path is on; all open handles of a file share one backing id, and the backing file goes with
 // the RELEASE of the last (the kernel refuses mixed modes and a second backing file for an
 // inode, with EIO).
-static int32_t lo_passthrough_id(lo_chan *c, int devfd, uint64_t fh) {
+// *held: the handle's descriptor holds a backing entry (to give back if the reply fails), even
+// when the answer is -1 (the kernel refused the backing file: page cache mode for the file).
+static int32_t lo_passthrough_id(lo_chan *c, int devfd, uint64_t fh, int *held) {
+  *held = 0;
   lo_fast *f = lo_chan_fast(c);
   if (!c->passthrough || f == NULL || f->passthrough_min < 0) return -1;
   if ((lo_current.open_flags & O_ACCMODE) != O_RDONLY) return -1;
@@ -881,6 +889,7 @@ static int32_t lo_passthrough_id(lo_chan *c, int devfd, uint64_t fh) {
   if (st.st_size < f->passthrough_min) return -1;
   lo_backing *b = lo_backing_get(c, devfd, fd, &st);
   if (b == NULL) return -1;
+  *held = 1;
   if (b->id < 0) return -1;
   lo_count(f, LO_C_PASSTHROUGH);
   return b->id;
@@ -1298,22 +1307,16 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
 
   if (lo_reply_to(iov, count, LO_FUSE_OPEN, sizeof(lo_open_out))) {
     memcpy(&open_out, iov[1].iov_base, sizeof(open_out));
-    int32_t id = lo_passthrough_id(c, devfd, open_out.fh);
+    int held;
+    int32_t id = lo_passthrough_id(c, devfd, open_out.fh, &held);
+    if (held) passthrough_fd = LO_FH_FD(open_out.fh);
     if (id >= 0) {
       // The kernel reads the backing file itself, which has its own page cache.
       open_out.open_flags = (open_out.open_flags & ~LO_FOPEN_KEEP_CACHE) | LO_FOPEN_PASSTHROUGH;
       open_out.backing_id = id;
-      passthrough_fd = LO_FH_FD(open_out.fh);
       patched[0] = iov[0];
       patched[1] = (struct iovec) { &open_out, sizeof(open_out) };
       iov = patched;
-    } else if (c->passthrough) {
-      // A refused backing file still counted an open (page cache mode for the file).
-      int fd = LO_FH_FD(open_out.fh);
-      pthread_mutex_lock(&c->lock);
-      int held = fd >= 0 && (size_t) fd < c->by_fd_len && c->by_fd[fd] != NULL;
-      pthread_mutex_unlock(&c->lock);
-      if (held) passthrough_fd = fd;
     }
   } else if (lo_reply_to(iov, count, LO_FUSE_INIT, LO_INIT_OUT_LIBFUSE)) {
     // Flags of later protocol versions in an otherwise unchanged 7.19 reply: the kernel reads
