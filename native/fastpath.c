@@ -32,6 +32,8 @@
 #include <limits.h>
 #include <sys/ioctl.h>
 #include <sys/types.h>
+#include <sys/vfs.h>
+#include <time.h>
 
 #define LO_UPPER 0
 #define LO_LOWER 1
@@ -56,6 +58,7 @@ enum {
   LO_C_RELEASE, LO_C_FSYNC, LO_C_FTRUNCATE, LO_C_READDIR, LO_C_MKDIR, LO_C_UNLINK, LO_C_RMDIR,
   LO_C_SYMLINK, LO_C_RENAME, LO_C_LINK, LO_C_CHMOD, LO_C_CHOWN, LO_C_TRUNCATE, LO_C_UTIMENS,
   LO_C_UPPER, LO_C_LOWER, LO_C_MISS, LO_C_PASSED, LO_C_LISTING, LO_C_PASSTHROUGH, LO_C_READDIRPLUS,
+  LO_C_HANDOFF, LO_C_STALL,
   LO_C_COUNT
 };
 
@@ -76,7 +79,13 @@ typedef struct {
 
   char dir[2][PATH_MAX];
   size_t dir_len[2];
+  // The layers' dirs, open: calls name a file relative to its layer's dir, so the
+  // kernel walks only the path below the store (a merged path is the same path in its layer).
+  int fd[2];
   dev_t dev[2];
+  // The layer is not on a local filesystem (NFS, FUSE...): any call on it may take long, so the
+  // reader role goes to another worker before one (lo_on).
+  int slow[2];
 
   // The channel the mount is served through ("the channel"), and whether config ran.
   struct lo_chan *chan;
@@ -93,6 +102,10 @@ typedef struct {
 
 // The JS-backed operations, called when the fast path passes.
 static struct fuse_operations lo_js;
+
+// Gives the reader role away before something that may take long ("the reader", below).
+static void lo_reader_yield(void);
+static inline void lo_on(lo_fast *f, int layer);
 
 static inline void lo_count(lo_fast *f, int c) {
   __atomic_fetch_add(&f->counters[c], 1, __ATOMIC_RELAXED);
@@ -242,13 +255,15 @@ static int lo_resolve(lo_fast *f, const char *path, int *top) {
   // Not in the table: decide only "absent", and only for a top-level name.
   if (!*top) return LO_R_PASS;
   if (!lo_is_store_name(name, len)) return LO_R_ABSENT; // not upper (the table has every upper name), not a lower object
-  char real[PATH_MAX];
-  if (f->dir_len[LO_LOWER] + 1 + len >= sizeof(real)) return LO_R_PASS;
-  memcpy(real, f->dir[LO_LOWER], f->dir_len[LO_LOWER]);
-  memcpy(real + f->dir_len[LO_LOWER], path, len + 2); // "/NAME\0"
   struct stat st;
-  if (lstat(real, &st) == 0) return LO_R_PASS; // a lower object JS has not seen (or bookkeeping)
+  lo_on(f, LO_LOWER);
+  if (fstatat(f->fd[LO_LOWER], name, &st, AT_SYMLINK_NOFOLLOW) == 0) return LO_R_PASS; // a lower object JS has not seen (or bookkeeping)
   return (errno == ENOENT || errno == ENOTDIR) ? LO_R_ABSENT : LO_R_PASS;
+}
+
+// A merged path below the root, relative to its layer's dir (f->fd).
+static inline const char *lo_rel(const char *path) {
+  return path + 1;
 }
 
 // The real path of a merged path in a layer; 0, or -1 when it does not fit.
@@ -268,24 +283,37 @@ static int lo_map_ino(lo_fast *f, int layer, struct stat *st) {
   return 1;
 }
 
-static lo_fast *lo_get(void) {
+// The fast path's state, on or off.
+static lo_fast *lo_state(void) {
   struct fuse_context *ctx = fuse_get_context();
   fuse_thread_t *ft = ctx ? (fuse_thread_t *) ctx->private_data : NULL;
-  if (ft == NULL) return NULL;
-  lo_fast *f = __atomic_load_n(&ft->fast, __ATOMIC_ACQUIRE);
+  return ft ? __atomic_load_n(&ft->fast, __ATOMIC_ACQUIRE) : NULL;
+}
+
+// The fast path's state while it is on, else NULL.
+static lo_fast *lo_get(void) {
+  lo_fast *f = lo_state();
   return (f && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) ? f : NULL;
+}
+
+// Before a call on `layer` (f: the state, or NULL to look it up): on a layer that may be slow,
+// the reader role goes to another worker first.
+static inline void lo_on(lo_fast *f, int layer) {
+  if (f == NULL) f = lo_state();
+  if (f == NULL || f->slow[layer]) lo_reader_yield();
 }
 
 static inline int lo_is_fast_fh(struct fuse_file_info *fi) {
   return fi != NULL && (fi->fh & LO_FH_FAST);
 }
 
-// A path's layer and real path when it lies in an upper object (or is one, with allow_top),
-// for a change made here; else 0 (pass to JS).
-static int lo_upper_path(lo_fast *f, const char *path, int allow_top, char *real) {
+// Whether a path lies in an upper object (or is one, with allow_top), for a change made here
+// (relative to f->fd[LO_UPPER]: lo_rel); else 0 (pass to JS).
+static int lo_in_upper(lo_fast *f, const char *path, int allow_top) {
   int top = 0;
   if (lo_resolve(f, path, &top) != LO_UPPER || (top && !allow_top)) return 0;
-  return lo_real(f, LO_UPPER, path, real) == 0;
+  lo_on(f, LO_UPPER);
+  return 1;
 }
 
 #define LO_PASS_TO(op, ...) do { if (f) lo_count(f, LO_C_PASSED); return lo_js.op(__VA_ARGS__); } while (0)
@@ -297,7 +325,8 @@ static int lo_getattr(const char *path, struct stat *st) {
   if (f == NULL) return lo_js.getattr(path, st);
   if (path != NULL && path[0] == '/' && path[1] == '\0') {
     // The store root: the upper dir's attributes, inode 1 (overlay.ts rootAttr).
-    if (stat(f->dir[LO_UPPER], st) < 0) LO_PASS_TO(getattr, path, st);
+    lo_on(f, LO_UPPER);
+    if (fstat(f->fd[LO_UPPER], st) < 0) LO_PASS_TO(getattr, path, st);
     st->st_ino = 1;
     st->st_dev = 0;
     lo_count(f, LO_C_GETATTR);
@@ -309,9 +338,9 @@ static int lo_getattr(const char *path, struct stat *st) {
     lo_count(f, LO_C_MISS);
     return -ENOENT;
   }
-  char real[PATH_MAX];
-  if (r == LO_R_PASS || lo_real(f, r, path, real) < 0) LO_PASS_TO(getattr, path, st);
-  if (lstat(real, st) < 0) {
+  if (r == LO_R_PASS) LO_PASS_TO(getattr, path, st);
+  lo_on(f, r);
+  if (fstatat(f->fd[r], lo_rel(path), st, AT_SYMLINK_NOFOLLOW) < 0) {
     if (top) LO_PASS_TO(getattr, path, st);
     return -errno;
   }
@@ -324,6 +353,7 @@ static int lo_fgetattr(const char *path, struct stat *st, struct fuse_file_info 
   if (!lo_is_fast_fh(fi)) return lo_js.fgetattr(path, st, fi);
   lo_fast *f = lo_get();
   int layer = (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER;
+  lo_on(f, layer);
   if (fstat(LO_FH_FD(fi->fh), st) < 0) return -errno;
   if (f != NULL && lo_map_ino(f, layer, st)) {
     lo_count(f, LO_C_FGETATTR);
@@ -339,9 +369,9 @@ static int lo_readlink(const char *path, char *buf, size_t size) {
   int top = 0;
   int r = lo_resolve(f, path, &top);
   if (r == LO_R_ABSENT) return -ENOENT;
-  char real[PATH_MAX];
-  if (r == LO_R_PASS || lo_real(f, r, path, real) < 0) LO_PASS_TO(readlink, path, buf, size);
-  ssize_t n = readlink(real, buf, size - 1);
+  if (r == LO_R_PASS) LO_PASS_TO(readlink, path, buf, size);
+  lo_on(f, r);
+  ssize_t n = readlinkat(f->fd[r], lo_rel(path), buf, size - 1);
   if (n < 0) {
     if (top) LO_PASS_TO(readlink, path, buf, size);
     return -errno;
@@ -362,9 +392,9 @@ static int lo_open(const char *path, struct fuse_file_info *fi) {
   int r = lo_resolve(f, path, &top);
   if (r == LO_R_ABSENT) return -ENOENT;
   int writes = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & (O_TRUNC | O_APPEND)) != 0;
-  char real[PATH_MAX];
-  if (r == LO_R_PASS || (r == LO_LOWER && writes) || lo_real(f, r, path, real) < 0) LO_PASS_TO(open, path, fi);
-  int fd = open(real, (fi->flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW);
+  if (r == LO_R_PASS || (r == LO_LOWER && writes)) LO_PASS_TO(open, path, fi);
+  lo_on(f, r);
+  int fd = openat(f->fd[r], lo_rel(path), (fi->flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW);
   if (fd < 0) {
     if (top) LO_PASS_TO(open, path, fi);
     return -errno;
@@ -376,9 +406,8 @@ static int lo_open(const char *path, struct fuse_file_info *fi) {
 
 static int lo_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
   lo_fast *f = lo_get();
-  char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(create, path, mode, fi);
-  int fd = open(real, fi->flags | O_CREAT | O_NOFOLLOW, mode & 07777);
+  if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(create, path, mode, fi);
+  int fd = openat(f->fd[LO_UPPER], lo_rel(path), fi->flags | O_CREAT | O_NOFOLLOW, mode & 07777);
   if (fd < 0) return -errno;
   lo_set_fh(fi, LO_UPPER, fd);
   lo_count(f, LO_C_CREATE);
@@ -388,6 +417,7 @@ static int lo_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
 static int lo_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.read(path, buf, len, off, fi);
   // One pread: store files are regular files, which read short only at their end.
+  lo_on(NULL, (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER);
   ssize_t n;
   do n = pread(LO_FH_FD(fi->fh), buf, len, off); while (n < 0 && errno == EINTR);
   if (n < 0) return -errno;
@@ -398,6 +428,7 @@ static int lo_read(const char *path, char *buf, size_t len, off_t off, struct fu
 
 static int lo_write(const char *path, const char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.write(path, buf, len, off, fi);
+  lo_on(NULL, LO_UPPER);
   int fd = LO_FH_FD(fi->fh);
   size_t done = 0;
   while (done < len) {
@@ -416,6 +447,7 @@ static int lo_write(const char *path, const char *buf, size_t len, off_t off, st
 
 static int lo_release(const char *path, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.release(path, fi);
+  lo_on(NULL, (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER);
   close(LO_FH_FD(fi->fh));
   lo_fast *f = lo_get();
   if (f) lo_count(f, LO_C_RELEASE);
@@ -424,6 +456,7 @@ static int lo_release(const char *path, struct fuse_file_info *fi) {
 
 static int lo_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.fsync(path, datasync, fi);
+  lo_reader_yield(); // waits for the disk, on any filesystem
   int fd = LO_FH_FD(fi->fh);
   if ((datasync ? fdatasync(fd) : fsync(fd)) < 0) return -errno;
   lo_fast *f = lo_get();
@@ -434,6 +467,7 @@ static int lo_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
 static int lo_ftruncate(const char *path, off_t size, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.ftruncate(path, size, fi);
   if (fi->fh & LO_FH_LOWER) return -EROFS;
+  lo_on(NULL, LO_UPPER);
   if (ftruncate(LO_FH_FD(fi->fh), size) < 0) return -errno;
   lo_fast *f = lo_get();
   if (f) lo_count(f, LO_C_FTRUNCATE);
@@ -446,10 +480,12 @@ static int lo_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t
   int top = 0;
   int r = lo_resolve(f, path, &top);
   if (r == LO_R_ABSENT) return -ENOENT;
-  char real[PATH_MAX];
-  if (r == LO_R_PASS || lo_real(f, r, path, real) < 0) LO_PASS_TO(readdir, path, buf, filler, off, fi);
-  DIR *d = opendir(real);
+  if (r == LO_R_PASS) LO_PASS_TO(readdir, path, buf, filler, off, fi);
+  lo_on(f, r);
+  int dfd = openat(f->fd[r], lo_rel(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
   if (d == NULL) {
+    if (dfd >= 0) close(dfd);
     if (top) LO_PASS_TO(readdir, path, buf, filler, off, fi);
     return -errno;
   }
@@ -490,73 +526,64 @@ static int lo_done(lo_fast *f, int rc, int counter) {
 
 static int lo_mkdir(const char *path, mode_t mode) {
   lo_fast *f = lo_get();
-  char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(mkdir, path, mode);
-  return lo_done(f, mkdir(real, mode & 07777), LO_C_MKDIR);
+  if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(mkdir, path, mode);
+  return lo_done(f, mkdirat(f->fd[LO_UPPER], lo_rel(path), mode & 07777), LO_C_MKDIR);
 }
 
 static int lo_unlink(const char *path) {
   lo_fast *f = lo_get();
-  char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(unlink, path);
-  return lo_done(f, unlink(real), LO_C_UNLINK);
+  if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(unlink, path);
+  return lo_done(f, unlinkat(f->fd[LO_UPPER], lo_rel(path), 0), LO_C_UNLINK);
 }
 
 static int lo_rmdir(const char *path) {
   lo_fast *f = lo_get();
-  char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(rmdir, path);
-  return lo_done(f, rmdir(real), LO_C_RMDIR);
+  if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(rmdir, path);
+  return lo_done(f, unlinkat(f->fd[LO_UPPER], lo_rel(path), AT_REMOVEDIR), LO_C_RMDIR);
 }
 
 static int lo_symlink(const char *target, const char *path) {
   lo_fast *f = lo_get();
-  char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 0, real)) LO_PASS_TO(symlink, target, path);
-  return lo_done(f, symlink(target, real), LO_C_SYMLINK);
+  if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(symlink, target, path);
+  return lo_done(f, symlinkat(target, f->fd[LO_UPPER], lo_rel(path)), LO_C_SYMLINK);
 }
 
 static int lo_rename(const char *src, const char *dst) {
   lo_fast *f = lo_get();
-  char from[PATH_MAX], to[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, src, 0, from) || !lo_upper_path(f, dst, 0, to)) LO_PASS_TO(rename, src, dst);
-  return lo_done(f, rename(from, to), LO_C_RENAME);
+  if (f == NULL || !lo_in_upper(f, src, 0) || !lo_in_upper(f, dst, 0)) LO_PASS_TO(rename, src, dst);
+  return lo_done(f, renameat(f->fd[LO_UPPER], lo_rel(src), f->fd[LO_UPPER], lo_rel(dst)), LO_C_RENAME);
 }
 
 static int lo_link(const char *src, const char *dst) {
   lo_fast *f = lo_get();
-  char from[PATH_MAX], to[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, src, 0, from) || !lo_upper_path(f, dst, 0, to)) LO_PASS_TO(link, src, dst);
-  return lo_done(f, link(from, to), LO_C_LINK);
+  if (f == NULL || !lo_in_upper(f, src, 0) || !lo_in_upper(f, dst, 0)) LO_PASS_TO(link, src, dst);
+  return lo_done(f, linkat(f->fd[LO_UPPER], lo_rel(src), f->fd[LO_UPPER], lo_rel(dst), 0), LO_C_LINK);
 }
 
 static int lo_chmod(const char *path, mode_t mode) {
   lo_fast *f = lo_get();
-  char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(chmod, path, mode);
-  return lo_done(f, chmod(real, mode & 07777), LO_C_CHMOD);
+  if (f == NULL || !lo_in_upper(f, path, 1)) LO_PASS_TO(chmod, path, mode);
+  return lo_done(f, fchmodat(f->fd[LO_UPPER], lo_rel(path), mode & 07777, 0), LO_C_CHMOD);
 }
 
 static int lo_chown(const char *path, uid_t uid, gid_t gid) {
   lo_fast *f = lo_get();
-  char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(chown, path, uid, gid);
-  return lo_done(f, lchown(real, uid, gid), LO_C_CHOWN);
+  if (f == NULL || !lo_in_upper(f, path, 1)) LO_PASS_TO(chown, path, uid, gid);
+  return lo_done(f, fchownat(f->fd[LO_UPPER], lo_rel(path), uid, gid, AT_SYMLINK_NOFOLLOW), LO_C_CHOWN);
 }
 
 static int lo_truncate(const char *path, off_t size) {
   lo_fast *f = lo_get();
   char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(truncate, path, size);
+  if (f == NULL || !lo_in_upper(f, path, 1) || lo_real(f, LO_UPPER, path, real) < 0) LO_PASS_TO(truncate, path, size);
   return lo_done(f, truncate(real, size), LO_C_TRUNCATE);
 }
 
 // Full nanosecond precision, UTIME_NOW and UTIME_OMIT as they come.
 static int lo_utimens(const char *path, const struct timespec tv[2]) {
   lo_fast *f = lo_get();
-  char real[PATH_MAX];
-  if (f == NULL || !lo_upper_path(f, path, 1, real)) LO_PASS_TO(utimens, path, tv);
-  return lo_done(f, utimensat(AT_FDCWD, real, tv, AT_SYMLINK_NOFOLLOW), LO_C_UTIMENS);
+  if (f == NULL || !lo_in_upper(f, path, 1)) LO_PASS_TO(utimens, path, tv);
+  return lo_done(f, utimensat(f->fd[LO_UPPER], lo_rel(path), tv, AT_SYMLINK_NOFOLLOW), LO_C_UTIMENS);
 }
 
 // Puts the fast path in front of each operation JS implements; the JS handler stays the
@@ -758,6 +785,20 @@ typedef struct lo_chan {
   lo_dir_release *releases;
   uint64_t *listed;      // open addressing on nodeid (0 free): directories listed, for refresh
   size_t listed_cap, listed_count;
+
+  // The reader (see there). The lock guards the role's hand-over and the watchdog's sleep; the
+  // holder updates served and busy without it.
+  pthread_mutex_t reader_lock;
+  pthread_cond_t reader_turn;  // the role is free: a waiting worker may take it
+  pthread_cond_t watch_wake;   // the watchdog may stop sleeping (CLOCK_MONOTONIC)
+  uint64_t reader_gen;         // bumped whenever the role changes hands
+  int reader_taken;
+  int reader_waiting;          // workers waiting for the role
+  uint64_t reader_served;      // requests the role's holders have read
+  int reader_busy;             // the holder is serving a request, not reading
+  int watch_started, watch_idle;
+  int all_read;                // every worker reads, as in libfuse's loop: the session is gone, or
+                               // the watchdog could not start
 } lo_chan;
 
 typedef struct {
@@ -785,6 +826,168 @@ static __thread lo_request lo_current;
 
 static lo_fast *lo_chan_fast(lo_chan *c) {
   return __atomic_load_n(&c->ft->fast, __ATOMIC_ACQUIRE);
+}
+
+// ---- the reader ------------------------------------------------------------------------------
+//
+// libfuse's loop lets every idle worker wait in read(2) on the device, so the kernel wakes a
+// sleeping worker for each request that arrives while another is busy: a closed file's RELEASE
+// and the next OPEN, sent back to back, cost two thread wakeups, and an open/close loop cost
+// 14-18 µs of daemon CPU per file against 10-12 µs with one thread (bench/README.md). So one
+// worker at a time reads the device (it holds "the reader role"); the others wait here for
+// their turn. The holder serves what it read and reads again, and requests that come back to
+// back never wake anyone. It gives the role to a waiting worker first when what it is about to
+// do may take long:
+//
+// - a request for JS (fuse-native's handler waits for the JS thread);
+// - an fsync;
+// - any call on a layer that is not on a local filesystem (lo_on; slow[] is set from statfs).
+//
+// For what these rules cannot foresee (a disk read of a cold inode, a write the page cache
+// throttles, a kernel call that waits for a request of ours), a watchdog thread takes the role
+// from a holder still serving the same request after a tick (1 to 2 ms) and hands it on. It ticks
+// only while requests come: after LO_WATCH_QUIET quiet ticks it sleeps until the next request.
+// Two workers reading at once (a race between the watchdog and a holder done just in time) is
+// harmless: that is libfuse's own way.
+//
+// libfuse still starts a worker when none is left in receive, and cancels workers waiting in
+// receive at unmount, waiting for the role included (lo_reader_cancelled).
+
+#define LO_WATCH_TICK_NS 1000000L
+#define LO_WATCH_QUIET 200
+
+// The role's generation this thread holds (0: none), and the channel it reads.
+static __thread uint64_t lo_reader_held;
+static __thread lo_chan *lo_reader_chan;
+
+// Frees the role; the caller holds reader_lock.
+static void lo_reader_free_locked(lo_chan *c) {
+  c->reader_taken = 0;
+  __atomic_store_n(&c->reader_gen, c->reader_gen + 1, __ATOMIC_RELEASE);
+  __atomic_store_n(&c->reader_busy, 0, __ATOMIC_RELAXED);
+  if (c->reader_waiting > 0) pthread_cond_signal(&c->reader_turn);
+}
+
+static void lo_reader_yield(void) {
+  lo_chan *c = lo_reader_chan;
+  uint64_t held = lo_reader_held;
+  if (c == NULL || held == 0) return;
+  lo_reader_held = 0;
+  pthread_mutex_lock(&c->reader_lock);
+  int mine = held == c->reader_gen;
+  if (mine) lo_reader_free_locked(c);
+  pthread_mutex_unlock(&c->reader_lock);
+  lo_fast *f = lo_chan_fast(c);
+  if (mine && f != NULL) lo_count(f, LO_C_HANDOFF);
+}
+
+static void lo_reader_cancelled(void *arg) {
+  lo_chan *c = arg;
+  c->reader_waiting--;
+  pthread_mutex_unlock(&c->reader_lock);
+}
+
+// Returns holding the role (at once if this thread holds it), about to read the device.
+static void lo_reader_take(lo_chan *c) {
+  lo_reader_chan = c;
+  if (lo_reader_held == 0 || lo_reader_held != __atomic_load_n(&c->reader_gen, __ATOMIC_ACQUIRE)) {
+    pthread_mutex_lock(&c->reader_lock);
+    c->reader_waiting++;
+    pthread_cleanup_push(lo_reader_cancelled, c);
+    while (c->reader_taken && !c->all_read) pthread_cond_wait(&c->reader_turn, &c->reader_lock);
+    pthread_cleanup_pop(0);
+    c->reader_waiting--;
+    c->reader_taken = 1;
+    __atomic_store_n(&c->reader_gen, c->reader_gen + 1, __ATOMIC_RELEASE);
+    lo_reader_held = c->reader_gen;
+    pthread_mutex_unlock(&c->reader_lock);
+  }
+  __atomic_store_n(&c->reader_busy, 0, __ATOMIC_RELAXED);
+}
+
+static void *lo_watch(void *arg) {
+  lo_chan *c = arg;
+  uint64_t seen = 0;
+  int quiet = 0;
+  struct timespec next;
+  clock_gettime(CLOCK_MONOTONIC, &next);
+  pthread_mutex_lock(&c->reader_lock);
+  while (!c->all_read) {
+    if (c->watch_idle) {
+      pthread_cond_wait(&c->watch_wake, &c->reader_lock);
+      clock_gettime(CLOCK_MONOTONIC, &next);
+      seen = __atomic_load_n(&c->reader_served, __ATOMIC_RELAXED);
+      quiet = 0;
+      continue;
+    }
+    next.tv_nsec += LO_WATCH_TICK_NS;
+    if (next.tv_nsec >= 1000000000L) {
+      next.tv_sec++;
+      next.tv_nsec -= 1000000000L;
+    }
+    if (pthread_cond_timedwait(&c->watch_wake, &c->reader_lock, &next) != ETIMEDOUT) continue;
+    uint64_t served = __atomic_load_n(&c->reader_served, __ATOMIC_RELAXED);
+    if (served != seen) {
+      seen = served;
+      quiet = 0;
+    } else if (c->reader_taken && __atomic_load_n(&c->reader_busy, __ATOMIC_RELAXED)) {
+      lo_reader_free_locked(c); // the holder is stuck on one request
+      lo_fast *f = lo_chan_fast(c);
+      if (f != NULL) lo_count(f, LO_C_STALL);
+    } else if (++quiet >= LO_WATCH_QUIET) {
+      c->watch_idle = 1;
+    }
+    // A late tick (the machine was busy) does not make up for the ticks it missed.
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec > next.tv_sec || (now.tv_sec == next.tv_sec && now.tv_nsec > next.tv_nsec)) next = now;
+  }
+  pthread_mutex_unlock(&c->reader_lock);
+  return NULL;
+}
+
+// The holder read a request: the watchdog's clock moves, and the watchdog wakes if it slept.
+static inline void lo_reader_serving(lo_chan *c) {
+  __atomic_store_n(&c->reader_served, c->reader_served + 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&c->reader_busy, 1, __ATOMIC_RELAXED);
+  if (!__atomic_load_n(&c->watch_idle, __ATOMIC_RELAXED)) return;
+  pthread_mutex_lock(&c->reader_lock);
+  if (c->watch_idle && !c->all_read) {
+    c->watch_idle = 0;
+    if (c->watch_started) {
+      pthread_cond_signal(&c->watch_wake);
+    } else {
+      pthread_t t;
+      pthread_attr_t attr;
+      pthread_attr_init(&attr);
+      pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+      c->watch_started = pthread_create(&t, &attr, lo_watch, c) == 0;
+      pthread_attr_destroy(&attr);
+      if (!c->watch_started) c->all_read = 1;
+    }
+  }
+  pthread_mutex_unlock(&c->reader_lock);
+}
+
+// The reader's state, at the channel's making: free role, watchdog not started (it starts
+// with the first request). 0, or -1.
+static int lo_reader_init(lo_chan *c) {
+  pthread_condattr_t attr;
+  if (pthread_mutex_init(&c->reader_lock, NULL) != 0 || pthread_cond_init(&c->reader_turn, NULL) != 0) return -1;
+  if (pthread_condattr_init(&attr) != 0) return -1;
+  int rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 && pthread_cond_init(&c->watch_wake, &attr) == 0 ? 0 : -1;
+  pthread_condattr_destroy(&attr);
+  c->watch_idle = 1;
+  return rc;
+}
+
+// The session is gone: workers still waiting for the role, and the watchdog, stop waiting.
+static void lo_reader_close(lo_chan *c) {
+  pthread_mutex_lock(&c->reader_lock);
+  c->all_read = 1;
+  pthread_cond_broadcast(&c->reader_turn);
+  pthread_cond_broadcast(&c->watch_wake);
+  pthread_mutex_unlock(&c->reader_lock);
 }
 
 // ---- passthrough -----------------------------------------------------------------------------
@@ -1172,11 +1375,16 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
     if (__atomic_load_n(&c->releases, __ATOMIC_RELAXED) != NULL) lo_serve_releases(c, ch);
     r->dir_step = 0;
 
+    lo_reader_take(c);
     ssize_t n = read(devfd, buf, size);
     int err = errno;
-    if (fuse_session_exited(se)) return 0;
+    if (fuse_session_exited(se)) {
+      lo_reader_yield();
+      return 0;
+    }
     if (n < 0) {
       if (err == ENOENT) continue; // the request was interrupted before we read it
+      lo_reader_yield();
       if (err == ENODEV) {         // unmounted
         fuse_session_exit(se);
         return 0;
@@ -1184,6 +1392,7 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
       if (err != EINTR && err != EAGAIN) perror("fuse: reading device");
       return -err;
     }
+    lo_reader_serving(c);
     if ((size_t) n < sizeof(lo_in_header)) {
       fprintf(stderr, "short read on fuse device\n");
       return -EIO;
@@ -1374,8 +1583,8 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
 
 static void lo_chan_destroy(struct fuse_chan *ch) {
   // The descriptor belongs to libfuse's kernel channel, which fuse_unmount closes. lo_chan
-  // stays: the process ends with the mount.
-  (void) ch;
+  // stays (the process ends with the mount), and so does the watchdog, which stops.
+  lo_reader_close((lo_chan *) fuse_chan_data(ch));
 }
 
 static struct fuse_chan_ops lo_chan_ops = {
@@ -1391,7 +1600,7 @@ static lo_fast *lo_fast_new(void);
 static struct fuse_chan *lo_channel(struct fuse_chan *kernel, fuse_thread_t *ft) {
   lo_chan *c = calloc(1, sizeof(lo_chan));
   lo_fast *f = lo_fast_new();
-  if (c == NULL || f == NULL || pthread_mutex_init(&c->lock, NULL) != 0) return kernel;
+  if (c == NULL || f == NULL || pthread_mutex_init(&c->lock, NULL) != 0 || lo_reader_init(c) != 0) return kernel;
   c->ft = ft;
   f->chan = c;
   __atomic_store_n(&ft->fast, f, __ATOMIC_RELEASE);
@@ -1413,6 +1622,7 @@ static lo_fast *lo_fast_new(void) {
   lo_fast *f = calloc(1, sizeof(lo_fast));
   if (f == NULL) return NULL;
   f->passthrough_min = -1;
+  f->fd[0] = f->fd[1] = -1;
   f->nbuckets = 1024;
   f->buckets = calloc(f->nbuckets, sizeof(lo_entry *));
   if (f->buckets == NULL || pthread_rwlock_init(&f->lock, NULL) != 0) {
@@ -1421,6 +1631,35 @@ static lo_fast *lo_fast_new(void) {
     return NULL;
   }
   return f;
+}
+
+// Whether `dir` is on a filesystem whose calls take a disk access at worst (never a network
+// round trip or another daemon's answer): block devices' filesystems, memory ones, and the
+// stacking ones over them. Any other (NFS, CIFS, FUSE, 9p, Ceph...) is slow for the reader.
+static int lo_is_local_fs(const char *dir) {
+  static const long local[] = {
+    0xEF53,     // ext2, ext3, ext4
+    0x58465342, // xfs
+    0x9123683E, // btrfs
+    0xF2F52010, // f2fs
+    0xCA451A4E, // bcachefs
+    0x2FC12FC1, // zfs
+    0x01021994, // tmpfs
+    0x858458F6, // ramfs
+    0x73717368, // squashfs
+    0xE0F5E1E2, // erofs
+    0x794C7630, // overlayfs
+    0x3153464A, // jfs
+    0x52654973, // reiserfs
+    0x4D44,     // vfat
+    0x2011BAB0, // exfat
+  };
+  struct statfs st;
+  if (statfs(dir, &st) != 0) return 0;
+  for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
+    if ((long) (uint32_t) st.f_type == local[i]) return 1;
+  }
+  return 0;
 }
 
 // fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin):
@@ -1461,6 +1700,16 @@ NAPI_METHOD(fuse_native_fast_config) {
     f->dev[i] = (dev_t) devs[i];
   }
   f->passthrough_min = passthrough_min < 0 ? -1 : (int64_t) passthrough_min;
+  for (int i = 0; i < 2; i++) {
+    f->slow[i] = !lo_is_local_fs(f->dir[i]);
+    f->fd[i] = open(f->dir[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (f->fd[i] < 0) {
+      int err = errno;
+      if (i == 1) close(f->fd[0]);
+      napi_throw_error(env, "EIO", err == ENOENT ? "fast path: a layer's dir is missing" : "fast path: a layer's dir cannot be opened");
+      return NULL;
+    }
+  }
   f->configured = 1;
   return NULL;
 }

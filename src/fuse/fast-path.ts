@@ -9,6 +9,9 @@ const COUNTERS = [
   // Directory listings the kernel keeps (served once), OPENs answered with a backing file the
   // kernel reads itself, and READDIRPLUS answers (native/fastpath.c, "the channel").
   'listings', 'passthrough', 'readdirplus',
+  // The reader role handed to another worker before a wait (JS, fsync, a slow layer), and taken
+  // from a worker stuck on one request by the watchdog (native/fastpath.c, "the reader").
+  'handoffs', 'stalls',
 ] as const;
 
 export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number> & { on: boolean };
