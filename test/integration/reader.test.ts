@@ -1,0 +1,128 @@
+import test, { ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { check, cli, run } from '../helpers/exec';
+import { freshLower } from '../helpers/fixture';
+import { mountMerged, tempDir } from '../helpers/mount';
+
+// One worker at a time reads requests from the device (native/fastpath.c, "the reader"). These
+// tests stop the lower layer in the middle of a request and check that the rest of the store
+// goes on answering: a lower dir on FUSE (slow by its filesystem type) hands the role over before
+// each call on it; a lower dir on kernel OverlayFS over that FUSE mount counts as local, so the
+// stuck call keeps the role until the watchdog takes it. The lower's FUSE server is
+// fuse-overlayfs, stopped with SIGSTOP: every call on it waits until SIGCONT.
+
+interface Status { fastPath: Record<string, number | boolean> | null }
+
+async function counter(root: string, name: string): Promise<number> {
+  const r = await cli(['status', root, '--json']);
+  if (r.code !== 0) throw new Error(`status failed (${r.code}): ${r.stderr}`);
+  return Number((JSON.parse(r.stdout) as Status).fastPath?.[name] ?? 0);
+}
+
+async function mounted(dir: string): Promise<boolean> {
+  const text = await fs.promises.readFile('/proc/self/mountinfo', 'utf8');
+  return text.split('\n').some((l) => l.split(' ')[4] === dir);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Rejects with `what` if `p` takes longer than `ms`. */
+async function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(what)), ms); });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * A copy of the shared lower store whose store dir is served by fuse-overlayfs (in front of the
+ * real one), either directly (bind mount) or through a kernel OverlayFS mount. Returns the lower
+ * root and fuse-overlayfs's pid; everything is unmounted when the test ends.
+ */
+async function lowerOnFuse(t: ExecutionContext, dir: string, via: 'bind' | 'overlay'): Promise<{ root: string; storeDir: string; serverPid: number; manifest: Awaited<ReturnType<typeof freshLower>>['manifest'] }> {
+  const which = await run('sh', ['-c', 'command -v fuse-overlayfs']);
+  if (which.code !== 0) throw new Error('fuse-overlayfs is missing (apt-get install fuse-overlayfs, or make system-packages): it serves the stoppable lower layer');
+  const lower = await freshLower(dir);
+  const storeDir = path.join(lower.root, 'nix/store');
+  const real = path.join(dir, 'real-store');
+  await fs.promises.rename(storeDir, real);
+  await fs.promises.mkdir(storeDir);
+  const fuseDir = path.join(dir, 'fuse');
+  for (const d of [fuseDir, path.join(dir, 'fo-upper'), path.join(dir, 'fo-work'), path.join(dir, 'empty')]) await fs.promises.mkdir(d);
+  const server = spawn('fuse-overlayfs', ['-f', '-o', `lowerdir=${real},upperdir=${dir}/fo-upper,workdir=${dir}/fo-work`, fuseDir], { stdio: 'ignore' });
+  t.teardown(async () => {
+    for (const d of [storeDir, fuseDir]) {
+      if (await mounted(d)) await run('umount', ['-l', d]);
+    }
+    server.kill('SIGCONT');
+    server.kill('SIGTERM');
+  });
+  for (let i = 0; !(await mounted(fuseDir)); i++) {
+    if (i > 100 || server.exitCode !== null) throw new Error(`fuse-overlayfs did not mount ${fuseDir}`);
+    await sleep(50);
+  }
+  if (via === 'bind') {
+    await check('mount', ['--bind', fuseDir, storeDir]);
+  } else {
+    const r = await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${fuseDir}:${dir}/empty`, storeDir]);
+    if (r.code !== 0) throw new Error(`kernel OverlayFS is needed for this test (mount -t overlay failed: ${r.stderr.trim()})`);
+  }
+  if (server.pid === undefined) throw new Error('fuse-overlayfs has no pid');
+  return { root: lower.root, storeDir, serverPid: server.pid, manifest: lower.manifest };
+}
+
+/**
+ * Stops the lower layer while a read of a lower file waits on it, then checks that a change in
+ * an upper object and a read of it are answered while that read still waits, and that the
+ * waiting read completes with the right bytes once the lower layer runs again.
+ */
+async function stuckLowerDoesNotStopTheStore(t: ExecutionContext, via: 'bind' | 'overlay', counterName: string): Promise<void> {
+  const dir = tempDir(t);
+  const lower = await lowerOnFuse(t, dir, via);
+  const m = await mountMerged(t, lower.root);
+  const obj = path.join(m.store, '00000000000000000000000000000r01-reader-upper');
+  await fs.promises.mkdir(obj);
+  const lowerObj = path.join(m.store, lower.manifest.paths.dirObject.replace(/^\/nix\/store\//, ''));
+  await fs.promises.readdir(lowerObj);
+  const before = await counter(m.root, counterName);
+
+  process.kill(lower.serverPid, 'SIGSTOP');
+  let stopped = true;
+  const resume = (): void => {
+    if (stopped) process.kill(lower.serverPid, 'SIGCONT');
+    stopped = false;
+  };
+  t.teardown(resume);
+
+  const file = 'share/doc/sample/deep/er/nested.txt';
+  const reader = spawn('cat', [path.join(lowerObj, file)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  reader.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+  const done = new Promise<number | null>((resolve) => reader.on('close', (code) => resolve(code)));
+  t.teardown(() => { reader.kill('SIGKILL'); });
+  await sleep(500);
+  t.is(reader.exitCode, null, 'the lower read waits while the lower layer is stopped');
+
+  const probe = path.join(obj, 'probe');
+  await within(5000, 'a write to an upper object waited for the stuck lower read: the reader role was not passed on', fs.promises.writeFile(probe, 'answered\n'));
+  t.is(await within(5000, 'a read of an upper file waited for the stuck lower read', fs.promises.readFile(probe, 'utf8')), 'answered\n');
+  t.is(reader.exitCode, null, 'and the lower read still waits');
+
+  resume();
+  t.is(await within(10_000, 'the lower read did not finish after the lower layer resumed', done), 0);
+  t.is(out, await fs.promises.readFile(path.join(dir, 'real-store', lower.manifest.paths.dirObject.replace(/^\/nix\/store\//, ''), file), 'utf8'));
+  t.true(await counter(m.root, counterName) > before, `status counts the ${counterName}`);
+}
+
+test('a lower layer on FUSE that stops answering holds up only the requests for it (the reader role is handed over first)', async (t) => {
+  await stuckLowerDoesNotStopTheStore(t, 'bind', 'handoffs');
+});
+
+test('a call on a local-looking lower layer that hangs holds up only its own request (the watchdog takes the reader role)', async (t) => {
+  await stuckLowerDoesNotStopTheStore(t, 'overlay', 'stalls');
+});
