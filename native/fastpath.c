@@ -602,8 +602,8 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 // ---- the channel: between libfuse and /dev/fuse -------------------------------------------
 //
 // libfuse 2.9 negotiates protocol 7.19 and builds every reply from `struct fuse_file_info`, so
-// three kernel features are out of its reach: directory listings the kernel keeps, READDIRPLUS
-// and FUSE passthrough. So the session reads and writes /dev/fuse through this channel instead of
+// four kernel features are out of its reach: directory listings and symlink targets the kernel
+// keeps, READDIRPLUS and FUSE passthrough. So the session reads and writes /dev/fuse through this channel instead of
 // libfuse's kernel channel: the same read(2)/writev(2) and error handling (fuse_kern_chan.c),
 // plus the following.
 //
@@ -641,6 +641,7 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 #define LO_FUSE_IOCTL 39
 #define LO_FUSE_READDIRPLUS 44
 #define LO_FUSE_DO_READDIRPLUS (1u << 13)
+#define LO_FUSE_CACHE_SYMLINKS (1u << 23)
 #define LO_FUSE_IOCTL_DIR (1u << 4)
 #define LO_FUSE_ROOT_ID 1
 #define LO_FOPEN_KEEP_CACHE (1u << 1)
@@ -772,7 +773,7 @@ typedef struct lo_chan {
   fuse_thread_t *ft;
   struct fuse_chan *ch;
   // What the kernel offered in INIT, and what this connection does.
-  int kernel_passthrough, kernel_no_opendir, kernel_readdirplus;
+  int kernel_passthrough, kernel_no_opendir, kernel_readdirplus, kernel_cache_symlinks;
   int passthrough, no_opendir, readdirplus;
   uint64_t own_unique;
   pthread_mutex_t lock;
@@ -1418,6 +1419,7 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
         c->kernel_passthrough = (init->flags & LO_FUSE_INIT_EXT) && (init->flags2 & LO_FUSE_PASSTHROUGH2);
         c->kernel_no_opendir = (init->flags & LO_FUSE_NO_OPENDIR_SUPPORT) != 0;
         c->kernel_readdirplus = (init->flags & LO_FUSE_DO_READDIRPLUS) != 0;
+        c->kernel_cache_symlinks = (init->flags & LO_FUSE_CACHE_SYMLINKS) != 0;
       }
       break;
     case LO_FUSE_OPENDIR: {
@@ -1532,9 +1534,11 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
     // them, and the extended fields, whatever the minor version (fs/fuse/inode.c
     // process_init_reply), and no request changes shape.
     lo_fast *f = lo_chan_fast(c);
-    int plus = c->kernel_readdirplus && f != NULL && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE);
+    int on = f != NULL && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE);
+    int plus = c->kernel_readdirplus && on;
+    int symlinks = c->kernel_cache_symlinks && on;
     int passthrough = c->kernel_passthrough && f != NULL && f->passthrough_min >= 0;
-    if (plus || passthrough) {
+    if (plus || symlinks || passthrough) {
       memset(&init_out, 0, sizeof(init_out));
       memcpy(&init_out, iov[1].iov_base, LO_INIT_OUT_LIBFUSE);
       memcpy(&header, iov[0].iov_base, sizeof(header));
@@ -1547,6 +1551,11 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
         // with it, 1.73× without: bench/README.md).
         init_out.flags |= LO_FUSE_DO_READDIRPLUS;
         c->readdirplus = 1;
+      }
+      if (symlinks) {
+        // The kernel keeps a symlink's target once read (FUSE_CACHE_SYMLINKS, 7.28): a
+        // symlink never changes, and every node libfuse makes for a new entry is a new inode.
+        init_out.flags |= LO_FUSE_CACHE_SYMLINKS;
       }
       if (passthrough) {
         init_out.flags |= LO_FUSE_INIT_EXT;

@@ -303,6 +303,35 @@ test('--no-fast-path: every listing reaches the daemon', async (t) => {
   t.is(n(s.fastPath, 'listings'), 0);
 });
 
+test('the kernel keeps a symlink\'s target once read, in both layers; a symlink replaced through the mount reads anew; --no-fast-path asks every time', async (t) => {
+  // Other tests drop the kernel's caches meanwhile (each drop costs one more readlink), so 20
+  // readlinks must reach the daemon only a few times, where without the cache all 20 do.
+  const times = 20;
+  const readlinks = async (root: string): Promise<number> => (await status(root)).ops.readlink ?? 0;
+  const asked = async (root: string, link: string, target: string): Promise<number> => {
+    const before = await readlinks(root);
+    for (let i = 0; i < times; i++) t.is(await fs.promises.readlink(link), target);
+    return (await readlinks(root)) - before;
+  };
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const link = path.join(m.store, rel(lower.manifest.paths.dirObject), 'link-to-doc');
+  const expected = await fs.promises.readlink(path.join(lower.root, 'nix/store', rel(lower.manifest.paths.dirObject), 'link-to-doc'));
+  t.true(await asked(m.root, link, expected) < 5, 'a lower symlink\'s target is kept by the kernel');
+
+  const obj = path.join(m.store, '0000000000000000000000000000003b-fast-symlinks');
+  await fs.promises.mkdir(obj);
+  await fs.promises.symlink('first', path.join(obj, 'l'));
+  t.true(await asked(m.root, path.join(obj, 'l'), 'first') < 5, 'an upper symlink\'s target is kept by the kernel');
+  await fs.promises.symlink('second', path.join(obj, 'l.new'));
+  await fs.promises.rename(path.join(obj, 'l.new'), path.join(obj, 'l'));
+  t.true(await asked(m.root, path.join(obj, 'l'), 'second') < 5, 'the replaced symlink is read anew, then kept');
+
+  const plain = await mountMerged(t, lower.root, { extra: ['--no-fast-path'] });
+  const plainLink = path.join(plain.store, rel(lower.manifest.paths.dirObject), 'link-to-doc');
+  t.true(await asked(plain.root, plainLink, expected) >= times, 'without the fast path every readlink reaches the daemon');
+});
+
 test('listings the kernel keeps: long ones listed by several processes at once, one abandoned half way, fsync and ioctl on a directory', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root);
