@@ -1,7 +1,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLI, check, run, sleep } from './exec';
+import { CLI, REPO, check, run, sleep } from './exec';
 import { isMounted, processAlive, register, unregister } from './mounts';
 
 export const PEER_NAMES = ['native', 'kernel', 'fuse-overlayfs', 'fuse-overlayfs-tuned', 'local-overlay'] as const;
@@ -205,6 +205,7 @@ function readDaemonPid(root: string): number {
 export async function unmountLocalOverlay(root: string, pid: number | null): Promise<void> {
   const store = path.join(root, 'nix/store');
   const r = await run(process.execPath, [CLI, 'unmount', root], { timeoutMs: 60_000 });
+  const kept = r.code !== 0 && pid !== null ? keepDaemonState(root, pid) : null;
   if (r.code !== 0 && isMounted(store)) {
     await run('fusermount', ['-uz', store]);
     if (isMounted(store)) await run('umount', ['-l', store]);
@@ -215,7 +216,30 @@ export async function unmountLocalOverlay(root: string, pid: number | null): Pro
     });
   }
   unregister(store);
-  if (r.code !== 0) throw new Error(`local-overlay unmount ${root} exited ${r.code}: ${r.stderr.trim()}`);
+  if (r.code !== 0) throw new Error(`local-overlay unmount ${root} exited ${r.code}: ${r.stderr.trim()}${kept ? ` (its log and threads: ${kept})` : ''}`);
+}
+
+/**
+ * A daemon that did not unmount: its log and each thread's kernel stack, copied to
+ * bench/results/ before the runner removes the run's scratch dir. Returns the file, or null.
+ */
+function keepDaemonState(root: string, pid: number): string | null {
+  const out = path.join(REPO, 'bench/results', `unmount-failure-${new Date().toISOString().replace(/[:.]/g, '-')}-${pid}.txt`);
+  const parts: string[] = [];
+  try {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      const read = (f: string): string => { try { return fs.readFileSync(`/proc/${pid}/task/${tid}/${f}`, 'utf8').trim(); } catch { return '?'; } };
+      parts.push(`thread ${tid} (${read('comm')}), stat: ${read('stat')}\n${read('stack')}`);
+    }
+  } catch { parts.push(`process ${pid}: no /proc entry`); }
+  try { parts.push(`--- log ---\n${fs.readFileSync(path.join(root, 'nix/var/log/local-overlay.log'), 'utf8')}`); } catch { parts.push('--- no log ---'); }
+  try {
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    fs.writeFileSync(out, parts.join('\n\n') + '\n');
+    return out;
+  } catch {
+    return null;
+  }
 }
 
 /** Mounts a local-overlay daemon for the metadata workloads; returns its pid. */

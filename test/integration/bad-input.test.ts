@@ -120,6 +120,23 @@ test('a mount removed from outside (fusermount -u): the daemon notices, cleans u
   t.is(st.code, 3, 'status: not mounted');
 });
 
+test('a daemon that does not exit: unmount gives up after --timeout, says where its threads wait and where its log is', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  process.kill(m.pid, 'SIGSTOP');
+  t.teardown(() => { try { process.kill(m.pid, 'SIGCONT'); } catch { /* gone */ } });
+  const u = await cli(['unmount', '--timeout', '1', m.root]);
+  t.not(u.code, 0);
+  t.regex(u.stderr, new RegExp(`daemon ${m.pid} did not exit within 1 s; its \\d+ threads: \\d+ do_signal_stop; its log: ${m.root}/nix/var/log/local-overlay.log`));
+  // Running again, the daemon acts on the SIGTERM that unmount sent.
+  process.kill(m.pid, 'SIGCONT');
+  const deadline = Date.now() + 10_000;
+  while (processAlive(m.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  t.false(processAlive(m.pid), 'the daemon exited once it ran again');
+  t.is((await cli(['status', m.root])).code, 3, 'status: not mounted');
+});
+
 test('upper dir already used by another running mount', async (t) => {
   const dir = tempDir(t);
   const lower = await sharedLower();

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
@@ -27,7 +28,9 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
     process.kill(rec.pid, 'SIGTERM');
     const deadline = Date.now() + timeoutS * 1000;
     while (processAlive(rec.pid) && Date.now() < deadline) await sleep(50);
-    if (processAlive(rec.pid)) throw new LocalOverlayError('timeout', `daemon ${rec.pid} did not exit within ${timeoutS} s`);
+    if (processAlive(rec.pid)) {
+      throw new LocalOverlayError('timeout', `daemon ${rec.pid} did not exit within ${timeoutS} s; ${stuckWhere(rec.pid)}${rec.logFile ? `; its log: ${rec.logFile}` : ''}`);
+    }
     if (!isMountPoint(storeDir)) {
       process.stdout.write(`unmounted ${storeDir}\n`);
       return EXIT.ok;
@@ -40,6 +43,33 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
     return EXIT.ok;
   }
   throw new LocalOverlayError('not-mounted', `${storeDir} is not mounted`);
+}
+
+/**
+ * Where a daemon that does not exit waits, for the error: its threads grouped by kernel wait
+ * channel (`fuse_dev_do_read`: reading requests; `futex_do_wait`: a lock or the JS thread...).
+ */
+export function stuckWhere(pid: number): string {
+  const where = new Map<string, number>();
+  let tasks: string[];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 'its threads cannot be read';
+  }
+  for (const tid of tasks) {
+    let w: string;
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      const chan = fs.readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').trim();
+      w = state === 'R' ? 'running' : chan === '0' || chan === '' ? state : chan;
+    } catch {
+      continue;
+    }
+    where.set(w, (where.get(w) ?? 0) + 1);
+  }
+  return `its ${tasks.length} threads: ${[...where].map(([w, n]) => `${n} ${w}`).join(', ')}`;
 }
 
 function sleep(ms: number): Promise<void> {
