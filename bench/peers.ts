@@ -1,4 +1,4 @@
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CLI, REPO, check, run, sleep } from './exec';
@@ -233,6 +233,9 @@ function keepDaemonState(root: string, pid: number): string | null {
     }
   } catch { parts.push(`process ${pid}: no /proc entry`); }
   try { parts.push(`--- log ---\n${fs.readFileSync(path.join(root, 'nix/var/log/local-overlay.log'), 'utf8')}`); } catch { parts.push('--- no log ---'); }
+  // User-space stacks too, where gdb is installed (it is not needed otherwise).
+  const gdb = spawnSync('gdb', ['-p', String(pid), '-batch', '-ex', 'thread apply all bt 20'], { encoding: 'utf8', timeout: 20_000 });
+  if (gdb.status === 0) parts.push(`--- gdb ---\n${gdb.stdout}`);
   try {
     fs.mkdirSync(path.dirname(out), { recursive: true });
     fs.writeFileSync(out, parts.join('\n\n') + '\n');
