@@ -307,6 +307,14 @@ static inline int lo_is_fast_fh(struct fuse_file_info *fi) {
   return fi != NULL && (fi->fh & LO_FH_FAST);
 }
 
+// A request on a native handle: the reader role goes first if the handle's layer may be slow
+// (lo_on). Returns the fast path's state while it is on (for the counters), else NULL.
+static inline lo_fast *lo_on_fh(struct fuse_file_info *fi) {
+  lo_fast *f = lo_state();
+  lo_on(f, (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER);
+  return (f && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) ? f : NULL;
+}
+
 // Whether a path lies in an upper object (or is one, with allow_top), for a change made here
 // (relative to f->fd[LO_UPPER]: lo_rel); else 0 (pass to JS).
 static int lo_in_upper(lo_fast *f, const char *path, int allow_top) {
@@ -351,9 +359,8 @@ static int lo_getattr(const char *path, struct stat *st) {
 
 static int lo_fgetattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.fgetattr(path, st, fi);
-  lo_fast *f = lo_get();
+  lo_fast *f = lo_on_fh(fi);
   int layer = (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER;
-  lo_on(f, layer);
   if (fstat(LO_FH_FD(fi->fh), st) < 0) return -errno;
   if (f != NULL && lo_map_ino(f, layer, st)) {
     lo_count(f, LO_C_FGETATTR);
@@ -417,18 +424,17 @@ static int lo_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
 static int lo_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.read(path, buf, len, off, fi);
   // One pread: store files are regular files, which read short only at their end.
-  lo_on(NULL, (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER);
+  lo_fast *f = lo_on_fh(fi);
   ssize_t n;
   do n = pread(LO_FH_FD(fi->fh), buf, len, off); while (n < 0 && errno == EINTR);
   if (n < 0) return -errno;
-  lo_fast *f = lo_get();
   if (f) lo_count(f, LO_C_READ);
   return (int) n;
 }
 
 static int lo_write(const char *path, const char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.write(path, buf, len, off, fi);
-  lo_on(NULL, LO_UPPER);
+  lo_fast *f = lo_on_fh(fi);
   int fd = LO_FH_FD(fi->fh);
   size_t done = 0;
   while (done < len) {
@@ -440,16 +446,14 @@ static int lo_write(const char *path, const char *buf, size_t len, off_t off, st
     }
     done += (size_t) n;
   }
-  lo_fast *f = lo_get();
   if (f) lo_count(f, LO_C_WRITE);
   return (int) done;
 }
 
 static int lo_release(const char *path, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.release(path, fi);
-  lo_on(NULL, (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER);
+  lo_fast *f = lo_on_fh(fi);
   close(LO_FH_FD(fi->fh));
-  lo_fast *f = lo_get();
   if (f) lo_count(f, LO_C_RELEASE);
   return 0;
 }
@@ -467,9 +471,8 @@ static int lo_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
 static int lo_ftruncate(const char *path, off_t size, struct fuse_file_info *fi) {
   if (!lo_is_fast_fh(fi)) return lo_js.ftruncate(path, size, fi);
   if (fi->fh & LO_FH_LOWER) return -EROFS;
-  lo_on(NULL, LO_UPPER);
+  lo_fast *f = lo_on_fh(fi);
   if (ftruncate(LO_FH_FD(fi->fh), size) < 0) return -errno;
-  lo_fast *f = lo_get();
   if (f) lo_count(f, LO_C_FTRUNCATE);
   return 0;
 }
