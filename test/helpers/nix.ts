@@ -10,6 +10,8 @@ import { check, run, RunResult } from './exec';
  */
 export function nixEnv(): NodeJS.ProcessEnv {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lo-nix-env-'));
+  // Removed when the test process ends (ava runs each test file in its own process).
+  process.once('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
   for (const d of ['home', 'conf', 'cache', 'config', 'data', 'state', 'log', 'tmp']) fs.mkdirSync(path.join(tmp, d));
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const k of ['NIX_REMOTE', 'NIX_STORE_DIR', 'NIX_STORE', 'NIX_DAEMON_SOCKET_PATH']) delete env[k];
