@@ -290,10 +290,14 @@ static lo_fast *lo_state(void) {
   return ft ? __atomic_load_n(&ft->fast, __ATOMIC_ACQUIRE) : NULL;
 }
 
+// `f` while the fast path is on, else NULL.
+static inline lo_fast *lo_if_on(lo_fast *f) {
+  return (f && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) ? f : NULL;
+}
+
 // The fast path's state while it is on, else NULL.
 static lo_fast *lo_get(void) {
-  lo_fast *f = lo_state();
-  return (f && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) ? f : NULL;
+  return lo_if_on(lo_state());
 }
 
 // Before a call on `layer` (f: the state, or NULL to look it up): on a layer that may be slow,
@@ -312,7 +316,7 @@ static inline int lo_is_fast_fh(struct fuse_file_info *fi) {
 static inline lo_fast *lo_on_fh(struct fuse_file_info *fi) {
   lo_fast *f = lo_state();
   lo_on(f, (fi->fh & LO_FH_LOWER) ? LO_LOWER : LO_UPPER);
-  return (f && __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) ? f : NULL;
+  return lo_if_on(f);
 }
 
 // Whether a path lies in an upper object (or is one, with allow_top), for a change made here
@@ -606,9 +610,9 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 //
 // libfuse 2.9 negotiates protocol 7.19 and builds every reply from `struct fuse_file_info`, so
 // four kernel features are out of its reach: directory listings and symlink targets the kernel
-// keeps, READDIRPLUS and FUSE passthrough. So the session reads and writes /dev/fuse through this channel instead of
-// libfuse's kernel channel: the same read(2)/writev(2) and error handling (fuse_kern_chan.c),
-// plus the following.
+// keeps, READDIRPLUS and FUSE passthrough. So the session reads and writes /dev/fuse through
+// this channel instead of libfuse's kernel channel: the same read(2)/writev(2) and error
+// handling (fuse_kern_chan.c), plus the following.
 //
 // Listings. The first OPENDIR is answered ENOSYS here, which tells the kernel (Linux 5.1+, when
 // INIT offers FUSE_NO_OPENDIR_SUPPORT) that opening a directory needs no request; it then opens

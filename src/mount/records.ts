@@ -108,11 +108,17 @@ export function processAlive(pid: number): boolean {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+    return procState(`/proc/${pid}/stat`) !== 'Z';
   } catch {
     return true;
   }
+}
+
+/** The state letter (R, S, D, Z, T...) of a process or thread, from its `stat` file (throws if gone). */
+export function procState(statFile: string): string {
+  const stat = fs.readFileSync(statFile, 'utf8');
+  const end = stat.lastIndexOf(')'); // the command name may hold spaces and parentheses
+  return stat.slice(end + 2, end + 3);
 }
 
 /** Mount points from /proc/self/mountinfo (octal escapes decoded), with their fs type. */

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { check, cli, run } from '../helpers/exec';
-import { freshLower } from '../helpers/fixture';
+import { freshLower, Manifest } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
 
 // One worker at a time reads requests from the device (native/fastpath.c, "the reader"). These
@@ -44,7 +44,7 @@ async function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
  * real one), either directly (bind mount) or through a kernel OverlayFS mount. Returns the lower
  * root and fuse-overlayfs's pid; everything is unmounted when the test ends.
  */
-async function lowerOnFuse(t: ExecutionContext, dir: string, via: 'bind' | 'overlay'): Promise<{ root: string; storeDir: string; serverPid: number; manifest: Awaited<ReturnType<typeof freshLower>>['manifest'] }> {
+async function lowerOnFuse(t: ExecutionContext, dir: string, via: 'bind' | 'overlay'): Promise<{ root: string; storeDir: string; serverPid: number; manifest: Manifest }> {
   const which = await run('sh', ['-c', 'command -v fuse-overlayfs']);
   if (which.code !== 0) throw new Error('fuse-overlayfs is missing (apt-get install fuse-overlayfs, or make system-packages): it serves the stoppable lower layer');
   const lower = await freshLower(dir);
@@ -87,7 +87,8 @@ async function stuckLowerDoesNotStopTheStore(t: ExecutionContext, via: 'bind' | 
   const m = await mountMerged(t, lower.root);
   const obj = path.join(m.store, '00000000000000000000000000000r01-reader-upper');
   await fs.promises.mkdir(obj);
-  const lowerObj = path.join(m.store, lower.manifest.paths.dirObject.replace(/^\/nix\/store\//, ''));
+  const objName = lower.manifest.paths.dirObject.replace(/^\/nix\/store\//, '');
+  const lowerObj = path.join(m.store, objName);
   await fs.promises.readdir(lowerObj);
   const before = await counter(m.root, counterName);
 
@@ -115,7 +116,7 @@ async function stuckLowerDoesNotStopTheStore(t: ExecutionContext, via: 'bind' | 
 
   resume();
   t.is(await within(10_000, 'the lower read did not finish after the lower layer resumed', done), 0);
-  t.is(out, await fs.promises.readFile(path.join(dir, 'real-store', lower.manifest.paths.dirObject.replace(/^\/nix\/store\//, ''), file), 'utf8'));
+  t.is(out, await fs.promises.readFile(path.join(dir, 'real-store', objName, file), 'utf8'));
   t.true(await counter(m.root, counterName) > before, `status counts the ${counterName}`);
 }
 

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
-import { isMountPoint, processAlive, readRecord } from '../../mount/records';
+import { isMountPoint, procState, processAlive, readRecord } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
 
@@ -60,8 +60,7 @@ export function stuckWhere(pid: number): string {
   for (const tid of tasks) {
     let w: string;
     try {
-      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      const state = procState(`/proc/${pid}/task/${tid}/stat`);
       const chan = fs.readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').trim();
       w = state === 'R' ? 'running' : chan === '0' || chan === '' ? state : chan;
     } catch {
