@@ -30,7 +30,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/vfs.h>
 #include <time.h>
@@ -836,6 +838,50 @@ static lo_fast *lo_chan_fast(lo_chan *c) {
   return __atomic_load_n(&c->ft->fast, __ATOMIC_ACQUIRE);
 }
 
+// ---- signals ---------------------------------------------------------------------------------
+//
+// The threads of libfuse's loop, and the watchdog, take no asynchronous signal: the kernel
+// delivers those to Node's own threads. libfuse 2 ends its loop by cancelling the workers
+// (pthread_cancel) while they wait in receive, where cancellation is on. A signal delivered to
+// such a worker runs its handler there, and for Node that is libuv's: it takes libuv's
+// process-wide signal lock (a byte read from a pipe), writes to the loop's pipe and writes the
+// byte back, and both writes are cancellation points. A worker cancelled between the read and
+// the write-back exits with the lock, and the next uv_signal_start/stop on the main thread
+// waits for it forever. After an unmount that is certain: the exit of `fusermount`, spawned to
+// unmount, sends the SIGCHLD, and its process handle's close stops the SIGCHLD watcher; the
+// daemon never exits. Faults and abort stay deliverable: they are synchronous, and blocking
+// them would not stop them.
+//
+// The threads are named too (`top -H`, gdb, unmount's diagnosis): "lo-fuse" for libfuse's loop
+// and its workers (they inherit the name), "lo-watchdog" for the watchdog.
+typedef struct {
+  void *(*fn)(void *);
+  void *arg;
+  const char *name;
+} lo_thread_start;
+
+static void *lo_thread_main(void *p) {
+  lo_thread_start start = *(lo_thread_start *) p;
+  free(p);
+  prctl(PR_SET_NAME, start.name);
+  return start.fn(start.arg);
+}
+
+static int lo_thread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg, const char *name) {
+  static const int synchronous[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT };
+  lo_thread_start *start = malloc(sizeof(lo_thread_start));
+  if (start == NULL) return ENOMEM;
+  *start = (lo_thread_start) { .fn = fn, .arg = arg, .name = name };
+  sigset_t block, old;
+  sigfillset(&block);
+  for (size_t i = 0; i < sizeof(synchronous) / sizeof(synchronous[0]); i++) sigdelset(&block, synchronous[i]);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  int rc = pthread_create(t, attr, lo_thread_main, start);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) free(start);
+  return rc;
+}
+
 // ---- the reader ------------------------------------------------------------------------------
 //
 // libfuse's loop lets every idle worker wait in read(2) on the device, so the kernel wakes a
@@ -969,7 +1015,7 @@ static inline void lo_reader_serving(lo_chan *c) {
       pthread_attr_t attr;
       pthread_attr_init(&attr);
       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-      c->watch_started = pthread_create(&t, &attr, lo_watch, c) == 0;
+      c->watch_started = lo_thread_create(&t, &attr, lo_watch, c, "lo-watchdog") == 0;
       pthread_attr_destroy(&attr);
       if (!c->watch_started) c->all_read = 1;
     }
