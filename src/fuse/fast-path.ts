@@ -12,6 +12,8 @@ const COUNTERS = [
   // The reader role handed to another worker before a wait (JS, fsync, a slow layer), and taken
   // from a worker stuck on one request by the watchdog (native/fastpath.c, "the reader").
   'handoffs', 'stalls',
+  // Requests the reader found while it polled the device instead of sleeping ("polling").
+  'polled',
 ] as const;
 
 export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number> & { on: boolean };
@@ -25,9 +27,13 @@ const KIND = { upper: 0, lower: 1, whiteout: 2 } as const;
  * decide comes here as before. Exists once the mount has started; off while tracing.
  */
 export class FastPath implements TopLevelSink {
-  /** `passthroughMin`: lower files at least this long are read by the kernel itself (FUSE passthrough); -1: none. */
-  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number) {
-    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin);
+  /**
+   * `passthroughMin`: lower files at least this long are read by the kernel itself (FUSE
+   * passthrough); -1: none. `pollUs`: how long the reader polls the device for the next request
+   * before it sleeps (src/mount/poll.ts); 0: never.
+   */
+  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number, pollUs: number) {
+    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin, pollUs);
   }
 
   set(name: string, kind: keyof typeof KIND): void {

@@ -16,6 +16,8 @@ export interface MountConfig {
   fastPath: boolean;
   /** Whether the kernel reads lower files itself (FUSE passthrough, where the kernel has it). */
   passthrough: boolean;
+  /** µs the reader polls /dev/fuse before it sleeps (src/mount/poll.ts); absent: the default there. */
+  pollUs?: number;
   /** Trace from the start to this file (see Tracer); off when absent. */
   traceFile?: string;
   tracePrefix?: string;

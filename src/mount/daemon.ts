@@ -10,6 +10,7 @@ import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
 import { MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
+import { defaultPoll } from './poll';
 import { Tracer } from '../overlay/trace';
 import { controlSocketPath, isMountPoint, removeRecord, writeRecord, writeRootConfig } from './records';
 import { validateMount } from './validate';
@@ -88,9 +89,10 @@ export class Daemon {
 
     // Loaded here, not at the top: a missing libfuse must be a clear error, not a crash.
     const { FuseMount, DEFAULT_MOUNT_OPTIONS } = await import('../fuse/adapter');
+    const poll = cfg.pollUs !== undefined ? { us: Math.max(0, cfg.pollUs) } : defaultPoll();
     const fuse = new FuseMount(merged.storeDir, this.overlay,
       { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout },
-      this.fastPathWanted(), cfg.passthrough !== false);
+      this.fastPathWanted(), cfg.passthrough !== false, poll.us);
     this.onProgress?.(`mounting ${merged.storeDir}`);
     try {
       await fuse.mount();
@@ -101,6 +103,7 @@ export class Daemon {
     this.fuse = fuse;
     this.metadata.syncRootsInBackground(gcLock);
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
+    log.info(poll.us > 0 ? `polling /dev/fuse up to ${poll.us} µs before sleeping` : `not polling /dev/fuse${poll.why ? `: ${poll.why}` : ''}`);
 
     this.watchLowerStore(lower.storeDir, cfg.followIntervalMs);
     this.metadata.startFollower(cfg.followIntervalMs, (names) => {

@@ -432,3 +432,23 @@ test('lazy mode: listing the root copies no closure (only names the fast path kn
   t.is(s1.counters.closureSyncs ?? 0, s0.counters.closureSyncs ?? 0, 'and copied no closure');
   t.is(s1.counters.lower ?? 0, s0.counters.lower ?? 0, 'nor looked up a lower object');
 });
+
+test('polling: a dense run of opens is found while the reader polls (--poll-us 50), never with --poll-us 0; the log says which', async (t) => {
+  const lower = await sharedLower();
+  const file = path.join(rel(lower.manifest.paths.dirObject), 'README.md');
+  // 3,000 open/read/close in one process: OPEN and RELEASE requests back to back.
+  const loop = 'import sys\nfor _ in range(3000):\n    with open(sys.argv[1], "rb") as f: f.read()';
+  for (const us of [50, 0]) {
+    const m = await mountMerged(t, lower.root, { extra: ['--poll-us', String(us)] });
+    const s0 = await status(m.root);
+    await check('python3', ['-c', loop, path.join(m.store, file)]);
+    const s1 = await status(m.root);
+    const opens = n(s1.fastPath, 'open') - n(s0.fastPath, 'open');
+    const polled = n(s1.fastPath, 'polled') - n(s0.fastPath, 'polled');
+    t.true(opens >= 3000, `--poll-us ${us}: ${opens} opens answered natively`);
+    if (us > 0) t.true(polled > opens / 4, `--poll-us ${us}: ${polled} of ${opens * 2} requests found while polling`);
+    else t.is(polled, 0, '--poll-us 0: never polls');
+    const log = await fs.promises.readFile(path.join(m.root, 'nix/var/log/local-overlay.log'), 'utf8');
+    t.regex(log, us > 0 ? /polling \/dev\/fuse up to 50 µs before sleeping/ : /not polling \/dev\/fuse/);
+  }
+});
