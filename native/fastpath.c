@@ -31,7 +31,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -1422,18 +1421,19 @@ static void lo_readdirplus(lo_chan *c, struct fuse_chan *ch, int devfd, const lo
   if (own) lo_listing_served(c, nodeid, fh, kept, off == 0 && error == 0, more);
 }
 
-// ---- receiving and sending -------------------------------------------------------------------
-
 // ---- polling ---------------------------------------------------------------------------------
 //
-// A worker that sleeps in read(2) on the device costs each request a wakeup: the kernel wakes
-// the thread, and in a VM the vCPU first, which in an open/fstat/close loop is about a quarter
-// of the time per file. So the reader, before it sleeps, polls the device for up to poll_ns
-// (`--poll-us`, default 50 µs) for the next request, yielding the CPU to any runnable task on
-// each turn: only time its CPU would spend idle goes into it. It polls only while requests
-// come close together (the previous one within poll_ns of the read that got it), so a mount
-// in use now and then never polls, and a busy phase ends with at most one poll_ns of polling.
-// It costs CPU time nonetheless, which a CPU quota counts: src/mount/poll.ts turns it off there.
+// A reader that sleeps in read(2) on the device costs each request a wakeup: the kernel wakes
+// the thread (and, in a VM, the vCPU first), which in an open/fstat/close loop is about a
+// fifth of the time per file. So the reader, before it sleeps, polls the device for up to
+// poll_ns (`--poll-us`, default 50 µs) for the next request. It polls only while requests come
+// close together (the previous one within poll_ns of the read that got it), so a mount in use
+// now and then never polls, and a busy phase ends with at most one poll_ns of polling. No
+// sched_yield between polls: a yielded reader is runnable, so a request that arrives meanwhile
+// waits for the other task's time slice instead of waking the reader at once. Polling takes
+// CPU time that other tasks could use, at most poll_ns per gap between requests; a CPU quota
+// counts it, and with one CPU the client is what it keeps from running: src/mount/poll.ts turns
+// it off there.
 static inline int64_t lo_now_ns(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -1448,19 +1448,15 @@ static ssize_t lo_dev_read(lo_chan *c, int devfd, char *buf, size_t size) {
   int64_t start = lo_now_ns();
   if (c->poll_gap_ns <= budget) {
     struct pollfd p = { .fd = devfd, .events = POLLIN };
-    for (;;) {
-      if (poll(&p, 1, 0) != 0) {
-        if (p.revents & POLLIN) lo_count(f, LO_C_POLLED);
-        break;
-      }
-      if (lo_now_ns() - start > budget) break;
-      sched_yield();
-    }
+    while (poll(&p, 1, 0) == 0 && lo_now_ns() - start <= budget) {}
+    if (p.revents & POLLIN) lo_count(f, LO_C_POLLED);
   }
   ssize_t n = read(devfd, buf, size);
   c->poll_gap_ns = lo_now_ns() - start;
   return n;
 }
+
+// ---- receiving and sending -------------------------------------------------------------------
 
 static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
   struct fuse_chan *ch = *chp;
@@ -1767,14 +1763,13 @@ static int lo_is_local_fs(const char *dir) {
   return 0;
 }
 
-// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin, pollUs):
+// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin):
 // configures the fast path (disabled and empty until enabled); lower files of at least
-// passthroughMin bytes are opened with FUSE passthrough if the kernel has it (-1: never); the
-// reader polls the device for up to pollUs µs before it sleeps ("polling"; 0: never).
+// passthroughMin bytes are opened with FUSE passthrough if the kernel has it (-1: never).
 // Once per mount; before the kernel's INIT is answered (the JS init handler) for passthrough
 // to be asked for.
 NAPI_METHOD(fuse_native_fast_config) {
-  NAPI_ARGV(7)
+  NAPI_ARGV(6)
   fuse_thread_t *ft;
   size_t ft_len;
   NAPI_STATUS_THROWS(napi_get_buffer_info(env, argv[0], (void **) &ft, &ft_len));
@@ -1789,8 +1784,6 @@ NAPI_METHOD(fuse_native_fast_config) {
   NAPI_STATUS_THROWS(napi_get_value_double(env, argv[4], &devs[1]));
   double passthrough_min;
   NAPI_STATUS_THROWS(napi_get_value_double(env, argv[5], &passthrough_min));
-  double poll_us;
-  NAPI_STATUS_THROWS(napi_get_value_double(env, argv[6], &poll_us));
   lo_fast *f = ft->fast;
   if (f == NULL) { // the mount runs on libfuse's own channel (ours could not be made)
     f = lo_fast_new();
@@ -1808,7 +1801,6 @@ NAPI_METHOD(fuse_native_fast_config) {
     f->dev[i] = (dev_t) devs[i];
   }
   f->passthrough_min = passthrough_min < 0 ? -1 : (int64_t) passthrough_min;
-  __atomic_store_n(&f->poll_ns, poll_us > 0 ? (int64_t) (poll_us * 1000) : 0, __ATOMIC_RELAXED);
   for (int i = 0; i < 2; i++) {
     f->slow[i] = !lo_is_local_fs(f->dir[i]);
     f->fd[i] = open(f->dir[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1870,6 +1862,18 @@ NAPI_METHOD(fuse_native_fast_enable) {
   bool on;
   NAPI_STATUS_THROWS(napi_get_value_bool(env, argv[1], &on));
   __atomic_store_n(&f->enabled, on && f->configured && !__atomic_load_n(&f->failed, __ATOMIC_ACQUIRE) ? 1 : 0, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+// fuse_native_fast_poll(thread, us): the reader polls the device for up to `us` µs before it
+// sleeps ("polling"); 0: never. Any time, from src/mount/poll.ts.
+NAPI_METHOD(fuse_native_fast_poll) {
+  NAPI_ARGV(2)
+  lo_fast *f = lo_of(env, argv[0]);
+  if (f == NULL) return NULL;
+  double us;
+  NAPI_STATUS_THROWS(napi_get_value_double(env, argv[1], &us));
+  __atomic_store_n(&f->poll_ns, us > 0 ? (int64_t) (us * 1000) : 0, __ATOMIC_RELAXED);
   return NULL;
 }
 

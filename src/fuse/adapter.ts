@@ -168,10 +168,9 @@ export class FuseMount {
 
   /**
    * `fastPath`: whether the native fast path (fast-path.ts) serves what it can. `passthrough`:
-   * whether lower files are read by the kernel itself where it can (FUSE passthrough). `pollUs`:
-   * how long the reader polls for the next request before it sleeps (src/mount/poll.ts).
+   * whether lower files are read by the kernel itself where it can (FUSE passthrough).
    */
-  constructor(readonly mountpoint: string, private readonly ov: Overlay, mo: MountOptions = DEFAULT_MOUNT_OPTIONS, fastPath = true, private readonly passthrough = false, private readonly pollUs = 0) {
+  constructor(readonly mountpoint: string, private readonly ov: Overlay, mo: MountOptions = DEFAULT_MOUNT_OPTIONS, fastPath = true, private readonly passthrough = false) {
     const ops = fuseOps(ov);
     // libfuse calls init before it answers the kernel's INIT: the native side must know the
     // layers by then, to ask the kernel for passthrough (and before any open is answered).
@@ -191,9 +190,14 @@ export class FuseMount {
   private startFastPath(): void {
     if (this.fast !== null) return;
     if (this.fuse._thread === null) throw new Error('fuse-native mounted without its native state');
-    this.fast = new FastPath(this.fuse._thread, this.ov.dirs, this.ov.layerDevs, this.passthrough ? PASSTHROUGH_MIN_BYTES : -1, this.pollUs);
+    this.fast = new FastPath(this.fuse._thread, this.ov.dirs, this.ov.layerDevs, this.passthrough ? PASSTHROUGH_MIN_BYTES : -1);
     this.ov.index.attach(this.fast);
     this.fast.enable(this.fastWanted);
+  }
+
+  /** How long the reader polls /dev/fuse for the next request before it sleeps (src/mount/poll.ts); 0: never. */
+  setPoll(us: number): void {
+    this.fast?.poll(us);
   }
 
   /** Switches the native fast path on or off (off while tracing: every request then reaches JS). */

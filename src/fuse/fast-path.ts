@@ -27,13 +27,9 @@ const KIND = { upper: 0, lower: 1, whiteout: 2 } as const;
  * decide comes here as before. Exists once the mount has started; off while tracing.
  */
 export class FastPath implements TopLevelSink {
-  /**
-   * `passthroughMin`: lower files at least this long are read by the kernel itself (FUSE
-   * passthrough); -1: none. `pollUs`: how long the reader polls the device for the next request
-   * before it sleeps (src/mount/poll.ts); 0: never.
-   */
-  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number, pollUs: number) {
-    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin, pollUs);
+  /** `passthroughMin`: lower files at least this long are read by the kernel itself (FUSE passthrough); -1: none. */
+  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number) {
+    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin);
   }
 
   set(name: string, kind: keyof typeof KIND): void {
@@ -46,6 +42,11 @@ export class FastPath implements TopLevelSink {
 
   reset(): void {
     Fuse.fastPath.reset(this.thread);
+  }
+
+  /** How long the reader polls the device for the next request before it sleeps (src/mount/poll.ts); 0: never. */
+  poll(us: number): void {
+    Fuse.fastPath.poll(this.thread, us);
   }
 
   enable(on: boolean): void {

@@ -10,7 +10,7 @@ import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
 import { MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
-import { defaultPoll } from './poll';
+import { PollChoice, PollGovernor, cpuWaitedUs, defaultPoll } from './poll';
 import { Tracer } from '../overlay/trace';
 import { controlSocketPath, isMountPoint, removeRecord, writeRecord, writeRootConfig } from './records';
 import { validateMount } from './validate';
@@ -32,6 +32,7 @@ export class Daemon {
   onMountGone: (() => void) | undefined;
   private watchdog: NodeJS.Timeout | null = null;
   private lowerWatch: NodeJS.Timeout | null = null;
+  private poll: PollGovernor | null = null;
   /** Hears what a slow start is doing (the CLI shows it when mounting takes a while). */
   onProgress: ((text: string) => void) | undefined;
 
@@ -89,10 +90,10 @@ export class Daemon {
 
     // Loaded here, not at the top: a missing libfuse must be a clear error, not a crash.
     const { FuseMount, DEFAULT_MOUNT_OPTIONS } = await import('../fuse/adapter');
-    const poll = cfg.pollUs !== undefined ? { us: Math.max(0, cfg.pollUs) } : defaultPoll();
+    const pollChoice: PollChoice = cfg.pollUs !== undefined ? { us: Math.max(0, cfg.pollUs) } : defaultPoll();
     const fuse = new FuseMount(merged.storeDir, this.overlay,
       { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout },
-      this.fastPathWanted(), cfg.passthrough !== false, poll.us);
+      this.fastPathWanted(), cfg.passthrough !== false);
     this.onProgress?.(`mounting ${merged.storeDir}`);
     try {
       await fuse.mount();
@@ -103,7 +104,16 @@ export class Daemon {
     this.fuse = fuse;
     this.metadata.syncRootsInBackground(gcLock);
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
-    log.info(poll.us > 0 ? `polling /dev/fuse up to ${poll.us} µs before sleeping` : `not polling /dev/fuse${poll.why ? `: ${poll.why}` : ''}`);
+    if (pollChoice.us > 0) {
+      const governed = cpuWaitedUs() !== null;
+      this.poll = new PollGovernor(pollChoice.us, (us) => fuse.setPoll(us), {
+        onChange: (on, share) => log.debug(`polling ${on ? 'on' : 'off'}: tasks waited for a CPU ${(share * 100).toFixed(0)}% of the last interval`),
+      });
+      this.poll.start();
+      log.info(`polling /dev/fuse up to ${pollChoice.us} µs before sleeping${governed ? ', while no task waits for a CPU' : ''}`);
+    } else {
+      log.info(`not polling /dev/fuse${pollChoice.why ? `: ${pollChoice.why}` : ''}`);
+    }
 
     this.watchLowerStore(lower.storeDir, cfg.followIntervalMs);
     this.metadata.startFollower(cfg.followIntervalMs, (names) => {
@@ -176,6 +186,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       if (this.watchdog) clearInterval(this.watchdog);
       if (this.lowerWatch) clearInterval(this.lowerWatch);
+      this.poll?.stop();
       this.metadata?.stop();
       await this.control?.close();
       if (this.fuse) {
