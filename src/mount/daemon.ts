@@ -245,23 +245,34 @@ export class Daemon {
    * the root again.
    */
   private watchLowerStore(storeDir: string, intervalMs: number): void {
-    const look = (): string => {
+    // Asynchronous (libuv's threadpool): a lower store that stops answering (a hung NFS
+    // server) must not stop this thread, which answers every request that needs JS.
+    const look = async (): Promise<string> => {
       try {
-        const st = fs.statSync(storeDir, { bigint: true });
+        const st = await fs.promises.stat(storeDir, { bigint: true });
         return `${st.mtimeNs}:${st.ctimeNs}:${st.ino}`;
       } catch {
         return 'absent';
       }
     };
-    let last = look();
-    this.lowerWatch = setInterval(() => {
-      const now = look();
-      if (now === last) return;
-      last = now;
-      this.fuse?.invalidateListings(false);
-    }, intervalMs);
+    let last: string | null = null;
+    let looking = false;
+    const tick = async (): Promise<void> => {
+      if (looking) return; // the previous look still waits on the lower store
+      looking = true;
+      try {
+        const now = await look();
+        if (last !== null && now !== last) this.fuse?.invalidateListings(false);
+        last = now;
+      } finally {
+        looking = false;
+      }
+    };
+    void tick();
+    this.lowerWatch = setInterval(() => void tick(), intervalMs);
     this.lowerWatch.unref();
   }
+
 
   status(): Record<string, unknown> {
     const s = this.overlay.stats;

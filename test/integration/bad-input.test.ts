@@ -128,7 +128,7 @@ test('a daemon that does not exit: unmount gives up after --timeout, says where 
   t.teardown(() => { try { process.kill(m.pid, 'SIGCONT'); } catch { /* gone */ } });
   const u = await cli(['unmount', '--timeout', '1', m.root]);
   t.not(u.code, 0);
-  t.regex(u.stderr, new RegExp(`daemon ${m.pid} did not exit within 1 s; its \\d+ threads: \\d+ do_signal_stop; its log: ${m.root}/nix/var/log/local-overlay.log`));
+  t.regex(u.stderr, new RegExp(`daemon ${m.pid} did not exit within 1 s; its \\d+ threads: \\d+ do_signal_stop \\(node\\), \\d+ do_signal_stop \\(lo-fuse\\).*; its log: ${m.root}/nix/var/log/local-overlay.log`));
   // Running again, the daemon acts on the SIGTERM that unmount sent.
   process.kill(m.pid, 'SIGCONT');
   const deadline = Date.now() + 10_000;

@@ -2,6 +2,7 @@ import test, { ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { stuckWhere } from '../../src/cli/commands/unmount';
 import { check, cli, run } from '../helpers/exec';
 import { freshLower, Manifest } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
@@ -110,8 +111,11 @@ async function stuckLowerDoesNotStopTheStore(t: ExecutionContext, via: 'bind' | 
   t.is(reader.exitCode, null, 'the lower read waits while the lower layer is stopped');
 
   const probe = path.join(obj, 'probe');
-  await within(5000, 'a write to an upper object waited for the stuck lower read: the reader role was not passed on', fs.promises.writeFile(probe, 'answered\n'));
-  t.is(await within(5000, 'a read of an upper file waited for the stuck lower read', fs.promises.readFile(probe, 'utf8')), 'answered\n');
+  // On a timeout, where the daemon's threads wait says why (kernel wait channel and name).
+  const stuck = (what: string) => (err: unknown): never => { throw new Error(`${what}; the daemon: ${stuckWhere(m.pid)}`, { cause: err }); };
+  await within(5000, 'a write to an upper object waited for the stuck lower read: the reader role was not passed on', fs.promises.writeFile(probe, 'answered\n'))
+    .catch(stuck('the write timed out'));
+  t.is(await within(5000, 'a read of an upper file waited for the stuck lower read', fs.promises.readFile(probe, 'utf8')).catch(stuck('the read timed out')), 'answered\n');
   t.is(reader.exitCode, null, 'and the lower read still waits');
 
   resume();

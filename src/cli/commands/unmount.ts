@@ -47,7 +47,8 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
 
 /**
  * Where a daemon that does not exit waits, for the error: its threads grouped by kernel wait
- * channel (`fuse_dev_do_read`: reading requests; `futex_do_wait`: a lock or the JS thread...).
+ * channel and name (`fuse_dev_do_read (lo-fuse)`: libfuse's workers reading requests;
+ * `futex_do_wait (node)`: a lock, or Node's idle threads; `anon_pipe_read (node)`...).
  */
 export function stuckWhere(pid: number): string {
   const where = new Map<string, number>();
@@ -62,7 +63,8 @@ export function stuckWhere(pid: number): string {
     try {
       const state = procState(`/proc/${pid}/task/${tid}/stat`);
       const chan = fs.readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').trim();
-      w = state === 'R' ? 'running' : chan === '0' || chan === '' ? state : chan;
+      const name = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      w = `${state === 'R' ? 'running' : chan === '0' || chan === '' ? state : chan} (${name})`;
     } catch {
       continue;
     }
