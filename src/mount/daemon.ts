@@ -273,7 +273,6 @@ export class Daemon {
     this.lowerWatch.unref();
   }
 
-
   status(): Record<string, unknown> {
     const s = this.overlay.stats;
     // Requests the fast path answered count like the JS handlers' (fastPath has its own view).
