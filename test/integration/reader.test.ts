@@ -29,6 +29,18 @@ async function mounted(dir: string): Promise<boolean> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** The kernel stacks of `pid`'s threads that wait outside the usual idle places (diagnosis). */
+function kernelStacks(pid: number): string {
+  const out: string[] = [];
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stack = fs.readFileSync(`/proc/${pid}/task/${tid}/stack`, 'utf8').split('\n').map((l) => l.replace(/^\[<0>\] /, '').replace(/\+0x.*$/, '')).filter((l) => l !== '');
+      if (stack.length > 0 && !/futex|epoll/.test(stack[0])) out.push(`${tid}: ${stack.slice(0, 8).join(' < ')}`);
+    } catch { /* gone */ }
+  }
+  return out.join(' | ');
+}
+
 /** Rejects with `what` if `p` takes longer than `ms`. */
 async function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -112,7 +124,7 @@ async function stuckLowerDoesNotStopTheStore(t: ExecutionContext, via: 'bind' | 
 
   const probe = path.join(obj, 'probe');
   // On a timeout, where the daemon's threads wait says why (kernel wait channel and name).
-  const stuck = (what: string) => (err: unknown): never => { throw new Error(`${what}; the daemon: ${stuckWhere(m.pid)}`, { cause: err }); };
+  const stuck = (what: string) => (err: unknown): never => { throw new Error(`${what}; the daemon: ${stuckWhere(m.pid)}; this process: ${stuckWhere(process.pid)}; ${kernelStacks(process.pid)}`, { cause: err }); };
   await within(5000, 'a write to an upper object waited for the stuck lower read: the reader role was not passed on', fs.promises.writeFile(probe, 'answered\n'))
     .catch(stuck('the write timed out'));
   t.is(await within(5000, 'a read of an upper file waited for the stuck lower read', fs.promises.readFile(probe, 'utf8')).catch(stuck('the read timed out')), 'answered\n');
