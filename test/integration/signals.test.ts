@@ -18,7 +18,9 @@ interface DaemonThread { tid: number; name: string; blocked: bigint }
 async function threads(pid: number): Promise<DaemonThread[]> {
   const out: DaemonThread[] = [];
   for (const tid of await fs.promises.readdir(`/proc/${pid}/task`)) {
-    const status = await fs.promises.readFile(`/proc/${pid}/task/${tid}/status`, 'utf8');
+    // A thread may end between the listing and the read (a worker thread of the daemon's).
+    const status = await fs.promises.readFile(`/proc/${pid}/task/${tid}/status`, 'utf8').catch(() => null);
+    if (status === null) continue;
     const name = /^Name:\s+(.*)$/m.exec(status)?.[1] ?? '';
     const blocked = BigInt('0x' + (/^SigBlk:\s+([0-9a-f]+)$/m.exec(status)?.[1] ?? '0'));
     out.push({ tid: Number(tid), name, blocked });
