@@ -46,9 +46,10 @@ export class LowerDb {
     return st;
   }
 
-  reopen(): void {
+  /** `signature`: the DB files' identity, when the caller has just read it (signatureAsync). */
+  reopen(signature = this.signature()): void {
     this.close();
-    this.sig = this.signature();
+    this.sig = signature;
     this.db = openDb(lowerDbUri(this.dbFile), { readonly: true, timeoutMs: 1000 });
   }
 
@@ -68,6 +69,24 @@ export class LowerDb {
     const a = fs.statSync(this.dbFile, { throwIfNoEntry: false });
     const b = fs.statSync(this.walFile, { throwIfNoEntry: false });
     return `${a?.mtimeMs}:${a?.size}:${b?.mtimeMs}:${b?.size}`;
+  }
+
+  /**
+   * signature(), without blocking the calling thread: on a lower DB whose server stops
+   * answering (a hung NFS mount), only this promise waits.
+   */
+  async signatureAsync(): Promise<string> {
+    const stat = (f: string): Promise<fs.Stats | undefined> => fs.promises.stat(f).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    const [a, b] = await Promise.all([stat(this.dbFile), stat(this.walFile)]);
+    return `${a?.mtimeMs}:${a?.size}:${b?.mtimeMs}:${b?.size}`;
+  }
+
+  /** The signature of the current connection's snapshot ('' before the first open). */
+  get openedSignature(): string {
+    return this.sig;
   }
 
   pathRow(path: string): PathRow | undefined {

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { OverlayStats } from '../overlay/stats';
@@ -32,6 +33,10 @@ export class Metadata {
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | null = null;
   private lastFollow = { at: 0 };
+  /** When the follower's check of the lower DB files began, while it waits for the answer. */
+  private checkingSince: number | null = null;
+  /** The largest lower DB id in the follower's last snapshot. */
+  private lowerMaxId = 0;
   private behindSince: number | null = null;
   private readonly reconcileTimers = new Map<string, NodeJS.Timeout>();
   /** Mirror mode only: GC roots that keep lower objects alive for plain Nix's GC. */
@@ -84,7 +89,10 @@ export class Metadata {
     // Lazy mode: a row the lower DB snapshot lacks may have been committed since it was
     // opened (the follower reopens it only every followIntervalMs). In mirror mode the
     // follower must see the change itself, to import it.
-    if (this.mode === 'lazy' && this.lower.pathRow(storePath) === undefined && this.lower.changed()) this.lower.reopen();
+    if (this.mode === 'lazy' && this.lower.pathRow(storePath) === undefined && this.lower.changed()) {
+      this.lower.reopen();
+      this.lowerMaxId = this.lower.maxId();
+    }
     const t0 = Date.now();
     p = withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
       this.inflight.delete(storePath);
@@ -194,8 +202,9 @@ export class Metadata {
     }
     const t0 = Date.now();
     const job: RootsJob = { dir: roots.dir, stampFile: roots.stampFile, dbFile: this.lower.dbFile, storeDir: this.storeDir, duplicates: [...duplicates] };
-    const delayMs = Number(process.env.LOCAL_OVERLAY_TEST_ROOTS_DELAY_MS ?? 0); // tests: widen the window
-    const synced = new Promise<void>((resolve) => setTimeout(resolve, delayMs)).then(() => runRootsWorker(job)).then(
+    // Tests hold the sync back until this file exists, to see a GC wait for the roots.
+    const gate = process.env.LOCAL_OVERLAY_TEST_ROOTS_GATE;
+    const synced = (gate ? untilExists(gate) : Promise.resolve()).then(() => runRootsWorker(job)).then(
       (r) => { log.info(`gc roots: +${r.added} -${r.removed} in ${Date.now() - t0} ms (in the background)`); },
       (err) => {
         log.warn(`gc roots: background sync failed (${err instanceof Error ? err.message : String(err)}); syncing here`);
@@ -222,12 +231,23 @@ export class Metadata {
    * Follows the lower DB: every `intervalMs`, if its files changed, reopen the snapshot and
    * (mirror mode) import the new rows. `onNewPaths` hears the names added (null: too many to
    * list; drop whole caches).
+   *
+   * The check for changes stats the DB files on libuv's threadpool, one check at a time: a
+   * lower DB whose server stops answering (a hung NFS mount) holds up the follower, not this
+   * thread, which answers every request the fast path leaves to JS. Reading the rows stays
+   * synchronous; it happens only after the files were seen to change, i.e. answered.
    */
   startFollower(intervalMs: number, onNewPaths: (names: string[] | null) => void): void {
-    const tick = (): void => {
+    this.lowerMaxId = this.lower.maxId();
+    const tick = async (): Promise<void> => {
+      if (this.checkingSince !== null) return;
+      this.checkingSince = Date.now();
       try {
-        if (this.lower.changed()) {
-          this.lower.reopen();
+        const signature = await this.lower.signatureAsync();
+        if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
+        if (signature !== this.lower.openedSignature) {
+          this.lower.reopen(signature);
+          this.lowerMaxId = this.lower.maxId();
           if (this.mode === 'mirror') {
             const t0 = Date.now();
             const added = this.mirror.importNew();
@@ -244,23 +264,23 @@ export class Metadata {
         this.lastFollow = { at: Date.now() };
       } catch (err) {
         log.warn(`follower: ${err instanceof Error ? err.message : String(err)} (will retry)`);
+      } finally {
+        this.checkingSince = null;
       }
     };
-    this.timer = setInterval(tick, intervalMs);
+    this.timer = setInterval(() => void tick(), intervalMs);
     this.timer.unref();
   }
 
   /**
-   * The follower's position: the last lower DB id imported, the newest one the lower DB has,
-   * and how long the lower DB has had rows not yet imported (0 when caught up).
+   * The follower's position: the last lower DB id imported, the newest one in the lower DB as
+   * the follower last read it, how long the lower DB has had rows not yet imported (0 when
+   * caught up), and how long the follower's current check of the lower DB files has waited
+   * (0 when none is under way; long when the lower DB's server does not answer). Reads
+   * nothing: status must answer while the lower DB does not.
    */
-  followerState(): { mode: MetadataMode; lastTickAt: string | null; lastLowerId: number; lowerMaxId: number; pendingRows: number; lagMs: number } {
-    let lowerMaxId = 0;
-    try {
-      const fresh = new LowerDb(this.lower.dbFile);
-      lowerMaxId = fresh.maxId();
-      fresh.close();
-    } catch { /* reported by health */ }
+  followerState(): { mode: MetadataMode; lastTickAt: string | null; lastLowerId: number; lowerMaxId: number; pendingRows: number; lagMs: number; checkWaitingMs: number } {
+    const lowerMaxId = this.lowerMaxId;
     const pending = this.mode === 'mirror' ? Math.max(0, lowerMaxId - this.mirror.lastLowerId) : 0;
     if (pending === 0) this.behindSince = null;
     else this.behindSince ??= Date.now();
@@ -268,6 +288,7 @@ export class Metadata {
       mode: this.mode, lastTickAt: this.lastFollow.at ? new Date(this.lastFollow.at).toISOString() : null,
       lastLowerId: this.mirror.lastLowerId, lowerMaxId, pendingRows: pending,
       lagMs: this.behindSince === null ? 0 : Date.now() - this.behindSince,
+      checkWaitingMs: this.checkingSince === null ? 0 : Date.now() - this.checkingSince,
     };
   }
 
@@ -293,6 +314,11 @@ export class Metadata {
     this.lower.close();
     this.upper.close();
   }
+}
+
+/** Resolves once `file` exists (polled every 50 ms). */
+async function untilExists(file: string): Promise<void> {
+  while (!(await fs.promises.access(file).then(() => true, () => false))) await new Promise((r) => setTimeout(r, 50));
 }
 
 function runRootsWorker(job: RootsJob): Promise<{ added: number; removed: number }> {

@@ -4,7 +4,7 @@ import { lineSplitter } from '../util/lines';
 import { log } from '../util/log';
 
 interface Controlled {
-  status(): Record<string, unknown>;
+  status(): Promise<Record<string, unknown>>;
   refresh(): void;
   trace(on: boolean, file?: string, prefix?: string): string | null;
   stop(): Promise<void>;
@@ -43,7 +43,7 @@ export class ControlServer {
     try {
       const req = JSON.parse(line) as { cmd?: string; on?: boolean; file?: string; prefix?: string };
       switch (req.cmd) {
-        case 'status': return { ok: true, status: this.target.status() };
+        case 'status': return { ok: true, status: await this.target.status() };
         case 'refresh': this.target.refresh(); return { ok: true };
         case 'trace': return { ok: true, file: this.target.trace(req.on !== false, req.file, req.prefix) };
         case 'stop': setImmediate(() => process.kill(process.pid, 'SIGTERM')); return { ok: true };

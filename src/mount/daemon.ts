@@ -18,6 +18,20 @@ import { validateMount } from './validate';
 /** How many lower objects a mirror mount settles at start (native/fastpath.c keeps 2^19). */
 const SETTLE_LIMIT = 200_000;
 
+/** How long status waits for each file check of its health report. */
+const HEALTH_WAIT_MS = 2000;
+
+/** Reads the first bytes of a SQLite DB file (asynchronously), and checks they are SQLite's. */
+async function readSqliteHeader(file: string): Promise<void> {
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    const { buffer, bytesRead } = await fh.read(Buffer.alloc(16), 0, 16, 0);
+    if (bytesRead < 16 || buffer.toString('latin1') !== 'SQLite format 3\0') throw new Error(`${file} is not a SQLite DB`);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** A running mount: the overlay, its metadata module and the FUSE session. */
 export class Daemon {
   private stopping: Promise<void> | null = null;
@@ -105,11 +119,17 @@ export class Daemon {
     this.metadata.syncRootsInBackground(gcLock);
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
     if (pollChoice.us > 0) {
-      const governed = cpuWaitedUs() !== null;
-      this.poll = new PollGovernor(pollChoice.us, (us) => fuse.setPoll(us), {
-        onChange: (on, share) => log.debug(`polling ${on ? 'on' : 'off'}: tasks waited for a CPU ${(share * 100).toFixed(0)}% of the last interval`),
-      });
-      this.poll.start();
+      // Tests of the polling itself switch the governor off: how loaded the machine is must not
+      // decide them (the governor has tests of its own, driven by a PSI file).
+      const governed = cpuWaitedUs() !== null && process.env.LOCAL_OVERLAY_TEST_POLL_UNGOVERNED !== '1';
+      if (governed) {
+        this.poll = new PollGovernor(pollChoice.us, (us) => fuse.setPoll(us), {
+          onChange: (on, share) => log.debug(`polling ${on ? 'on' : 'off'}: tasks waited for a CPU ${(share * 100).toFixed(0)}% of the last interval`),
+        });
+        this.poll.start();
+      } else {
+        fuse.setPoll(pollChoice.us);
+      }
       log.info(`polling /dev/fuse up to ${pollChoice.us} µs before sleeping${governed ? ', while no task waits for a CPU' : ''}`);
     } else {
       log.info(`not polling /dev/fuse${pollChoice.why ? `: ${pollChoice.why}` : ''}`);
@@ -273,7 +293,7 @@ export class Daemon {
     this.lowerWatch.unref();
   }
 
-  status(): Record<string, unknown> {
+  async status(): Promise<Record<string, unknown>> {
     const s = this.overlay.stats;
     // Requests the fast path answered count like the JS handlers' (fastPath has its own view).
     const fast = this.fuse?.fastCounters() ?? null;
@@ -299,18 +319,45 @@ export class Daemon {
       follower: this.metadata.followerState(),
       gcRootsSyncing: this.metadata.rootsSyncing(),
       memory: process.memoryUsage(),
-      health: this.health(),
+      health: await this.health(),
       tracing: this.tracer ? { file: this.tracer.file, prefix: this.tracer.prefix ?? null } : null,
     };
   }
 
-  /** Whether the lower store and both DBs answer. */
-  health(): { ok: boolean; problems: string[] } {
-    const problems: string[] = [];
-    try { fs.accessSync(rootLayout(this.cfg.lowerRoot).storeDir, fs.constants.R_OK | fs.constants.X_OK); } catch (err) { problems.push(`lower store unreadable: ${String(err)}`); }
-    try { this.metadata.lower.maxId(); } catch (err) { problems.push(`lower DB unreadable: ${String(err)}`); }
-    try { this.metadata.upper.idOf('/nix/store/health-check'); } catch (err) { problems.push(`upper DB unreadable: ${String(err)}`); }
-    try { fs.accessSync(this.cfg.upperDir, fs.constants.W_OK); } catch (err) { problems.push(`upper dir not writable: ${String(err)}`); }
+  /**
+   * Whether the lower store, both DBs and the upper dir answer. The files are checked on
+   * libuv's threadpool and waited for at most HEALTH_WAIT_MS: a layer on a server that stops
+   * answering (a hung NFS mount) is reported as such, and holds up neither this thread nor
+   * more than one pool thread per check (a check still waiting is not started again).
+   */
+  async health(): Promise<{ ok: boolean; problems: string[] }> {
+    const lower = rootLayout(this.cfg.lowerRoot);
+    const results = await Promise.all([
+      this.probe('lower store unreadable', () => fs.promises.access(lower.storeDir, fs.constants.R_OK | fs.constants.X_OK)),
+      this.probe('lower DB unreadable', () => readSqliteHeader(lower.dbFile)),
+      this.probe('upper dir not writable', () => fs.promises.access(this.cfg.upperDir, fs.constants.W_OK)),
+    ]);
+    // The upper DB is local (every write of the mount goes next to it): asked on this thread.
+    try { this.metadata.upper.idOf('/nix/store/health-check'); } catch (err) { results.push(`upper DB unreadable: ${String(err)}`); }
+    const problems = results.filter((r): r is string => r !== null);
     return { ok: problems.length === 0, problems };
+  }
+
+  /** Checks under way, by problem name, since when: a check is never run twice at once. */
+  private readonly probes = new Map<string, { since: number; done: Promise<unknown> }>();
+
+  /** `problem: the error` if `check` fails, `problem: no answer for N s` if it takes too long. */
+  private probe(problem: string, check: () => Promise<unknown>): Promise<string | null> {
+    let entry = this.probes.get(problem);
+    if (entry === undefined) {
+      const done = check().finally(() => this.probes.delete(problem));
+      entry = { since: Date.now(), done };
+      this.probes.set(problem, entry);
+    }
+    const { since, done } = entry;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(`${problem}: no answer for ${((Date.now() - since) / 1000).toFixed(1)} s`), HEALTH_WAIT_MS);
+      done.then(() => { clearTimeout(timer); resolve(null); }, (err: unknown) => { clearTimeout(timer); resolve(`${problem}: ${String(err)}`); });
+    });
   }
 }

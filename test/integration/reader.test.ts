@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stuckWhere } from '../../src/cli/commands/unmount';
 import { check, cli, run } from '../helpers/exec';
-import { freshLower, Manifest } from '../helpers/fixture';
+import { freshLower, lowerAdd, Manifest } from '../helpers/fixture';
+import { nix } from '../helpers/nix';
 import { mountMerged, tempDir } from '../helpers/mount';
 
 // One worker at a time reads requests from the device (native/fastpath.c, "the reader"). These
@@ -53,23 +54,26 @@ async function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
 }
 
 /**
- * A copy of the shared lower store whose store dir is served by fuse-overlayfs (in front of the
- * real one), either directly (bind mount) or through a kernel OverlayFS mount. Returns the lower
- * root and fuse-overlayfs's pid; everything is unmounted when the test ends.
+ * A copy of the shared lower store one of whose dirs (`served`: the store dir, or the DB dir) is
+ * served by fuse-overlayfs (in front of the real one, which moves to `dir/real`), either
+ * directly (bind mount) or through a kernel OverlayFS mount. `fuseOptions` go to
+ * fuse-overlayfs. Returns the lower root and fuse-overlayfs's pid; everything is unmounted when
+ * the test ends.
  */
-async function lowerOnFuse(t: ExecutionContext, dir: string, via: 'bind' | 'overlay'): Promise<{ root: string; storeDir: string; serverPid: number; manifest: Manifest }> {
+async function lowerOnFuse(t: ExecutionContext, dir: string, via: 'bind' | 'overlay', served = 'nix/store', fuseOptions: string[] = []): Promise<{ root: string; servedDir: string; serverPid: number; manifest: Manifest }> {
   const which = await run('sh', ['-c', 'command -v fuse-overlayfs']);
   if (which.code !== 0) throw new Error('fuse-overlayfs is missing (apt-get install fuse-overlayfs, or make system-packages): it serves the stoppable lower layer');
   const lower = await freshLower(dir);
-  const storeDir = path.join(lower.root, 'nix/store');
-  const real = path.join(dir, 'real-store');
-  await fs.promises.rename(storeDir, real);
-  await fs.promises.mkdir(storeDir);
+  const servedDir = path.join(lower.root, served);
+  const real = path.join(dir, 'real');
+  await fs.promises.rename(servedDir, real);
+  await fs.promises.mkdir(servedDir);
   const fuseDir = path.join(dir, 'fuse');
   for (const d of [fuseDir, path.join(dir, 'fo-upper'), path.join(dir, 'fo-work'), path.join(dir, 'empty')]) await fs.promises.mkdir(d);
-  const server = spawn('fuse-overlayfs', ['-f', '-o', `lowerdir=${real},upperdir=${dir}/fo-upper,workdir=${dir}/fo-work`, fuseDir], { stdio: 'ignore' });
+  const opts = [`lowerdir=${real}`, `upperdir=${dir}/fo-upper`, `workdir=${dir}/fo-work`, ...fuseOptions];
+  const server = spawn('fuse-overlayfs', ['-f', '-o', opts.join(','), fuseDir], { stdio: 'ignore' });
   t.teardown(async () => {
-    for (const d of [storeDir, fuseDir]) {
+    for (const d of [servedDir, fuseDir]) {
       if (await mounted(d)) await run('umount', ['-l', d]);
     }
     server.kill('SIGCONT');
@@ -80,13 +84,13 @@ async function lowerOnFuse(t: ExecutionContext, dir: string, via: 'bind' | 'over
     await sleep(50);
   }
   if (via === 'bind') {
-    await check('mount', ['--bind', fuseDir, storeDir]);
+    await check('mount', ['--bind', fuseDir, servedDir]);
   } else {
-    const r = await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${fuseDir}:${dir}/empty`, storeDir]);
+    const r = await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${fuseDir}:${dir}/empty`, servedDir]);
     if (r.code !== 0) throw new Error(`kernel OverlayFS is needed for this test (mount -t overlay failed: ${r.stderr.trim()})`);
   }
   if (server.pid === undefined) throw new Error('fuse-overlayfs has no pid');
-  return { root: lower.root, storeDir, serverPid: server.pid, manifest: lower.manifest };
+  return { root: lower.root, servedDir, serverPid: server.pid, manifest: lower.manifest };
 }
 
 /**
@@ -132,7 +136,7 @@ async function stuckLowerDoesNotStopTheStore(t: ExecutionContext, via: 'bind' | 
 
   resume();
   t.is(await within(10_000, 'the lower read did not finish after the lower layer resumed', done), 0);
-  t.is(out, await fs.promises.readFile(path.join(dir, 'real-store', objName, file), 'utf8'));
+  t.is(out, await fs.promises.readFile(path.join(dir, 'real', objName, file), 'utf8'));
   t.true(await counter(m.root, counterName) > before, `status counts the ${counterName}`);
 }
 
@@ -143,3 +147,53 @@ test('a lower layer on FUSE that stops answering holds up only the requests for 
 test('a call on a local-looking lower layer that hangs holds up only its own request (the watchdog takes the reader role)', async (t) => {
   await stuckLowerDoesNotStopTheStore(t, 'overlay', 'stalls');
 });
+
+// The lower DB may sit on the same shared filesystem as the lower store. The daemon's one JS
+// thread answers every request the fast path leaves to it (with --no-fast-path, all of them), so
+// nothing that runs on it periodically may wait on the lower DB: not the follower's check for
+// changes, nor the watcher of the lower store dir. fuse-overlayfs with timeout=0 revalidates
+// every stat with its server, as an NFS client does once its attribute cache expires.
+for (const metadata of ['lazy', 'mirror'] as const) {
+  test(`a lower DB that stops answering holds up no request for the upper layer (${metadata} mode, every request answered in JS)`, async (t) => {
+    const dir = tempDir(t);
+    const lower = await lowerOnFuse(t, dir, 'bind', 'nix/var/nix/db', ['timeout=0']);
+    const m = await mountMerged(t, lower.root, { metadata, extra: ['--no-fast-path', '--follow-interval', '100'] });
+    const obj = path.join(m.store, `00000000000000000000000000000r02-db-stopped-${metadata}`);
+    await fs.promises.mkdir(obj);
+
+    process.kill(lower.serverPid, 'SIGSTOP');
+    let stopped = true;
+    const resume = (): void => {
+      if (stopped) process.kill(lower.serverPid, 'SIGCONT');
+      stopped = false;
+    };
+    t.teardown(resume);
+    await sleep(1000); // ten of the follower's checks for changes
+
+    const probe = path.join(obj, 'probe');
+    const stuck = (what: string) => (err: unknown): never => { throw new Error(`${what}; the daemon: ${stuckWhere(m.pid)}`, { cause: err }); };
+    await within(5000, 'a write to an upper object waited for the stopped lower DB', fs.promises.writeFile(probe, 'answered\n'))
+      .catch(stuck('the write timed out'));
+    t.is(await within(5000, 'a read of an upper file waited for the stopped lower DB', fs.promises.readFile(probe, 'utf8')).catch(stuck('the read timed out')), 'answered\n');
+    // status answers, and says what waits.
+    const s = await cli(['status', m.root, '--json']);
+    t.is(s.code, 1, `status exits 1 for a mount whose lower DB does not answer: ${s.stdout}${s.stderr}`);
+    const report = JSON.parse(s.stdout) as { healthy: boolean; health: { problems: string[] }; follower: { checkWaitingMs: number } };
+    t.false(report.healthy);
+    t.true(report.health.problems.some((p) => /^lower DB unreadable: no answer for \d/.test(p)), report.health.problems.join('; '));
+    t.true(report.follower.checkWaitingMs > 500, `the follower's check waits (${report.follower.checkWaitingMs} ms)`);
+
+    // Once it answers again, the follower goes on: a path added to the lower store is valid.
+    resume();
+    const added = await lowerAdd(lower.root, 'after-resume');
+    const deadline = Date.now() + 10_000;
+    let valid = false;
+    while (!valid && Date.now() < deadline) {
+      // In lazy mode the first lookup copies its row; in mirror mode the follower does.
+      if (metadata === 'lazy') await fs.promises.lstat(path.join(m.store, path.basename(added))).catch(() => undefined);
+      valid = (await nix('nix-store', ['--store', m.root, '--check-validity', added])).code === 0;
+      if (!valid) await sleep(100);
+    }
+    t.true(valid, `${added}, added to the lower store after its DB answered again, became valid in the merged store`);
+  });
+}

@@ -1,11 +1,12 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cli, run } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
-import { derivation, nix, nixOk } from '../helpers/nix';
+import { derivation, nix, nixEnv, nixOk } from '../helpers/nix';
 import { lowerRootDigest } from '../helpers/tree';
 
 // The merged store's lifecycle with real Nix 2.8 as the actor: GC, delete, duplicates,
@@ -76,15 +77,23 @@ for (const gc of [['nix-collect-garbage'], ['nix-store', '--gc']] as const) {
 test('GC right after mount waits until the GC roots, written in the background, exist (Nix\'s GC lock held shared)', async (t) => {
   const lower = await sharedLower();
   const before = await lowerRootDigest(lower.root);
-  // The daemon waits 5 s before it starts writing the roots: without the lock, this GC would
-  // find every lower object unrooted and try to delete it.
-  const m = await mountMerged(t, lower.root, { env: { LOCAL_OVERLAY_TEST_ROOTS_DELAY_MS: '5000' } });
+  // The daemon starts writing the roots only once the test creates `gate`: a GC that did not
+  // wait for them would find every lower object unrooted and try to delete it.
+  const dir = tempDir(t);
+  const gate = path.join(dir, 'roots-gate');
+  const m = await mountMerged(t, lower.root, { dir, env: { LOCAL_OVERLAY_TEST_ROOTS_GATE: gate } });
   const s = JSON.parse((await cli(['status', m.root, '--json'])).stdout) as { gcRootsSyncing: boolean };
   t.true(s.gcRootsSyncing, 'roots still being written');
   const added = await addText(m, m.dir, 'gc-lock-added.txt', `unrooted ${Date.now()}\n`); // adds are not held up
-  const r = await nix('nix-collect-garbage', ['--store', m.root]);
-  t.is(r.code, 0, r.stderr);
-  t.regex(r.stderr, /waiting for the big garbage collector lock/, 'the GC waited for the lock');
+  const gc = spawn('nix-collect-garbage', ['--store', m.root], { env: nixEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => { gc.kill('SIGKILL'); });
+  let stderr = '';
+  gc.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+  const exited = new Promise<number | null>((resolve) => gc.on('close', resolve));
+  t.true(await eventually(async () => /waiting for the big garbage collector lock/.test(stderr), 30_000), `the GC waits for the lock: ${stderr}`);
+  t.is(gc.exitCode, null, 'and has not finished');
+  await fs.promises.writeFile(gate, '');
+  t.is(await exited, 0, stderr);
   t.false(await valid(m, added), 'the unrooted upper path was collected');
   await lowerIntact(t, m, lower.manifest.paths);
   t.true(fs.readdirSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store')).length > 0, 'roots written');

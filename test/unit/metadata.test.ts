@@ -117,16 +117,21 @@ test('copyClosure carries derivation outputs; withBusyRetry waits for a writer w
   let released = 0;
   setTimeout(() => { nix.exec('COMMIT'); nix.close(); released = Date.now(); }, 600);
   // The event loop must not be blocked for the whole wait: each attempt may block for the
-  // connection's busy timeout (50 ms), not more. The longest gap between timer ticks shows it
-  // (a count of ticks would depend on how loaded the machine is).
-  const ticks = [Date.now()];
-  const ticker = setInterval(() => { ticks.push(Date.now()); }, 20);
-  const n = await withBusyRetry(() => copyClosure(up, lo, [lower.manifest.paths.appDrv]));
-  clearInterval(ticker);
-  ticks.push(Date.now());
-  const longest = Math.max(...ticks.slice(1).map((x, i) => x - ticks[i]));
+  // connection's busy timeout (50 ms), not more, and then yields. Measured per attempt, not as
+  // gaps between timer ticks, which a loaded machine stretches by itself.
+  const attempts: number[] = [];
+  const n = await withBusyRetry(() => {
+    const t0 = performance.now();
+    try {
+      return copyClosure(up, lo, [lower.manifest.paths.appDrv]);
+    } finally {
+      attempts.push(performance.now() - t0);
+    }
+  });
   t.true(released > 0 && Date.now() >= released, 'it finished after the writer let go');
-  t.true(longest < 400, `the event loop kept running while it waited (longest pause ${longest} ms of 600)`);
+  t.true(attempts.length >= 2, `it tried again after yielding (${attempts.length} attempts)`);
+  const longest = Math.max(...attempts);
+  t.true(longest < 300, `no attempt blocked the event loop for long (longest ${longest.toFixed(0)} ms; the writer held the lock 600 ms)`);
   t.true(n >= 4);
   const drvs = [lower.manifest.paths.appDrv, lower.manifest.paths.libDrv];
   t.deepEqual(outputs(up.db), outputs(lo.conn()).filter((o) => drvs.some((d) => o.startsWith(d + ' '))));

@@ -36,6 +36,8 @@ async function status(argv: StatusArgs): Promise<number> {
     try {
       const reply = await controlRequest(rec.controlSocket, { cmd: 'status' });
       live = (reply.status as Record<string, unknown>) ?? {};
+      // A daemon that answers but finds a layer or DB unreadable is not healthy either.
+      if ((live.health as { ok?: boolean } | undefined)?.ok === false) healthy = false;
     } catch (err) {
       healthy = false;
       live = { error: `control socket: ${err instanceof Error ? err.message : String(err)}` };
@@ -61,6 +63,11 @@ function fastPathLine(f: Record<string, number | boolean>): string {
   return `${f.on ? 'on' : 'off'}: ${answered} requests answered natively, ${String(f.passed)} passed to JS (${String(f.entries)} names known); listings kept by the kernel ${String(f.listings ?? 0)}, READDIRPLUS ${String(f.readdirplus ?? 0)}, passthrough opens ${String(f.passthrough ?? 0)}; reader handed over ${String(f.handoffs ?? 0)} times, taken by the watchdog ${String(f.stalls ?? 0)}, found ${String(f.polled ?? 0)} requests while polling`;
 }
 
+/** The follower's check of the lower DB files, when it has waited long (a hung server). */
+function followerWait(ms: unknown): string {
+  return typeof ms === 'number' && ms >= 1000 ? ` (its check of the lower DB has waited ${(ms / 1000).toFixed(1)} s)` : '';
+}
+
 function formatStatus(s: Record<string, any>): string {
   const c = s.counters ?? {};
   const lines = [
@@ -68,7 +75,7 @@ function formatStatus(s: Record<string, any>): string {
     `  lower      ${s.config?.lowerRoot}    upper ${s.config?.upperDir}    metadata ${s.config?.metadata}`,
     `  upper      ${s.upper.objects} objects, ${(s.upper.bytes / 1048576).toFixed(1)} MiB`,
     `  lookups    upper ${c.upper ?? 0}  lower ${c.lower ?? 0}  missing ${c.miss ?? 0}  refused writes ${c.refused ?? 0}`,
-    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms`,
+    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}`,
   ];
   if (s.fastPath) lines.push(`  fast path  ${fastPathLine(s.fastPath)}`);
   if (s.error) lines.push(`  error      ${s.error}`);
