@@ -653,6 +653,7 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 #define LO_FUSE_IOCTL 39
 #define LO_FUSE_READDIRPLUS 44
 #define LO_FUSE_DO_READDIRPLUS (1u << 13)
+#define LO_FUSE_PARALLEL_DIROPS (1u << 18)
 #define LO_FUSE_CACHE_SYMLINKS (1u << 23)
 #define LO_FUSE_IOCTL_DIR (1u << 4)
 #define LO_FUSE_ROOT_ID 1
@@ -785,7 +786,7 @@ typedef struct lo_chan {
   fuse_thread_t *ft;
   struct fuse_chan *ch;
   // What the kernel offered in INIT, and what this connection does.
-  int kernel_passthrough, kernel_no_opendir, kernel_readdirplus, kernel_cache_symlinks;
+  int kernel_passthrough, kernel_no_opendir, kernel_readdirplus, kernel_cache_symlinks, kernel_parallel_dirops;
   int passthrough, no_opendir, readdirplus;
   uint64_t own_unique;
   pthread_mutex_t lock;
@@ -1512,6 +1513,7 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
         c->kernel_no_opendir = (init->flags & LO_FUSE_NO_OPENDIR_SUPPORT) != 0;
         c->kernel_readdirplus = (init->flags & LO_FUSE_DO_READDIRPLUS) != 0;
         c->kernel_cache_symlinks = (init->flags & LO_FUSE_CACHE_SYMLINKS) != 0;
+        c->kernel_parallel_dirops = (init->flags & LO_FUSE_PARALLEL_DIROPS) != 0;
       }
       break;
     case LO_FUSE_OPENDIR: {
@@ -1630,7 +1632,8 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
     int plus = c->kernel_readdirplus && on;
     int symlinks = c->kernel_cache_symlinks && on;
     int passthrough = c->kernel_passthrough && f != NULL && f->passthrough_min >= 0;
-    if (plus || symlinks || passthrough) {
+    int parallel = c->kernel_parallel_dirops;
+    if (plus || symlinks || passthrough || parallel) {
       memset(&init_out, 0, sizeof(init_out));
       memcpy(&init_out, iov[1].iov_base, LO_INIT_OUT_LIBFUSE);
       memcpy(&header, iov[0].iov_base, sizeof(header));
@@ -1643,6 +1646,15 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
         // with it, 1.73× without: bench/README.md).
         init_out.flags |= LO_FUSE_DO_READDIRPLUS;
         c->readdirplus = 1;
+      }
+      if (parallel) {
+        // Lookups and listings in one directory may run at once (FUSE_PARALLEL_DIROPS, 7.25,
+        // as libfuse 3 offers by default). Without it the kernel holds a mutex per directory
+        // around each LOOKUP and READDIR, so one lookup in the store root that waits on a
+        // lower layer which stopped answering holds up every uncached lookup of every store
+        // object, upper ones included. libfuse's high-level layer takes its own locks (its
+        // node table and path locks) and the VFS never looks one name up twice at once.
+        init_out.flags |= LO_FUSE_PARALLEL_DIROPS;
       }
       if (symlinks) {
         // The kernel keeps a symlink's target once read (FUSE_CACHE_SYMLINKS, 7.28): a

@@ -148,6 +148,42 @@ test('a call on a local-looking lower layer that hangs holds up only its own req
   await stuckLowerDoesNotStopTheStore(t, 'overlay', 'stalls');
 });
 
+// The kernel serializes lookups in one directory unless the server allows them at once
+// (FUSE_PARALLEL_DIROPS; native/fastpath.c, INIT). Every store object is looked up in the store
+// root, so without it one lookup of a lower object that waits on a stopped lower layer holds up
+// the first lookup of every other object, upper ones included.
+test('a lookup in the store root that waits on a stopped lower layer holds up no other lookup there', async (t) => {
+  const dir = tempDir(t);
+  const lower = await lowerOnFuse(t, dir, 'bind');
+  const m = await mountMerged(t, lower.root);
+  // An upper object the kernel has not looked up yet: made beside the mount, then refreshed.
+  const upperName = '00000000000000000000000000000r03-reader-root';
+  await fs.promises.mkdir(path.join(m.upper, upperName));
+  await fs.promises.writeFile(path.join(m.upper, upperName, 'probe'), 'answered\n');
+  t.is((await cli(['refresh', m.root])).code, 0);
+  const lowerName = lower.manifest.paths.singleFile.replace(/^\/nix\/store\//, '');
+
+  process.kill(lower.serverPid, 'SIGSTOP');
+  let stopped = true;
+  const resume = (): void => {
+    if (stopped) process.kill(lower.serverPid, 'SIGCONT');
+    stopped = false;
+  };
+  t.teardown(resume);
+  // The first lookup of a lower object: the daemon's lstat of it waits on the stopped layer.
+  const looker = spawn('stat', ['-c', '%s', path.join(m.store, lowerName)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { looker.kill('SIGKILL'); });
+  const done = new Promise<number | null>((resolve) => looker.on('close', (code) => resolve(code)));
+  await sleep(500);
+  t.is(looker.exitCode, null, 'the lookup of the lower object waits while the lower layer is stopped');
+
+  const stuck = (err: unknown): never => { throw new Error(`the lookup of an upper object timed out; the daemon: ${stuckWhere(m.pid)}; this process: ${stuckWhere(process.pid)}; ${kernelStacks(process.pid)}`, { cause: err }); };
+  t.is(await within(5000, 'the first lookup of an upper object waited for a lookup of a lower one', fs.promises.readFile(path.join(m.store, upperName, 'probe'), 'utf8')).catch(stuck), 'answered\n');
+  t.is(looker.exitCode, null, 'and the lower lookup still waits');
+  resume();
+  t.is(await within(10_000, 'the lower lookup did not finish after the lower layer resumed', done), 0);
+});
+
 // The lower DB may sit on the same shared filesystem as the lower store. The daemon's one JS
 // thread answers every request the fast path leaves to it (with --no-fast-path, all of them), so
 // nothing that runs on it periodically may wait on the lower DB: not the follower's check for
