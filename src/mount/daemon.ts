@@ -47,6 +47,8 @@ export class Daemon {
   private watchdog: NodeJS.Timeout | null = null;
   private lowerWatch: NodeJS.Timeout | null = null;
   private poll: PollGovernor | null = null;
+  /** Health checks under way, by problem name, since when: none is run twice at once. */
+  private readonly probes = new Map<string, { since: number; done: Promise<unknown> }>();
   /** Hears what a slow start is doing (the CLI shows it when mounting takes a while). */
   onProgress: ((text: string) => void) | undefined;
 
@@ -342,9 +344,6 @@ export class Daemon {
     const problems = results.filter((r): r is string => r !== null);
     return { ok: problems.length === 0, problems };
   }
-
-  /** Checks under way, by problem name, since when: a check is never run twice at once. */
-  private readonly probes = new Map<string, { since: number; done: Promise<unknown> }>();
 
   /** `problem: the error` if `check` fails, `problem: no answer for N s` if it takes too long. */
   private probe(problem: string, check: () => Promise<unknown>): Promise<string | null> {
