@@ -887,6 +887,27 @@ static int lo_thread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn
   return rc;
 }
 
+// ---- the exit deadline -----------------------------------------------------------------------
+//
+// An ordinary exit waits for threads that may never return: exit() runs libuv's destructor,
+// which joins its threadpool, and libfuse's loop joins its workers. A thread that waits on a
+// layer which stopped answering (a stat of a hung NFS mount, a read of a stopped FUSE server)
+// holds up either until the layer answers, long after the mount is gone. So once the daemon
+// has unmounted and closed its DBs it sets a deadline: a thread ("lo-exit") ends the process
+// with _exit() if the ordinary exit has not done so by then. Nothing is lost: the DBs are closed
+// and the log written before, and the waiting calls are killable.
+typedef struct {
+  int32_t ms, code;
+} lo_exit_plan;
+
+static void *lo_exit_after(void *p) {
+  lo_exit_plan plan = *(lo_exit_plan *) p;
+  free(p);
+  struct timespec left = { plan.ms / 1000, (long) (plan.ms % 1000) * 1000000L };
+  while (nanosleep(&left, &left) != 0 && errno == EINTR) {}
+  _exit(plan.code);
+}
+
 // ---- the reader ------------------------------------------------------------------------------
 //
 // libfuse's loop lets every idle worker wait in read(2) on the device, so the kernel wakes a
@@ -1874,6 +1895,31 @@ NAPI_METHOD(fuse_native_fast_enable) {
   bool on;
   NAPI_STATUS_THROWS(napi_get_value_bool(env, argv[1], &on));
   __atomic_store_n(&f->enabled, on && f->configured && !__atomic_load_n(&f->failed, __ATOMIC_ACQUIRE) ? 1 : 0, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+// fuse_native_exit_after(ms, code): the process ends with `code` within `ms` ms, whatever holds
+// up its ordinary exit ("the exit deadline"). Throws if the thread cannot be started.
+NAPI_METHOD(fuse_native_exit_after) {
+  NAPI_ARGV(2)
+  NAPI_ARGV_INT32(ms, 0)
+  NAPI_ARGV_INT32(code, 1)
+  lo_exit_plan *plan = malloc(sizeof(lo_exit_plan));
+  if (plan == NULL) {
+    napi_throw_error(env, NULL, "exit deadline: out of memory");
+    return NULL;
+  }
+  *plan = (lo_exit_plan) { .ms = ms > 0 ? ms : 0, .code = code };
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  int rc = lo_thread_create(&t, &attr, lo_exit_after, plan, "lo-exit");
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    free(plan);
+    napi_throw_error(env, NULL, "exit deadline: cannot start its thread");
+  }
   return NULL;
 }
 

@@ -161,6 +161,14 @@ function timeArg(t: unknown): number | undefined {
   return typeof t === 'number' ? t : Date.now();
 }
 
+/**
+ * Ends the process with `code` within `ms` ms, even if its ordinary exit waits for threads
+ * that wait on a layer which stopped answering (native/fastpath.c, "the exit deadline").
+ */
+export function exitWithin(ms: number, code: number): void {
+  Fuse.exitAfter(ms, code);
+}
+
 export class FuseMount {
   private fuse: StoreFuse;
   private fast: FastPath | null = null;

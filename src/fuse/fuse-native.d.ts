@@ -22,6 +22,8 @@ declare module 'fuse-native' {
       counters(thread: Buffer): number[] | null;
       invalidate(thread: Buffer, all: boolean): void;
     };
+    /** The process ends with `code` within `ms` ms, whatever holds up its ordinary exit (native/fastpath.c). */
+    static exitAfter(ms: number, code: number): void;
   }
   export = Fuse;
 }

@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stuckWhere } from '../../src/cli/commands/unmount';
+import { processAlive } from '../../src/mount/records';
 import { check, cli, run } from '../helpers/exec';
 import { freshLower, lowerAdd, Manifest } from '../helpers/fixture';
 import { nix } from '../helpers/nix';
@@ -182,6 +183,32 @@ test('a lookup in the store root that waits on a stopped lower layer holds up no
   t.is(looker.exitCode, null, 'and the lower lookup still waits');
   resume();
   t.is(await within(10_000, 'the lower lookup did not finish after the lower layer resumed', done), 0);
+});
+
+// An ordinary exit waits for threads that wait on a layer (libuv's pool joins its threads,
+// libfuse's loop its workers); the daemon sets itself a deadline once it has unmounted
+// (native/fastpath.c, "the exit deadline").
+test('unmount finishes, and the daemon exits, while a lower layer that stopped answering still holds requests', async (t) => {
+  const dir = tempDir(t);
+  const lower = await lowerOnFuse(t, dir, 'bind', 'nix/store', ['timeout=0']); // every stat asks the server
+  const m = await mountMerged(t, lower.root);
+  const objName = lower.manifest.paths.dirObject.replace(/^\/nix\/store\//, '');
+  process.kill(lower.serverPid, 'SIGSTOP');
+  t.teardown(() => { process.kill(lower.serverPid, 'SIGCONT'); });
+  const reader = spawn('cat', [path.join(m.store, objName, 'share/doc/sample/deep/er/nested.txt')], { stdio: 'ignore' });
+  t.teardown(() => { reader.kill('SIGKILL'); });
+  // status's health check leaves one more call waiting, in libuv's pool.
+  const s = await cli(['status', m.root]);
+  t.regex(s.stdout, /UNHEALTHY \(lower store unreadable: no answer for/, s.stdout);
+  await sleep(500);
+  t.is(reader.exitCode, null, 'the lower read waits while the lower layer is stopped');
+
+  const u = await cli(['unmount', m.root, '--timeout', '15']);
+  t.is(u.code, 0, `unmount: ${u.stderr}`);
+  t.false(await mounted(m.store), 'the store is no longer mounted');
+  t.false(processAlive(m.pid), `the daemon ${m.pid} has exited`);
+  const log = await fs.promises.readFile(path.join(m.root, 'nix/var/log/local-overlay.log'), 'utf8');
+  t.regex(log, /exiting with \d+ file system calls unanswered/, 'the log says what it did not wait for');
 });
 
 // The lower DB may sit on the same shared filesystem as the lower store. The daemon's one JS

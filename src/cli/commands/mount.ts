@@ -114,7 +114,13 @@ async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<num
     });
   });
   // fuse-native keeps libuv handles open after a mount was removed from outside (its native
-  // unmount never ran), which would keep this process alive forever: exit explicitly.
+  // unmount never ran), which would keep this process alive forever: exit explicitly. An
+  // ordinary exit also waits for threads that wait on a layer which stopped answering (libuv's
+  // pool, libfuse's workers): the mount is gone and the DBs are closed, so it gets 3 s.
+  const waiting = process.getActiveResourcesInfo().filter((r) => r.startsWith('FSReq')).length;
+  if (waiting > 0) log.warn(`exiting with ${waiting} file system calls unanswered (a layer that stopped answering?); not waiting for them`);
+  const { exitWithin } = await import('../../fuse/adapter');
+  exitWithin(3000, EXIT.ok);
   process.exit(EXIT.ok);
 }
 
