@@ -10,7 +10,7 @@ interface StatusArgs { root?: string; json: boolean }
 
 export const statusCommand: CommandModule<object, StatusArgs> = {
   command: 'status [root]',
-  describe: 'Show running mounts: settings, uptime, counters, follower state, upper layer size and health',
+  describe: 'Show running mounts: settings, uptime, counters, follower state, upper layer size and health; exits 1 if a mount is unhealthy (its daemon does not answer, or a layer or DB does not, within 2 s)',
   builder: (y: Argv) => y
     .positional('root', { type: 'string', describe: 'one merged root [default: every running mount]' })
     .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
