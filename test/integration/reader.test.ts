@@ -1,5 +1,5 @@
 import test, { ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stuckWhere } from '../../src/cli/commands/unmount';
@@ -94,6 +94,33 @@ async function lowerOnFuse(t: ExecutionContext, dir: string, via: 'bind' | 'over
   return { root: lower.root, servedDir, serverPid: server.pid, manifest: lower.manifest };
 }
 
+/** A process expected to wait on a stopped layer: its exit code once it ends, and its output so far. Killed when the test ends. */
+function waiting(t: ExecutionContext, cmd: string, args: string[]): { child: ChildProcess; done: Promise<number | null>; out: () => string } {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+  const done = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  t.teardown(() => { child.kill('SIGKILL'); });
+  return { child, done, out: () => out };
+}
+
+/** For a timeout: an error saying where the daemon's threads and this process's wait (kernel wait channels, names, stacks). */
+function stuckError(what: string, daemonPid: number): (err: unknown) => never {
+  return (err) => { throw new Error(`${what}; the daemon: ${stuckWhere(daemonPid)}; this process: ${stuckWhere(process.pid)}; ${kernelStacks(process.pid)}`, { cause: err }); };
+}
+
+/** Stops `pid` (SIGSTOP) until the function returned, or the end of the test, continues it. */
+function stopUntilResumed(t: ExecutionContext, pid: number): () => void {
+  process.kill(pid, 'SIGSTOP');
+  let stopped = true;
+  const resume = (): void => {
+    if (stopped) process.kill(pid, 'SIGCONT');
+    stopped = false;
+  };
+  t.teardown(resume);
+  return resume;
+}
+
 /**
  * Stops the lower layer while a read of a lower file waits on it, then checks that a change in
  * an upper object and a read of it are answered while that read still waits, and that the
@@ -110,34 +137,22 @@ async function stuckLowerDoesNotStopTheStore(t: ExecutionContext, via: 'bind' | 
   await fs.promises.readdir(lowerObj);
   const before = await counter(m.root, counterName);
 
-  process.kill(lower.serverPid, 'SIGSTOP');
-  let stopped = true;
-  const resume = (): void => {
-    if (stopped) process.kill(lower.serverPid, 'SIGCONT');
-    stopped = false;
-  };
-  t.teardown(resume);
+  const resume = stopUntilResumed(t, lower.serverPid);
 
   const file = 'share/doc/sample/deep/er/nested.txt';
-  const reader = spawn('cat', [path.join(lowerObj, file)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  reader.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-  const done = new Promise<number | null>((resolve) => reader.on('close', (code) => resolve(code)));
-  t.teardown(() => { reader.kill('SIGKILL'); });
+  const reader = waiting(t, 'cat', [path.join(lowerObj, file)]);
   await sleep(500);
-  t.is(reader.exitCode, null, 'the lower read waits while the lower layer is stopped');
+  t.is(reader.child.exitCode, null, 'the lower read waits while the lower layer is stopped');
 
   const probe = path.join(obj, 'probe');
-  // On a timeout, where the daemon's threads wait says why (kernel wait channel and name).
-  const stuck = (what: string) => (err: unknown): never => { throw new Error(`${what}; the daemon: ${stuckWhere(m.pid)}; this process: ${stuckWhere(process.pid)}; ${kernelStacks(process.pid)}`, { cause: err }); };
   await within(5000, 'a write to an upper object waited for the stuck lower read: the reader role was not passed on', fs.promises.writeFile(probe, 'answered\n'))
-    .catch(stuck('the write timed out'));
-  t.is(await within(5000, 'a read of an upper file waited for the stuck lower read', fs.promises.readFile(probe, 'utf8')).catch(stuck('the read timed out')), 'answered\n');
-  t.is(reader.exitCode, null, 'and the lower read still waits');
+    .catch(stuckError('the write timed out', m.pid));
+  t.is(await within(5000, 'a read of an upper file waited for the stuck lower read', fs.promises.readFile(probe, 'utf8')).catch(stuckError('the read timed out', m.pid)), 'answered\n');
+  t.is(reader.child.exitCode, null, 'and the lower read still waits');
 
   resume();
-  t.is(await within(10_000, 'the lower read did not finish after the lower layer resumed', done), 0);
-  t.is(out, await fs.promises.readFile(path.join(dir, 'real', objName, file), 'utf8'));
+  t.is(await within(10_000, 'the lower read did not finish after the lower layer resumed', reader.done), 0);
+  t.is(reader.out(), await fs.promises.readFile(path.join(dir, 'real', objName, file), 'utf8'));
   t.true(await counter(m.root, counterName) > before, `status counts the ${counterName}`);
 }
 
@@ -164,25 +179,17 @@ test('a lookup in the store root that waits on a stopped lower layer holds up no
   t.is((await cli(['refresh', m.root])).code, 0);
   const lowerName = lower.manifest.paths.singleFile.replace(/^\/nix\/store\//, '');
 
-  process.kill(lower.serverPid, 'SIGSTOP');
-  let stopped = true;
-  const resume = (): void => {
-    if (stopped) process.kill(lower.serverPid, 'SIGCONT');
-    stopped = false;
-  };
-  t.teardown(resume);
+  const resume = stopUntilResumed(t, lower.serverPid);
   // The first lookup of a lower object: the daemon's lstat of it waits on the stopped layer.
-  const looker = spawn('stat', ['-c', '%s', path.join(m.store, lowerName)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { looker.kill('SIGKILL'); });
-  const done = new Promise<number | null>((resolve) => looker.on('close', (code) => resolve(code)));
+  const looker = waiting(t, 'stat', ['-c', '%s', path.join(m.store, lowerName)]);
   await sleep(500);
-  t.is(looker.exitCode, null, 'the lookup of the lower object waits while the lower layer is stopped');
+  t.is(looker.child.exitCode, null, 'the lookup of the lower object waits while the lower layer is stopped');
 
-  const stuck = (err: unknown): never => { throw new Error(`the lookup of an upper object timed out; the daemon: ${stuckWhere(m.pid)}; this process: ${stuckWhere(process.pid)}; ${kernelStacks(process.pid)}`, { cause: err }); };
-  t.is(await within(5000, 'the first lookup of an upper object waited for a lookup of a lower one', fs.promises.readFile(path.join(m.store, upperName, 'probe'), 'utf8')).catch(stuck), 'answered\n');
-  t.is(looker.exitCode, null, 'and the lower lookup still waits');
+  t.is(await within(5000, 'the first lookup of an upper object waited for a lookup of a lower one', fs.promises.readFile(path.join(m.store, upperName, 'probe'), 'utf8'))
+    .catch(stuckError('the lookup of an upper object timed out', m.pid)), 'answered\n');
+  t.is(looker.child.exitCode, null, 'and the lower lookup still waits');
   resume();
-  t.is(await within(10_000, 'the lower lookup did not finish after the lower layer resumed', done), 0);
+  t.is(await within(10_000, 'the lower lookup did not finish after the lower layer resumed', looker.done), 0);
 });
 
 // An ordinary exit waits for threads that wait on a layer (libuv's pool joins its threads,
@@ -193,15 +200,13 @@ test('unmount finishes, and the daemon exits, while a lower layer that stopped a
   const lower = await lowerOnFuse(t, dir, 'bind', 'nix/store', ['timeout=0']); // every stat asks the server
   const m = await mountMerged(t, lower.root);
   const objName = lower.manifest.paths.dirObject.replace(/^\/nix\/store\//, '');
-  process.kill(lower.serverPid, 'SIGSTOP');
-  t.teardown(() => { process.kill(lower.serverPid, 'SIGCONT'); });
-  const reader = spawn('cat', [path.join(m.store, objName, 'share/doc/sample/deep/er/nested.txt')], { stdio: 'ignore' });
-  t.teardown(() => { reader.kill('SIGKILL'); });
+  stopUntilResumed(t, lower.serverPid);
+  const reader = waiting(t, 'cat', [path.join(m.store, objName, 'share/doc/sample/deep/er/nested.txt')]);
   // status's health check leaves one more call waiting, in libuv's pool.
   const s = await cli(['status', m.root]);
   t.regex(s.stdout, /UNHEALTHY \(lower store unreadable: no answer for/, s.stdout);
   await sleep(500);
-  t.is(reader.exitCode, null, 'the lower read waits while the lower layer is stopped');
+  t.is(reader.child.exitCode, null, 'the lower read waits while the lower layer is stopped');
 
   const u = await cli(['unmount', m.root, '--timeout', '15']);
   t.is(u.code, 0, `unmount: ${u.stderr}`);
@@ -224,20 +229,13 @@ for (const metadata of ['lazy', 'mirror'] as const) {
     const obj = path.join(m.store, `00000000000000000000000000000r02-db-stopped-${metadata}`);
     await fs.promises.mkdir(obj);
 
-    process.kill(lower.serverPid, 'SIGSTOP');
-    let stopped = true;
-    const resume = (): void => {
-      if (stopped) process.kill(lower.serverPid, 'SIGCONT');
-      stopped = false;
-    };
-    t.teardown(resume);
+    const resume = stopUntilResumed(t, lower.serverPid);
     await sleep(1000); // ten of the follower's checks for changes
 
     const probe = path.join(obj, 'probe');
-    const stuck = (what: string) => (err: unknown): never => { throw new Error(`${what}; the daemon: ${stuckWhere(m.pid)}`, { cause: err }); };
     await within(5000, 'a write to an upper object waited for the stopped lower DB', fs.promises.writeFile(probe, 'answered\n'))
-      .catch(stuck('the write timed out'));
-    t.is(await within(5000, 'a read of an upper file waited for the stopped lower DB', fs.promises.readFile(probe, 'utf8')).catch(stuck('the read timed out')), 'answered\n');
+      .catch(stuckError('the write timed out', m.pid));
+    t.is(await within(5000, 'a read of an upper file waited for the stopped lower DB', fs.promises.readFile(probe, 'utf8')).catch(stuckError('the read timed out', m.pid)), 'answered\n');
     // status answers, and says what waits.
     const s = await cli(['status', m.root, '--json']);
     t.is(s.code, 1, `status exits 1 for a mount whose lower DB does not answer: ${s.stdout}${s.stderr}`);
