@@ -33,6 +33,10 @@ export class Metadata {
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | null = null;
   private lastFollow = { at: 0 };
+  /** The follower's check under way (follow). */
+  private following: Promise<void> | null = null;
+  /** Hears the names the follower imported (null: too many to list). */
+  private onNewPaths: (names: string[] | null) => void = () => undefined;
   /** When the follower's check of the lower DB files began, while it waits for the answer. */
   private checkingSince: number | null = null;
   /** The largest lower DB id in the follower's last snapshot. */
@@ -239,37 +243,53 @@ export class Metadata {
    */
   startFollower(intervalMs: number, onNewPaths: (names: string[] | null) => void): void {
     this.lowerMaxId = this.lower.maxId();
-    const tick = async (): Promise<void> => {
-      if (this.checkingSince !== null) return;
-      this.checkingSince = Date.now();
-      try {
-        const signature = await this.lower.signatureAsync();
-        if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
-        if (signature !== this.lower.openedSignature) {
-          this.lower.reopen(signature);
-          this.lowerMaxId = this.lower.maxId();
-          if (this.mode === 'mirror') {
-            const t0 = Date.now();
-            const added = this.mirror.importNew();
-            if (added.count > 0) {
-              this.stats.count('rowsMirrored', added.count);
-              for (const p of added.paths ?? []) this.known.set(p, true);
-              onNewPaths(added.paths ? added.paths.map((p) => p.slice(this.storeDir.length + 1)) : null);
-              if (added.paths) this.rootsDo(() => this.roots?.added(added.paths!));
-              else this.syncRoots();
-              this.stats.trace?.('import', this.storeDir, `${added.count} rows`, Date.now() - t0);
-            }
-          }
-        }
-        this.lastFollow = { at: Date.now() };
-      } catch (err) {
-        log.warn(`follower: ${err instanceof Error ? err.message : String(err)} (will retry)`);
-      } finally {
-        this.checkingSince = null;
-      }
-    };
-    this.timer = setInterval(() => void tick(), intervalMs);
+    this.onNewPaths = onNewPaths;
+    // A tick while a check waits (a lower DB that does not answer) adds nothing to wait.
+    this.timer = setInterval(() => { if (this.following === null) void this.follow(); }, intervalMs);
     this.timer.unref();
+  }
+
+  /**
+   * One look at the lower DB, as the follower takes every interval; `refresh` takes one too.
+   * Checks run one at a time: a call while one is under way gets a new check after it, since
+   * that one may have looked before a change its caller knows of.
+   */
+  follow(): Promise<void> {
+    const next = (this.following ?? Promise.resolve()).then(() => this.followOnce());
+    this.following = next;
+    void next.finally(() => { if (this.following === next) this.following = null; });
+    return next;
+  }
+
+  private async followOnce(): Promise<void> {
+    this.checkingSince = Date.now();
+    try {
+      const signature = await this.lower.signatureAsync();
+      if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
+      if (signature !== this.lower.openedSignature) {
+        this.lower.reopen(signature);
+        this.lowerMaxId = this.lower.maxId();
+        if (this.mode === 'mirror') this.importNew();
+      }
+      this.lastFollow = { at: Date.now() };
+    } catch (err) {
+      log.warn(`follower: ${err instanceof Error ? err.message : String(err)} (will retry)`);
+    } finally {
+      this.checkingSince = null;
+    }
+  }
+
+  /** Mirror mode: imports the rows the lower DB's snapshot has beyond the last import. */
+  private importNew(): void {
+    const t0 = Date.now();
+    const added = this.mirror.importNew();
+    if (added.count === 0) return;
+    this.stats.count('rowsMirrored', added.count);
+    for (const p of added.paths ?? []) this.known.set(p, true);
+    this.onNewPaths(added.paths ? added.paths.map((p) => p.slice(this.storeDir.length + 1)) : null);
+    if (added.paths) this.rootsDo(() => this.roots?.added(added.paths!));
+    else this.syncRoots();
+    this.stats.trace?.('import', this.storeDir, `${added.count} rows`, Date.now() - t0);
   }
 
   /**

@@ -5,7 +5,7 @@ import { log } from '../util/log';
 
 interface Controlled {
   status(): Promise<Record<string, unknown>>;
-  refresh(): void;
+  refresh(): Promise<void>;
   trace(on: boolean, file?: string, prefix?: string): string | null;
   stop(): Promise<void>;
 }
@@ -44,7 +44,7 @@ export class ControlServer {
       const req = JSON.parse(line) as { cmd?: string; on?: boolean; file?: string; prefix?: string };
       switch (req.cmd) {
         case 'status': return { ok: true, status: await this.target.status() };
-        case 'refresh': this.target.refresh(); return { ok: true };
+        case 'refresh': await this.target.refresh(); return { ok: true };
         case 'trace': return { ok: true, file: this.target.trace(req.on !== false, req.file, req.prefix) };
         case 'stop': setImmediate(() => process.kill(process.pid, 'SIGTERM')); return { ok: true };
         default: return { ok: false, error: `unknown command ${String(req.cmd)}` };

@@ -255,10 +255,16 @@ export class Daemon {
     return f;
   }
 
-  refresh(): void {
+  /**
+   * Forgets what the daemon knows of both layers: the upper dir is read again, and the lower DB
+   * is looked at as the follower does (in mirror mode its new rows are imported before this
+   * returns). Reopening the lower DB's snapshot without importing would hide its new rows from
+   * the follower, which imports only when the files differ from the snapshot's.
+   */
+  async refresh(): Promise<void> {
     this.overlay.refresh();
-    this.metadata.lower.reopen();
     this.fuse?.invalidateListings(true);
+    await this.metadata.follow();
   }
 
   /**

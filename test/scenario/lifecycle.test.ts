@@ -306,6 +306,19 @@ test('Nix verify on a lazy merged root: damage to used lower paths is reported, 
   t.notRegex(r.stderr, new RegExp(rel(p.dirObject)), 'an unused lower path was reported');
 });
 
+test('refresh: a path just added to the lower store is valid in the merged DB once refresh returns (mirror mode)', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  // The follower looks once a minute here: what refresh does must be enough by itself.
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), extra: ['--follow-interval', '60000'] });
+  const added = await lowerAdd(lower.root, 'refresh-late');
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 0, r.stderr);
+  const v = await nix('nix-store', ['--store', m.root, '--check-validity', added]);
+  t.is(v.code, 0, `valid right after refresh: ${v.stderr}`);
+  t.true((await fs.promises.readdir(m.store)).includes(rel(added)), 'and listed');
+});
+
 test('refresh: after the upper dir is changed outside the mount, refresh makes the mount see it', async (t) => {
   const lower = await sharedLower();
   const before = await lowerRootDigest(lower.root);
