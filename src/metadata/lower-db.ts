@@ -12,6 +12,7 @@ import { OutputRow, PathRow } from './rows';
 export class LowerDb {
   private db: Db | null = null;
   private sig = '';
+  private snapshotMax = 0;
   /** Prepared statements of the current connection (dropped with it on reopen). */
   private stmts = new Map<string, Statement>();
 
@@ -51,6 +52,13 @@ export class LowerDb {
     this.close();
     this.sig = signature;
     this.db = openDb(lowerDbUri(this.dbFile), { readonly: true, timeoutMs: 1000 });
+    // Informational (status); a DB without Nix's tables fails where it is used, not here.
+    try { this.snapshotMax = this.maxId(); } catch { this.snapshotMax = 0; }
+  }
+
+  /** The largest id in the current snapshot, as read when it was opened (0 before): reads nothing. */
+  get snapshotMaxId(): number {
+    return this.snapshotMax;
   }
 
   close(): void {
@@ -66,9 +74,7 @@ export class LowerDb {
 
   /** The DB files' identity now (mtime and size of the DB and its WAL). */
   signature(): string {
-    const a = fs.statSync(this.dbFile, { throwIfNoEntry: false });
-    const b = fs.statSync(this.walFile, { throwIfNoEntry: false });
-    return `${a?.mtimeMs}:${a?.size}:${b?.mtimeMs}:${b?.size}`;
+    return identity(fs.statSync(this.dbFile, { throwIfNoEntry: false }), fs.statSync(this.walFile, { throwIfNoEntry: false }));
   }
 
   /**
@@ -81,7 +87,7 @@ export class LowerDb {
       throw err;
     });
     const [a, b] = await Promise.all([stat(this.dbFile), stat(this.walFile)]);
-    return `${a?.mtimeMs}:${a?.size}:${b?.mtimeMs}:${b?.size}`;
+    return identity(a, b);
   }
 
   /** The signature of the current connection's snapshot ('' before the first open). */
@@ -147,4 +153,9 @@ export class LowerDb {
   outputs(drvId: number): OutputRow[] {
     return this.stmt('SELECT * FROM DerivationOutputs WHERE drv = ?').all(drvId) as OutputRow[];
   }
+}
+
+/** The identity of the DB file and its WAL (either may be absent): mtime and size of each. */
+function identity(db: fs.Stats | undefined, wal: fs.Stats | undefined): string {
+  return `${db?.mtimeMs}:${db?.size}:${wal?.mtimeMs}:${wal?.size}`;
 }

@@ -39,8 +39,6 @@ export class Metadata {
   private onNewPaths: (names: string[] | null) => void = () => undefined;
   /** When the follower's check of the lower DB files began, while it waits for the answer. */
   private checkingSince: number | null = null;
-  /** The largest lower DB id in the follower's last snapshot. */
-  private lowerMaxId = 0;
   private behindSince: number | null = null;
   private readonly reconcileTimers = new Map<string, NodeJS.Timeout>();
   /** Mirror mode only: GC roots that keep lower objects alive for plain Nix's GC. */
@@ -93,10 +91,7 @@ export class Metadata {
     // Lazy mode: a row the lower DB snapshot lacks may have been committed since it was
     // opened (the follower reopens it only every followIntervalMs). In mirror mode the
     // follower must see the change itself, to import it.
-    if (this.mode === 'lazy' && this.lower.pathRow(storePath) === undefined && this.lower.changed()) {
-      this.lower.reopen();
-      this.lowerMaxId = this.lower.maxId();
-    }
+    if (this.mode === 'lazy' && this.lower.pathRow(storePath) === undefined && this.lower.changed()) this.lower.reopen();
     const t0 = Date.now();
     p = withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
       this.inflight.delete(storePath);
@@ -242,7 +237,7 @@ export class Metadata {
    * synchronous; it happens only after the files were seen to change, i.e. answered.
    */
   startFollower(intervalMs: number, onNewPaths: (names: string[] | null) => void): void {
-    this.lowerMaxId = this.lower.maxId();
+    this.lower.conn(); // the snapshot the follower compares with
     this.onNewPaths = onNewPaths;
     // A tick while a check waits (a lower DB that does not answer) adds nothing to wait.
     this.timer = setInterval(() => { if (this.following === null) void this.follow(); }, intervalMs);
@@ -268,7 +263,6 @@ export class Metadata {
       if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
       if (signature !== this.lower.openedSignature) {
         this.lower.reopen(signature);
-        this.lowerMaxId = this.lower.maxId();
         if (this.mode === 'mirror') this.importNew();
       }
       this.lastFollow = { at: Date.now() };
@@ -300,7 +294,7 @@ export class Metadata {
    * nothing: status must answer while the lower DB does not.
    */
   followerState(): { mode: MetadataMode; lastTickAt: string | null; lastLowerId: number; lowerMaxId: number; pendingRows: number; lagMs: number; checkWaitingMs: number } {
-    const lowerMaxId = this.lowerMaxId;
+    const lowerMaxId = this.lower.snapshotMaxId;
     const pending = this.mode === 'mirror' ? Math.max(0, lowerMaxId - this.mirror.lastLowerId) : 0;
     if (pending === 0) this.behindSince = null;
     else this.behindSince ??= Date.now();
