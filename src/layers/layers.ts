@@ -168,9 +168,13 @@ export class TopLevelIndex {
     this.sink?.set(name, 'upper');
   }
 
-  /** Records that the upper layer no longer has `name`; a lower object of that name shows again. */
+  /**
+   * Records that the upper layer no longer has `name`; a lower object of that name shows again.
+   * A cached "not in the lower store" may predate the lower store's copy: it is asked again.
+   */
   upperRemoved(name: string): void {
     this.upper.delete(name);
+    this.lower.delete(name);
     this.sink?.delete(name);
   }
 

@@ -54,12 +54,15 @@ export class LowerRoots {
     if (this.stampFile !== null) fs.rmSync(this.stampFile, { force: true });
   }
 
-  /** The root names the lower store needs, given the names the upper layer also has. */
-  wanted(duplicates: ReadonlySet<string>): Set<string> {
+  /**
+   * The root names the lower store's rows up to id `maxId` need, given the names the upper layer
+   * also has. A referrer above `maxId` does not count: its rows were not considered.
+   */
+  wanted(duplicates: ReadonlySet<string>, maxId = Number.MAX_SAFE_INTEGER): Set<string> {
     const db = this.lower.conn();
     const tops = db.prepare(`
       SELECT v.path FROM ValidPaths v
-      WHERE NOT EXISTS (SELECT 1 FROM Refs r WHERE r.reference = v.id AND r.referrer != v.id)`).pluck().all() as string[];
+      WHERE v.id <= @maxId AND NOT EXISTS (SELECT 1 FROM Refs r WHERE r.reference = v.id AND r.referrer != v.id AND r.referrer <= @maxId)`).pluck().all({ maxId }) as string[];
     const out = new Set<string>();
     const refsOf = db.prepare('SELECT w.path FROM Refs r JOIN ValidPaths v ON v.id = r.referrer JOIN ValidPaths w ON w.id = r.reference WHERE v.path = ? AND w.id != v.id').pluck();
     const pending: string[] = [];
@@ -78,11 +81,17 @@ export class LowerRoots {
     return out;
   }
 
-  /** Makes the roots dir hold exactly the wanted roots; returns how many were added/removed. */
-  sync(duplicates: ReadonlySet<string>): { added: number; removed: number } {
+  /**
+   * Makes the roots dir hold exactly the roots wanted; returns how many were added/removed.
+   * `upTo` limits the sync to the lower rows up to `maxId`, those of the snapshot whose files'
+   * identity is `signature`: the mount's sync, which runs in a worker with a connection of its
+   * own, must not act on rows the lower DB gained since the mount imported. Those are the
+   * follower's, who roots them knowing what the upper layer has (`duplicates` is the mount's).
+   */
+  sync(duplicates: ReadonlySet<string>, upTo?: { maxId: number; signature: string }): { added: number; removed: number } {
     this.dropStamp();
-    const lowerSignature = this.lower.snapshotSignature(); // of the snapshot `wanted` reads
-    const want = this.wanted(duplicates);
+    const lowerSignature = upTo?.signature ?? this.lower.snapshotSignature(); // of the snapshot `wanted` reads
+    const want = this.wanted(duplicates, upTo?.maxId);
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
     let added = 0, removed = 0;
     const have = new Set(fs.readdirSync(this.dir));

@@ -104,6 +104,12 @@ export class LowerDb {
     return this.stmt('SELECT path FROM ValidPaths WHERE id <= ? ORDER BY id DESC LIMIT ?').pluck().all(maxId, limit) as string[];
   }
 
+  /** Store paths with ids in (`after`, `upTo`], or null when there are more than `limit`. */
+  pathsBetween(after: number, upTo: number, limit: number): string[] | null {
+    const paths = this.stmt('SELECT path FROM ValidPaths WHERE id > ? AND id <= ? LIMIT ?').pluck().all(after, upTo, limit + 1) as string[];
+    return paths.length > limit ? null : paths;
+  }
+
   maxId(): number {
     const r = this.stmt('SELECT max(id) AS m FROM ValidPaths').get() as { m: number | null };
     return r.m ?? 0;

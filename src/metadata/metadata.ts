@@ -10,7 +10,7 @@ import { GcLock } from './gc-lock';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
-import { Mirror } from './mirror';
+import { LIST_LIMIT, Mirror } from './mirror';
 import { withBusyRetry } from './sqlite';
 import { UpperDb } from './upper-db';
 
@@ -35,8 +35,10 @@ export class Metadata {
   private lastFollow = { at: 0 };
   /** The follower's check under way (follow). */
   private following: Promise<void> | null = null;
-  /** Hears the names the follower imported (null: too many to list). */
-  private onNewPaths: (names: string[] | null) => void = () => undefined;
+  /** Hears the names new in the lower DB (null: too many to list); `settled`: their rows are in the merged DB. */
+  private onNewPaths: (names: string[] | null, settled: boolean) => void = () => undefined;
+  /** The largest lower id whose rows the follower has reported (onNewPaths) and imported. */
+  private reportedMaxId = 0;
   /** When the follower's check of the lower DB files began, while it waits for the answer. */
   private checkingSince: number | null = null;
   private behindSince: number | null = null;
@@ -200,7 +202,10 @@ export class Metadata {
       return;
     }
     const t0 = Date.now();
-    const job: RootsJob = { dir: roots.dir, stampFile: roots.stampFile, dbFile: this.lower.dbFile, storeDir: this.storeDir, duplicates: [...duplicates] };
+    const job: RootsJob = {
+      dir: roots.dir, stampFile: roots.stampFile, dbFile: this.lower.dbFile, storeDir: this.storeDir, duplicates: [...duplicates],
+      maxId: this.mirror.lastLowerId, signature: this.lower.snapshotSignature(),
+    };
     // Tests hold the sync back until this file exists, to see a GC wait for the roots.
     const gate = process.env.LOCAL_OVERLAY_TEST_ROOTS_GATE;
     const synced = (gate ? untilExists(gate) : Promise.resolve()).then(() => runRootsWorker(job)).then(
@@ -228,16 +233,18 @@ export class Metadata {
 
   /**
    * Follows the lower DB: every `intervalMs`, if its files changed, reopen the snapshot and
-   * (mirror mode) import the new rows. `onNewPaths` hears the names added (null: too many to
-   * list; drop whole caches).
+   * (mirror mode) import the new rows. `onNewPaths` hears the names of every new lower row
+   * (null: too many to list; drop whole caches), in lazy mode too, and whether the merged DB
+   * has their rows (mirror mode: imported, or the upper layer's own).
    *
    * The check for changes stats the DB files on libuv's threadpool, one check at a time: a
    * lower DB whose server stops answering (a hung NFS mount) holds up the follower, not this
    * thread, which answers every request the fast path leaves to JS. Reading the rows stays
    * synchronous; it happens only after the files were seen to change, i.e. answered.
    */
-  startFollower(intervalMs: number, onNewPaths: (names: string[] | null) => void): void {
+  startFollower(intervalMs: number, onNewPaths: (names: string[] | null, settled: boolean) => void): void {
     this.lower.conn(); // the snapshot the follower compares with
+    this.reportedMaxId = this.mode === 'mirror' ? this.mirror.lastLowerId : this.lower.snapshotMaxId;
     this.onNewPaths = onNewPaths;
     // A tick while a check waits (a lower DB that does not answer) adds nothing to wait.
     this.timer = setInterval(() => { if (this.following === null) void this.follow(); }, intervalMs);
@@ -261,10 +268,9 @@ export class Metadata {
     try {
       const signature = await this.lower.signatureAsync();
       if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
-      if (signature !== this.lower.openedSignature) {
-        this.lower.reopen(signature);
-        if (this.mode === 'mirror') this.importNew();
-      }
+      if (signature !== this.lower.openedSignature) this.lower.reopen(signature);
+      // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too.
+      if (this.lower.snapshotMaxId > this.reportedMaxId) this.lowerGrew();
       this.lastFollow = { at: Date.now() };
     } catch (err) {
       log.warn(`follower: ${err instanceof Error ? err.message : String(err)} (will retry)`);
@@ -273,17 +279,30 @@ export class Metadata {
     }
   }
 
-  /** Mirror mode: imports the rows the lower DB's snapshot has beyond the last import. */
-  private importNew(): void {
+  /**
+   * The lower DB's snapshot has rows beyond the last report. Mirror mode imports them (the ones
+   * the upper DB lacks; the rest are the upper layer's objects, now in both layers) and roots
+   * the imported ones. Every new name is reported, duplicates included: a lookup of the name
+   * may have been answered "not in the lower store" just before, and that answer is now wrong.
+   */
+  private lowerGrew(): void {
     const t0 = Date.now();
-    const added = this.mirror.importNew();
-    if (added.count === 0) return;
-    this.stats.count('rowsMirrored', added.count);
-    for (const p of added.paths ?? []) this.known.set(p, true);
-    this.onNewPaths(added.paths ? added.paths.map((p) => p.slice(this.storeDir.length + 1)) : null);
-    if (added.paths) this.rootsDo(() => this.roots?.added(added.paths!));
-    else this.syncRoots();
-    this.stats.trace?.('import', this.storeDir, `${added.count} rows`, Date.now() - t0);
+    const upTo = this.lower.snapshotMaxId;
+    const lowerPaths = this.lower.pathsBetween(this.reportedMaxId, upTo, LIST_LIMIT);
+    const mirrored = this.mode === 'mirror';
+    if (mirrored) {
+      const added = this.mirror.importNew();
+      this.stats.count('rowsMirrored', added.count);
+      if (added.paths) {
+        if (added.paths.length > 0) this.rootsDo(() => this.roots?.added(added.paths!));
+      } else {
+        this.syncRoots();
+      }
+      for (const p of lowerPaths ?? []) this.known.set(p, true);
+      this.stats.trace?.('import', this.storeDir, `${added.count} rows`, Date.now() - t0);
+    }
+    this.reportedMaxId = upTo;
+    this.onNewPaths(lowerPaths ? lowerPaths.map((p) => p.slice(this.storeDir.length + 1)) : null, mirrored);
   }
 
   /**

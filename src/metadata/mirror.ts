@@ -5,7 +5,7 @@ import { UpperDb } from './upper-db';
 /** Above this many new rows an import rebuilds the Refs indexes instead of updating them. */
 const BULK_ROWS = 10_000;
 /** Above this many new rows an import does not list them (callers then drop whole caches). */
-const LIST_LIMIT = 10_000;
+export const LIST_LIMIT = 10_000;
 
 export interface ImportResult {
   /** ValidPaths rows added. */

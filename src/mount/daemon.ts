@@ -138,7 +138,7 @@ export class Daemon {
     }
 
     this.watchLowerStore(lower.storeDir, cfg.followIntervalMs);
-    this.metadata.startFollower(cfg.followIntervalMs, (names) => {
+    this.metadata.startFollower(cfg.followIntervalMs, (names, settled) => {
       // New rows can make a bookkeeping-like lower name a store object (layers.ts).
       this.fuse?.invalidateListings(false);
       if (names === null) {
@@ -146,8 +146,8 @@ export class Daemon {
         return;
       }
       for (const n of names) {
-        this.overlay.index.forgetLower(n);
-        this.overlay.index.lowerServed(n); // its row is in the merged DB now
+        this.overlay.index.forgetLower(n); // it may have been looked up, and missed, just before
+        if (settled) this.overlay.index.lowerServed(n); // its row is in the merged DB now
       }
     });
     this.control = new ControlServer(controlSocketPath(cfg.mergedRoot), this);

@@ -194,6 +194,34 @@ test('duplicates: deleting a path in both layers removes the upper copy; the low
   t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
 });
 
+test('duplicates: a path the lower store gains while the mount\'s GC roots are still being written stays collectable', async (t) => {
+  // The roots sync of the mount reads the lower DB in a worker. Rows the lower DB gained after
+  // the mount's import belong to the follower, which knows what the upper layer has: the sync
+  // must not root them (here: a path the upper layer already has, which would stay alive).
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const gate = path.join(dir, 'roots-gate');
+  const m = await mountMerged(t, lower.root, { dir, env: { LOCAL_OVERLAY_TEST_ROOTS_GATE: gate } });
+  type Status = { gcRootsSyncing: boolean; follower: { lowerMaxId: number } };
+  const status = async (): Promise<Status> => JSON.parse((await cli(['status', m.root, '--json'])).stdout) as Status;
+  const atMount = (await status()).follower.lowerMaxId;
+  const name = `dup-syncing-${Date.now()}`;
+  const p = await addText(m, dir, `lower-extra-${name}`, `${name}\n`);
+  t.is(await lowerAdd(lower.root, name), p);
+  t.true(await eventually(async () => (await status()).follower.lowerMaxId > atMount), 'the follower read the new lower row');
+  t.true((await status()).gcRootsSyncing, 'the roots sync is still held back');
+  await fs.promises.writeFile(gate, '');
+  t.true(await eventually(async () => !(await status()).gcRootsSyncing, 30_000), 'the roots sync finished');
+  const rootsDir = path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store');
+  t.true(fs.readdirSync(rootsDir).length > 0, 'roots written');
+  t.false(fs.readdirSync(rootsDir).includes(rel(p)), 'the duplicate is not rooted');
+  await nixOk('nix-store', ['--store', m.root, '--delete', p]);
+  t.false(fs.existsSync(path.join(m.upper, rel(p))), 'the upper copy is gone');
+  t.true(await eventually(() => valid(m, p)), 'the lower copy is valid again within 5 s');
+  t.true(await eventually(async () => fs.readdirSync(rootsDir).includes(rel(p))), 'and rooted, as a lower-only path');
+  await m.unmount();
+});
+
 test('optimise: removes upper copies of objects the lower store has; the lower copy is served and stays valid', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);

@@ -186,10 +186,7 @@ test('index: a long negativeTtlMs keeps the negative answer', async (t) => {
   t.true(ix.lowerHas(grown));
 });
 
-// Known bug: lowerHas() stores a miss with `{ ttl: negativeTtlMs }`, and lru-cache reads ttl 0
-// as "never expires", so `mount --negative-timeout 0` caches misses forever instead of never
-// (only the DB follower's forgetLower() rescues names that Nix registers in the lower DB).
-// Fix in layers.ts: do not cache a miss when negativeTtlMs <= 0.
+// lru-cache reads ttl 0 as "never expires": a miss must then not be cached at all.
 test('index: negativeTtlMs 0 caches no negative answers', async (t) => {
   const l = await layout(t);
   const ix = new TopLevelIndex(l.dirs, 0);
@@ -223,6 +220,18 @@ test('index: upperAdded, upperRemoved and clearWhiteout', async (t) => {
   t.true(fs.existsSync(path.join(l.upper, UO, 'file')), 'clearWhiteout leaves an object alone');
   t.true(fs.lstatSync(path.join(l.upper, CD)).isCharacterDevice(), 'clearWhiteout leaves a non-whiteout device alone');
   t.is(ix.resolve(UO), Layer.Upper);
+});
+
+test('index: removing an upper object asks the lower store again, even within negativeTtlMs', async (t) => {
+  const l = await layout(t);
+  const ix = new TopLevelIndex(l.dirs, 60_000);
+  const name = nm('upper-then-lower');
+  t.false(ix.lowerHas(name), 'looked up before it existed anywhere');
+  ix.upperAdded(name);
+  fs.writeFileSync(path.join(l.lower, name), 'the lower store gained it too');
+  t.is(ix.resolve(name), Layer.Upper);
+  ix.upperRemoved(name);
+  t.is(ix.resolve(name), Layer.Lower, 'the lower copy shows at once, not after the cached miss expires');
 });
 
 test('index: listRoot is the union of both layers, once each, without whiteouts or lower bookkeeping', async (t) => {
