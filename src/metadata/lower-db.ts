@@ -5,9 +5,13 @@ import { OutputRow, PathRow } from './rows';
 /**
  * Read-only access to the lower store's DB.
  *
- * The connection is a snapshot: with `immutable=1` SQLite never looks for changes, so the
- * follower reopens it whenever the DB files change (`changed()`), and lookups use whatever
- * snapshot is current. Nothing here writes, locks for writing, or creates files next to it.
+ * The connection is a snapshot: with `immutable=1` SQLite never looks for changes, and keeps
+ * the pages it has read. Once a writer has changed the DB file (a Nix client checkpoints its
+ * WAL when it exits), that connection mixes its cached pages with the file's new ones: its
+ * next read fails with SQLITE_CORRUPT, or worse, answers from a B-tree that no longer exists.
+ * So every read first looks whether the files changed (two lstats) and reopens if they did,
+ * and a read that still meets a torn file (a writer checkpointing at that moment) is retried
+ * once on a new connection. Nothing here writes, locks for writing, or creates files next to it.
  */
 export class LowerDb {
   private db: Db | null = null;
@@ -20,10 +24,21 @@ export class LowerDb {
 
   get walFile(): string { return `${this.dbFile}-wal`; }
 
-  /** The connection, opened on first use. */
+  /** The connection, opened on first use and reopened when the DB files have changed. */
   conn(): Db {
-    if (this.db === null) this.reopen();
+    if (this.db === null || this.changed()) this.reopen();
     return this.db as Db;
+  }
+
+  /** Runs a read (`f` uses `stmt`) on a current connection; once more on a new one if the file was torn. */
+  private read<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (err) {
+      if (!isTornRead(err)) throw err;
+      this.reopen();
+      return f();
+    }
   }
 
   /** True when the DB files changed since the connection was opened (cheap: two lstats). */
@@ -37,8 +52,9 @@ export class LowerDb {
     return this.sig;
   }
 
-  /** A statement prepared once per connection. */
+  /** A statement prepared once per connection (checks the files first: conn). */
   private stmt(sql: string): Statement {
+    this.conn();
     let st = this.stmts.get(sql);
     if (st === undefined) {
       st = this.conn().prepare(sql);
@@ -51,9 +67,14 @@ export class LowerDb {
   reopen(signature = this.signature()): void {
     this.close();
     this.sig = signature;
-    this.db = openDb(lowerDbUri(this.dbFile), { readonly: true, timeoutMs: 1000 });
-    // Informational (status); a DB without Nix's tables fails where it is used, not here.
-    try { this.snapshotMax = this.maxId(); } catch { this.snapshotMax = 0; }
+    const db = openDb(lowerDbUri(this.dbFile), { readonly: true, timeoutMs: 1000 });
+    this.db = db;
+    // A DB without Nix's tables fails where it is used, not here.
+    try {
+      this.snapshotMax = (db.prepare('SELECT max(id) AS m FROM ValidPaths').get() as { m: number | null }).m ?? 0;
+    } catch {
+      this.snapshotMax = 0;
+    }
   }
 
   /** The largest id in the current snapshot, as read when it was opened (0 before): reads nothing. */
@@ -96,34 +117,29 @@ export class LowerDb {
   }
 
   pathRow(path: string): PathRow | undefined {
-    return this.stmt('SELECT * FROM ValidPaths WHERE path = ?').get(path) as PathRow | undefined;
+    return this.read(() => this.stmt('SELECT * FROM ValidPaths WHERE path = ?').get(path) as PathRow | undefined);
   }
 
   /** Store paths with ids up to `maxId`, newest first, at most `limit` of them. */
   paths(maxId: number, limit: number): string[] {
-    return this.stmt('SELECT path FROM ValidPaths WHERE id <= ? ORDER BY id DESC LIMIT ?').pluck().all(maxId, limit) as string[];
+    return this.read(() => this.stmt('SELECT path FROM ValidPaths WHERE id <= ? ORDER BY id DESC LIMIT ?').pluck().all(maxId, limit) as string[]);
   }
 
   /** Store paths with ids in (`after`, `upTo`], or null when there are more than `limit`. */
   pathsBetween(after: number, upTo: number, limit: number): string[] | null {
-    const paths = this.stmt('SELECT path FROM ValidPaths WHERE id > ? AND id <= ? LIMIT ?').pluck().all(after, upTo, limit + 1) as string[];
+    const paths = this.read(() => this.stmt('SELECT path FROM ValidPaths WHERE id > ? AND id <= ? LIMIT ?').pluck().all(after, upTo, limit + 1) as string[]);
     return paths.length > limit ? null : paths;
   }
 
   maxId(): number {
-    const r = this.stmt('SELECT max(id) AS m FROM ValidPaths').get() as { m: number | null };
+    const r = this.read(() => this.stmt('SELECT max(id) AS m FROM ValidPaths').get() as { m: number | null });
     return r.m ?? 0;
   }
 
   /** Every row of the closure of `path` (the path itself included), or [] if not valid. */
   closure(path: string): PathRow[] {
-    return this.stmt(`
-      WITH RECURSIVE closure(id) AS (
-        SELECT id FROM ValidPaths WHERE path = ?
-        UNION
-        SELECT r.reference FROM Refs r JOIN closure c ON r.referrer = c.id
-      )
-      SELECT v.* FROM ValidPaths v JOIN closure c ON v.id = c.id`).all(path) as PathRow[];
+    return this.read(() => this.stmt(`${LowerDb.CLOSURE}
+      SELECT v.* FROM ValidPaths v JOIN closure c ON v.id = c.id`).all(path) as PathRow[]);
   }
 
   private static readonly CLOSURE = `
@@ -139,26 +155,32 @@ export class LowerDb {
    * scans all of Refs (20 ms on a 100k-path DB, for any closure).
    */
   closureRefs(path: string): { referrer: number; path: string }[] {
-    return this.stmt(`${LowerDb.CLOSURE}
+    return this.read(() => this.stmt(`${LowerDb.CLOSURE}
       SELECT r.referrer AS referrer, v.path AS path FROM closure c
-      CROSS JOIN Refs r ON r.referrer = c.id CROSS JOIN ValidPaths v ON v.id = r.reference`).all(path) as { referrer: number; path: string }[];
+      CROSS JOIN Refs r ON r.referrer = c.id CROSS JOIN ValidPaths v ON v.id = r.reference`).all(path) as { referrer: number; path: string }[]);
   }
 
   /** Every derivation output row of the derivations in the closure of `path`. */
   closureOutputs(path: string): OutputRow[] {
-    return this.stmt(`${LowerDb.CLOSURE}
-      SELECT o.* FROM closure c JOIN DerivationOutputs o ON o.drv = c.id`).all(path) as OutputRow[];
+    return this.read(() => this.stmt(`${LowerDb.CLOSURE}
+      SELECT o.* FROM closure c JOIN DerivationOutputs o ON o.drv = c.id`).all(path) as OutputRow[]);
   }
 
   /** References of the row with id `id`, as paths. */
   references(id: number): string[] {
-    return this.stmt('SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?')
-      .pluck().all(id) as string[];
+    return this.read(() => this.stmt('SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?')
+      .pluck().all(id) as string[]);
   }
 
   outputs(drvId: number): OutputRow[] {
-    return this.stmt('SELECT * FROM DerivationOutputs WHERE drv = ?').all(drvId) as OutputRow[];
+    return this.read(() => this.stmt('SELECT * FROM DerivationOutputs WHERE drv = ?').all(drvId) as OutputRow[]);
   }
+}
+
+/** An error from reading a DB file that changed under the connection, or mid-read. */
+function isTornRead(err: unknown): boolean {
+  const code = String((err as { code?: unknown } | null)?.code ?? '');
+  return code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB' || code === 'SQLITE_IOERR_SHORT_READ';
 }
 
 /** The identity of the DB file and its WAL (either may be absent): mtime and size of each. */

@@ -39,6 +39,8 @@ export class Metadata {
   private onNewPaths: (names: string[] | null, settled: boolean) => void = () => undefined;
   /** The largest lower id whose rows the follower has reported (onNewPaths) and imported. */
   private reportedMaxId = 0;
+  /** The lower DB files' identity when the mount's import read them (importAll). */
+  private importedSignature = '';
   /** When the follower's check of the lower DB files began, while it waits for the answer. */
   private checkingSince: number | null = null;
   private behindSince: number | null = null;
@@ -69,6 +71,7 @@ export class Metadata {
   importAll(): number {
     const t0 = Date.now();
     const { count } = this.mirror.importNew();
+    this.importedSignature = this.lower.openedSignature;
     this.stats.count('rowsMirrored', count);
     log.info(`mirror: imported ${count} lower paths in ${Date.now() - t0} ms`);
     this.stats.trace?.('import', this.storeDir, `${count} rows`, Date.now() - t0);
@@ -90,10 +93,6 @@ export class Metadata {
     if (this.lowerSettled(name)) return null;
     let p = this.inflight.get(storePath);
     if (p) return p;
-    // Lazy mode: a row the lower DB snapshot lacks may have been committed since it was
-    // opened (the follower reopens it only every followIntervalMs). In mirror mode the
-    // follower must see the change itself, to import it.
-    if (this.mode === 'lazy' && this.lower.pathRow(storePath) === undefined && this.lower.changed()) this.lower.reopen();
     const t0 = Date.now();
     p = withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
       this.inflight.delete(storePath);
@@ -204,7 +203,7 @@ export class Metadata {
     const t0 = Date.now();
     const job: RootsJob = {
       dir: roots.dir, stampFile: roots.stampFile, dbFile: this.lower.dbFile, storeDir: this.storeDir, duplicates: [...duplicates],
-      maxId: this.mirror.lastLowerId, signature: this.lower.snapshotSignature(),
+      maxId: this.mirror.lastLowerId, signature: this.importedSignature,
     };
     // Tests hold the sync back until this file exists, to see a GC wait for the roots.
     const gate = process.env.LOCAL_OVERLAY_TEST_ROOTS_GATE;

@@ -64,7 +64,16 @@ export async function mountMerged(t: ExecutionContext, lower: string, opts: { me
     }
   };
   t.teardown(async () => {
+    // A failed test shows what the daemon logged: the temp dir, log included, goes with it.
+    if (!t.passed) await printLogTail(t.title, path.join(root, 'nix/var/log/local-overlay.log'));
     await unmount().catch(() => undefined);
   });
   return { root, store: path.join(root, 'nix/store'), upper, work, lower, lowerStore: path.join(lower, 'nix/store'), dir, pid, unmount };
+}
+
+/** The last `lines` lines of a daemon's log, on stderr (a failed test's evidence). */
+async function printLogTail(title: string, logFile: string, lines = 60): Promise<void> {
+  const text = await fs.promises.readFile(logFile, 'utf8').catch((err: NodeJS.ErrnoException) => `(no log: ${err.code ?? String(err)})`);
+  const tail = text.trimEnd().split('\n').slice(-lines).join('\n');
+  process.stderr.write(`\n--- ${title}: the daemon's log (${logFile}), last ${lines} lines ---\n${tail}\n--- end of log ---\n`);
 }

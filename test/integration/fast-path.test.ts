@@ -105,7 +105,9 @@ test('lazy: a lower object whose DB row comes after its files is not settled unt
   await fs.promises.mkdir(path.join(scratch, 'nix/store'), { recursive: true });
   const storePath = await lowerAdd(scratch, 'late-row');
   const name = rel(storePath);
-  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), metadata: 'lazy' });
+  // The follower, slowed down, does not reopen the lower DB here: the lookup must see the row
+  // itself, on a connection whose cached pages predate it.
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), metadata: 'lazy', extra: ['--follow-interval', '60000'] });
 
   // Its files first, as a copy into a shared lower store would leave them, without a DB row.
   await fs.promises.writeFile(path.join(m.lowerStore, name), 'late-row\n', { mode: 0o444 });

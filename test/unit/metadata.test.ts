@@ -163,6 +163,24 @@ test('mirror: imports every lower row once, then only new ones, and leaves no fi
   t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
 });
 
+test('a lower DB connection whose file a Nix client changed reads the new file, not a torn mix of both', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => lo.close());
+  const p = lower.manifest.paths;
+  const max = lo.maxId();
+  t.truthy(lo.pathRow(p.appOut));
+  t.true(lo.closure(p.appOut).length > 1); // the pages of both tables and their indexes are cached now
+  // A Nix client adds a path and checkpoints its WAL into the DB file as it exits. A snapshot
+  // connection that kept its cached pages fails its next read (SQLITE_CORRUPT).
+  const added = await lowerAdd(lower.root, `torn-${Date.now()}`);
+  t.is(lo.pathRow(added)?.path, added, 'the new row is read');
+  t.true(lo.maxId() > max);
+  t.is(lo.snapshotMaxId, lo.maxId());
+  t.truthy(lo.pathRow(p.appOut), 'old rows still read');
+});
+
 test('reading the lower DB while a writer has its WAL open leaves nothing behind once the writer closes', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
