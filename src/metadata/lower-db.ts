@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { Db, lowerDbUri, openDb, Statement } from './sqlite';
+import { Db, isTornRead, lowerDbUri, openDb, Statement } from './sqlite';
 import { OutputRow, PathRow } from './rows';
 
 /**
@@ -175,12 +175,6 @@ export class LowerDb {
   outputs(drvId: number): OutputRow[] {
     return this.read(() => this.stmt('SELECT * FROM DerivationOutputs WHERE drv = ?').all(drvId) as OutputRow[]);
   }
-}
-
-/** An error from reading a DB file that changed under the connection, or mid-read. */
-function isTornRead(err: unknown): boolean {
-  const code = String((err as { code?: unknown } | null)?.code ?? '');
-  return code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB' || code === 'SQLITE_IOERR_SHORT_READ';
 }
 
 /** The identity of the DB file and its WAL (either may be absent): mtime and size of each. */

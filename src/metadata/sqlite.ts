@@ -41,18 +41,33 @@ export function isBusy(err: unknown): boolean {
 }
 
 /**
+ * An error from reading a DB file that changed under the connection or during the read: the
+ * lower DB, opened `immutable`, while a Nix client checkpoints into it.
+ */
+export function isTornRead(err: unknown): boolean {
+  const code = String((err as { code?: unknown } | null)?.code ?? '');
+  return code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB' || code === 'SQLITE_IOERR_SHORT_READ';
+}
+
+/** How many times withBusyRetry tries again after a torn read (a checkpoint takes milliseconds). */
+const TORN_RETRIES = 3;
+
+/**
  * Runs `f` (one short transaction) and retries it on SQLITE_BUSY without blocking the event
- * loop: Nix writes the same DB concurrently, and the FUSE callbacks share this thread.
+ * loop: Nix writes the same DB concurrently, and the FUSE callbacks share this thread. A torn
+ * read of the lower DB (isTornRead) is retried a few times too.
  */
 export function withBusyRetry<T>(f: () => T, deadlineMs = 10_000): Promise<T> {
   const start = Date.now();
+  let torn = 0;
   return new Promise((resolve, reject) => {
     let delay = 5;
     const attempt = (): void => {
       try {
         resolve(f());
       } catch (err) {
-        if (!isBusy(err) || Date.now() - start > deadlineMs) return reject(err);
+        const again = isBusy(err) || (isTornRead(err) && torn++ < TORN_RETRIES);
+        if (!again || Date.now() - start > deadlineMs) return reject(err);
         setTimeout(attempt, delay);
         delay = Math.min(delay * 2, 200);
       }

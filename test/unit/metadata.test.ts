@@ -137,6 +137,20 @@ test('copyClosure carries derivation outputs; withBusyRetry waits for a writer w
   t.deepEqual(outputs(up.db), outputs(lo.conn()).filter((o) => drvs.some((d) => o.startsWith(d + ' '))));
 });
 
+test('withBusyRetry tries a torn read again a few times, and gives up on other errors at once', async (t) => {
+  const failing = (code: string, times: number): (() => string) => {
+    let n = 0;
+    return () => {
+      if (n++ < times) throw Object.assign(new Error(code), { code });
+      return `ok after ${times}`;
+    };
+  };
+  t.is(await withBusyRetry(failing('SQLITE_CORRUPT', 2)), 'ok after 2', 'a checkpoint that tore two reads');
+  await t.throwsAsync(withBusyRetry(failing('SQLITE_CORRUPT', 10)), { message: 'SQLITE_CORRUPT' }, 'a DB that stays corrupt is an error');
+  await t.throwsAsync(withBusyRetry(failing('SQLITE_CONSTRAINT', 1)), { message: 'SQLITE_CONSTRAINT' });
+  t.is(await withBusyRetry(failing('SQLITE_BUSY', 6)), 'ok after 6');
+});
+
 test('mirror: imports every lower row once, then only new ones, and leaves no files beside the lower DB', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
