@@ -41,6 +41,8 @@ export class Metadata {
   private reportedMaxId = 0;
   /** The lower DB files' identity when the mount's import read them (importAll). */
   private importedSignature = '';
+  /** Checks that failed in a row, and the last one's error (logged when it changes). */
+  private failing = { count: 0, message: '' };
   /** When the follower's check of the lower DB files began, while it waits for the answer. */
   private checkingSince: number | null = null;
   private behindSince: number | null = null;
@@ -246,7 +248,7 @@ export class Metadata {
     this.reportedMaxId = this.mode === 'mirror' ? this.mirror.lastLowerId : this.lower.snapshotMaxId;
     this.onNewPaths = onNewPaths;
     // A tick while a check waits (a lower DB that does not answer) adds nothing to wait.
-    this.timer = setInterval(() => { if (this.following === null) void this.follow(); }, intervalMs);
+    this.timer = setInterval(() => { if (this.following === null) this.follow().catch(() => undefined); }, intervalMs);
     this.timer.unref();
   }
 
@@ -256,12 +258,18 @@ export class Metadata {
    * that one may have looked before a change its caller knows of.
    */
   follow(): Promise<void> {
-    const next = (this.following ?? Promise.resolve()).then(() => this.followOnce());
+    const next = (this.following ?? Promise.resolve()).catch(() => undefined).then(() => this.followOnce());
     this.following = next;
-    void next.finally(() => { if (this.following === next) this.following = null; });
+    const done = (): void => { if (this.following === next) this.following = null; };
+    next.then(done, done);
     return next;
   }
 
+  /**
+   * One check. A failed one (Nix holding the upper DB's write lock past the busy timeout, say)
+   * leaves the report behind, so the next check tries again even if the lower DB stays as it is.
+   * A failure is logged when it first occurs and when it ends, not at every tick.
+   */
   private async followOnce(): Promise<void> {
     this.checkingSince = Date.now();
     try {
@@ -271,8 +279,13 @@ export class Metadata {
       // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too.
       if (this.lower.snapshotMaxId > this.reportedMaxId) this.lowerGrew();
       this.lastFollow = { at: Date.now() };
+      if (this.failing.count > 0) log.info(`follower: caught up after ${this.failing.count} failed checks`);
+      this.failing = { count: 0, message: '' };
     } catch (err) {
-      log.warn(`follower: ${err instanceof Error ? err.message : String(err)} (will retry)`);
+      const message = err instanceof Error ? err.message : String(err);
+      if (message !== this.failing.message) log.warn(`follower: ${message} (tried again at every check)`);
+      this.failing = { count: this.failing.count + 1, message };
+      throw err;
     } finally {
       this.checkingSince = null;
     }
@@ -307,11 +320,15 @@ export class Metadata {
   /**
    * The follower's position: the last lower DB id imported, the newest one in the lower DB as
    * the follower last read it, how long the lower DB has had rows not yet imported (0 when
-   * caught up), and how long the follower's current check of the lower DB files has waited
-   * (0 when none is under way; long when the lower DB's server does not answer). Reads
-   * nothing: status must answer while the lower DB does not.
+   * caught up), how long the follower's current check of the lower DB files has waited
+   * (0 when none is under way; long when the lower DB's server does not answer), and how many
+   * checks in a row failed, with the last error. Reads nothing: status must answer while the
+   * lower DB does not.
    */
-  followerState(): { mode: MetadataMode; lastTickAt: string | null; lastLowerId: number; lowerMaxId: number; pendingRows: number; lagMs: number; checkWaitingMs: number } {
+  followerState(): {
+    mode: MetadataMode; lastTickAt: string | null; lastLowerId: number; lowerMaxId: number; pendingRows: number; lagMs: number; checkWaitingMs: number;
+    failing: { count: number; message: string };
+  } {
     const lowerMaxId = this.lower.snapshotMaxId;
     const pending = this.mode === 'mirror' ? Math.max(0, lowerMaxId - this.mirror.lastLowerId) : 0;
     if (pending === 0) this.behindSince = null;
@@ -321,6 +338,7 @@ export class Metadata {
       lastLowerId: this.mirror.lastLowerId, lowerMaxId, pendingRows: pending,
       lagMs: this.behindSince === null ? 0 : Date.now() - this.behindSince,
       checkWaitingMs: this.checkingSince === null ? 0 : Date.now() - this.checkingSince,
+      failing: { ...this.failing },
     };
   }
 

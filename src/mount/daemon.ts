@@ -5,6 +5,7 @@ import { GcLock, holdGcLockShared } from '../metadata/gc-lock';
 import { LowerRoots } from '../metadata/gc-roots';
 import { seedFromLower } from '../metadata/seed';
 import { Metadata } from '../metadata/metadata';
+import { isBusy } from '../metadata/sqlite';
 import { UpperDb } from '../metadata/upper-db';
 import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
@@ -17,6 +18,9 @@ import { validateMount } from './validate';
 
 /** How many lower objects a mirror mount settles at start (native/fastpath.c keeps 2^19). */
 const SETTLE_LIMIT = 200_000;
+
+/** How long refresh waits for Nix to release the merged DB's write lock. */
+const REFRESH_BUSY_MS = 10_000;
 
 /** How long status waits for each file check of its health report. */
 const HEALTH_WAIT_MS = 2000;
@@ -264,7 +268,19 @@ export class Daemon {
   async refresh(): Promise<void> {
     this.overlay.refresh();
     this.fuse?.invalidateListings(true);
-    await this.metadata.follow();
+    // Nix may hold the upper DB's write lock for a while (a large import): wait for it, within reason.
+    const deadline = Date.now() + REFRESH_BUSY_MS;
+    for (;;) {
+      try {
+        return await this.metadata.follow();
+      } catch (err) {
+        if (!isBusy(err)) throw err;
+        if (Date.now() > deadline) {
+          throw new Error(`the merged DB stayed locked by another writer for ${REFRESH_BUSY_MS / 1000} s; the follower imports the new lower rows once it is free`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
   }
 
   /**

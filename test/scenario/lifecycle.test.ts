@@ -1,5 +1,6 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
+import Database = require('better-sqlite3');
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -345,6 +346,24 @@ test('refresh: a path just added to the lower store is valid in the merged DB on
   const v = await nix('nix-store', ['--store', m.root, '--check-validity', added]);
   t.is(v.code, 0, `valid right after refresh: ${v.stderr}`);
   t.true((await fs.promises.readdir(m.store)).includes(rel(added)), 'and listed');
+});
+
+test('refresh: while a Nix process holds the merged DB\'s write lock, refresh waits for it and then imports', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), extra: ['--follow-interval', '60000'] });
+  const added = await lowerAdd(lower.root, 'refresh-locked');
+  // The merged DB lives beside the mount, not in it: this process may open it.
+  const nixSide = new Database(path.join(m.root, 'nix/var/nix/db/db.sqlite'));
+  t.teardown(() => nixSide.close());
+  nixSide.exec('BEGIN IMMEDIATE');
+  const refreshed = cli(['refresh', m.root]);
+  await new Promise((r) => setTimeout(r, 1500));
+  nixSide.exec('COMMIT');
+  const r = await refreshed;
+  t.is(r.code, 0, r.stderr);
+  const v = await nix('nix-store', ['--store', m.root, '--check-validity', added]);
+  t.is(v.code, 0, `valid right after refresh: ${v.stderr}`);
 });
 
 test('refresh: after the upper dir is changed outside the mount, refresh makes the mount see it', async (t) => {

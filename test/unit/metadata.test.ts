@@ -6,9 +6,11 @@ import * as path from 'node:path';
 import { Checkpointer } from '../../src/metadata/checkpointer';
 import { copyClosure } from '../../src/metadata/closure';
 import { LowerDb } from '../../src/metadata/lower-db';
+import { Metadata } from '../../src/metadata/metadata';
 import { Mirror } from '../../src/metadata/mirror';
 import { withBusyRetry } from '../../src/metadata/sqlite';
 import { UpperDb } from '../../src/metadata/upper-db';
+import { OverlayStats } from '../../src/overlay/stats';
 import { freshLower, lowerAdd, LowerFixture, sharedLower } from '../helpers/fixture';
 import { tempDir } from '../helpers/mount';
 
@@ -193,6 +195,35 @@ test('a lower DB connection whose file a Nix client changed reads the new file, 
   t.true(lo.maxId() > max);
   t.is(lo.snapshotMaxId, lo.maxId());
   t.truthy(lo.pathRow(p.appOut), 'old rows still read');
+});
+
+test('follower: an import that a writer of the upper DB holds up is retried until it lands', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const up = UpperDb.open(path.join(dir, 'db'), { timeoutMs: 50 });
+  const lo = new LowerDb(dbFile(lower.root));
+  const md = new Metadata(up, lo, 'mirror', new OverlayStats());
+  t.teardown(() => md.close());
+  md.importAll();
+  const heard: string[] = [];
+  md.startFollower(50, (names) => heard.push(...(names ?? ['(too many to list)'])));
+
+  // Nix holds the upper DB's write lock (a long transaction) while the lower store grows.
+  const nixSide = new Database(path.join(dir, 'db', 'db.sqlite'));
+  t.teardown(() => nixSide.close());
+  nixSide.exec('BEGIN IMMEDIATE');
+  const added = await lowerAdd(lower.root, `busy-import-${Date.now()}`);
+  await new Promise((r) => setTimeout(r, 500)); // several of the follower's ticks meet the lock
+  t.is(up.idOf(added), undefined, 'not imported while the lock is held');
+  const failing = md.followerState().failing;
+  t.true(failing.count > 0 && /locked/.test(failing.message), `status shows the failed checks: ${JSON.stringify(failing)}`);
+  nixSide.exec('COMMIT');
+
+  const deadline = Date.now() + 5000;
+  while (up.idOf(added) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.not(up.idOf(added), undefined, 'imported once the lock was released, with no further change to the lower DB');
+  t.deepEqual(heard, [added.slice('/nix/store/'.length)]);
+  t.is(md.followerState().failing.count, 0, 'and no longer once one succeeded');
 });
 
 test('reading the lower DB while a writer has its WAL open leaves nothing behind once the writer closes', async (t) => {

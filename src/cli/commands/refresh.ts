@@ -20,7 +20,8 @@ export const refreshCommand: CommandModule<object, RefreshArgs> = {
 export async function refresh(root: string): Promise<number> {
   const rec = readRecord(root);
   if (!rec || !processAlive(rec.pid)) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
-  const reply = await controlRequest(rec.controlSocket, { cmd: 'refresh' });
+  // The daemon waits up to 10 s for a Nix process that holds the merged DB's write lock.
+  const reply = await controlRequest(rec.controlSocket, { cmd: 'refresh' }, 15_000);
   if (!reply.ok) throw new Error(String(reply.error));
   process.stdout.write(`refreshed ${root}/nix/store\n`);
   return EXIT.ok;

@@ -68,6 +68,11 @@ function followerWait(ms: unknown): string {
   return typeof ms === 'number' && ms >= 1000 ? ` (its check of the lower DB has waited ${(ms / 1000).toFixed(1)} s)` : '';
 }
 
+/** The follower's checks that failed in a row (the merged DB locked by Nix, say), if any. */
+function followerFailing(f: { count?: unknown; message?: unknown } | undefined): string {
+  return typeof f?.count === 'number' && f.count > 0 ? ` (its last ${f.count} checks failed: ${String(f.message)})` : '';
+}
+
 function formatStatus(s: Record<string, any>): string {
   const c = s.counters ?? {};
   const lines = [
@@ -75,7 +80,7 @@ function formatStatus(s: Record<string, any>): string {
     `  lower      ${s.config?.lowerRoot}    upper ${s.config?.upperDir}    metadata ${s.config?.metadata}`,
     `  upper      ${s.upper.objects} objects, ${(s.upper.bytes / 1048576).toFixed(1)} MiB`,
     `  lookups    upper ${c.upper ?? 0}  lower ${c.lower ?? 0}  missing ${c.miss ?? 0}  refused writes ${c.refused ?? 0}`,
-    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}`,
+    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerFailing(s.follower?.failing)}`,
   ];
   if (s.fastPath) lines.push(`  fast path  ${fastPathLine(s.fastPath)}`);
   if (s.error) lines.push(`  error      ${s.error}`);
