@@ -31,6 +31,12 @@ export class Metadata {
   readonly mirror: Mirror;
   private readonly known = new LRUCache<string, true>({ max: 100_000 });
   private readonly inflight = new Map<string, Promise<void>>();
+  /**
+   * Lazy mode: lower objects whose lookup found no lower DB row (their files came first). The
+   * kernel keeps the answer for a day, so no lookup copies the row when it comes: the follower
+   * does, when it sees it.
+   */
+  private readonly awaitingRow = new LRUCache<string, true>({ max: 10_000 });
   private timer: NodeJS.Timeout | null = null;
   private lastFollow = { at: 0 };
   /** The follower's check under way (follow). */
@@ -98,7 +104,9 @@ export class Metadata {
     const t0 = Date.now();
     p = withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
       this.inflight.delete(storePath);
-      // A lower object without a lower DB row (yet) stays unsettled: asked again next time.
+      // A lower object without a lower DB row (yet) stays unsettled: asked again next time,
+      // and copied when the follower sees its row.
+      if (n === 0 && this.upper.idOf(storePath) === undefined) this.awaitingRow.set(storePath, true);
       if (n > 0) {
         this.checkpointer?.wrote();
         this.known.set(storePath, true);
@@ -108,6 +116,7 @@ export class Metadata {
       this.stats.trace?.('closure', storePath, `${n} rows`, Date.now() - t0);
     }, (err) => {
       this.inflight.delete(storePath);
+      this.awaitingRow.set(storePath, true); // the follower tries again when the lower DB next grows
       throw err;
     });
     this.inflight.set(storePath, p);
@@ -315,6 +324,16 @@ export class Metadata {
     }
     this.reportedMaxId = upTo;
     this.onNewPaths(lowerPaths ? lowerPaths.map((p) => p.slice(this.storeDir.length + 1)) : null, mirrored);
+    if (!mirrored) this.copyAwaited(lowerPaths ?? [...this.awaitingRow.keys()]);
+  }
+
+  /** Lazy mode: copies the closures of the objects among `paths` that were served without a row. */
+  private copyAwaited(paths: readonly string[]): void {
+    for (const p of paths) {
+      if (!this.awaitingRow.has(p)) continue;
+      this.awaitingRow.delete(p);
+      this.lowerLookup(p.slice(this.storeDir.length + 1))?.catch((err) => log.warn(`closure sync for ${p} failed: ${String(err)}`));
+    }
   }
 
   /**

@@ -125,6 +125,28 @@ test('lazy: a lower object whose DB row comes after its files is not settled unt
   t.is(v.code, 0, `valid in the merged store: ${v.stderr}`);
 });
 
+test('lazy: a lower object looked up before its DB row existed becomes valid once the row comes, with no further lookup', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const scratch = path.join(dir, 'scratch');
+  await fs.promises.mkdir(path.join(scratch, 'nix/store'), { recursive: true });
+  const storePath = await lowerAdd(scratch, 'late-row-kept');
+  const name = rel(storePath);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), metadata: 'lazy', extra: ['--follow-interval', '100'] });
+
+  await fs.promises.writeFile(path.join(m.lowerStore, name), 'late-row-kept\n', { mode: 0o444 });
+  t.true((await fs.promises.lstat(path.join(m.store, name))).isFile(), 'visible as a lower object, and now in the kernel\'s cache');
+  t.is(await lowerAdd(lower.root, 'late-row-kept'), storePath);
+  // Nix asks its DB, not the filesystem; the kernel would not ask the daemon again for a day.
+  const deadline = Date.now() + 5000;
+  let v = await nix('nix-store', ['--store', m.root, '--check-validity', storePath]);
+  while (v.code !== 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 200));
+    v = await nix('nix-store', ['--store', m.root, '--check-validity', storePath]);
+  }
+  t.is(v.code, 0, `valid in the merged store within 5 s of its lower row: ${v.stderr}`);
+});
+
 test('readdir gives the d_ino and d_type that lstat gives, in both layers', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root);
