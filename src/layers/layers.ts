@@ -130,7 +130,7 @@ export class TopLevelIndex {
   lowerHas(name: string): boolean {
     const cached = this.lower.get(name);
     if (cached !== undefined) return cached;
-    if (!this.lowerVisibleName(name)) return false;
+    if (!isStoreObjectName(name)) return false;
     let present: boolean;
     try {
       fs.lstatSync(`${this.dirs.lowerDir}/${name}`);
@@ -138,6 +138,9 @@ export class TopLevelIndex {
     } catch {
       present = false;
     }
+    // The lower DB is asked only about entries that exist: Nix looks up a `.lock` name for
+    // every path it adds, and the lower store rarely has one.
+    if (present && !this.lowerVisibleName(name)) present = false;
     if (present) this.lower.set(name, true);
     else if (this.negativeTtlMs > 0) this.lower.set(name, false, { ttl: this.negativeTtlMs }); // ttl 0 would mean forever
     return present;

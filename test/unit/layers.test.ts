@@ -147,6 +147,9 @@ test('index: lower names that look like bookkeeping are objects when the lower D
   t.true(ix.listRoot().includes(cargo));
   t.false(ix.listRoot().includes(LOWER_LOCK));
   t.false(asked.includes(LF), 'names that cannot be bookkeeping do not ask the DB');
+  const absent = `${nm('never-there')}.lock`;
+  t.is(ix.resolve(absent), null);
+  t.false(asked.includes(absent), 'nor do names the lower dir does not have (Nix looks up a .lock for every path it adds)');
 });
 
 test('index: a negative lower answer expires after negativeTtlMs; a positive one stays until forgotten or refreshed', async (t) => {
