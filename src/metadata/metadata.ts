@@ -61,6 +61,12 @@ export class Metadata {
   private rootsBusy: Promise<void> | null = null;
   /** Names in both layers; set by the daemon (the overlay's index knows them). */
   duplicates: () => Set<string> = () => new Set();
+  /**
+   * Whether the lower store has object `name`; set by the daemon to the overlay index's cached
+   * answer (a name just created was just looked up), so that creating and deleting top-level
+   * upper objects reads neither the lower DB nor, mostly, the lower dir.
+   */
+  lowerHas: (name: string) => boolean = (name) => this.lower.pathRow(`${this.storeDir}/${name}`) !== undefined;
 
   constructor(
     readonly upper: UpperDb,
@@ -131,12 +137,12 @@ export class Metadata {
   upperRemoved(name: string): void {
     this.known.delete(`${this.storeDir}/${name}`);
     this.reconcileSoon(name);
-    if (this.roots && this.lower.pathRow(`${this.storeDir}/${name}`)) this.rootsDo(() => this.roots!.stoppedDuplicate(name));
+    if (this.roots && this.lowerHas(name)) this.rootsDo(() => this.roots!.stoppedDuplicate(name));
   }
 
   /** The upper layer gained a top-level object: it may now shadow a lower one. */
   upperAdded(name: string): void {
-    if (this.roots && this.lower.pathRow(`${this.storeDir}/${name}`)) this.rootsDo(() => this.roots!.becameDuplicate(name, this.duplicates()));
+    if (this.roots && this.lowerHas(name)) this.rootsDo(() => this.roots!.becameDuplicate(name, this.duplicates()));
   }
 
   private rootsDo(f: () => void): void {

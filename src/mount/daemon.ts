@@ -94,6 +94,7 @@ export class Daemon {
       this.metadata.importAll();
       this.metadata.roots = roots;
       this.metadata.duplicates = () => this.overlay.duplicates();
+      this.metadata.lowerHas = (name) => this.overlay.index.lowerHas(name);
       // The roots are written in the background once mounted; no GC can start before.
       gcLock = await holdGcLockShared(path.join(merged.dbDir, '..', 'gc.lock'));
     } else {
