@@ -1,9 +1,10 @@
 import test from 'ava';
+import type { ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { check, cli } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
-import { mountMerged, tempDir } from '../helpers/mount';
+import { Merged, mountMerged, tempDir } from '../helpers/mount';
 import { nix } from '../helpers/nix';
 
 // The native fast path (native/fastpath.c) against real mounts: that it answers at all, that
@@ -97,26 +98,34 @@ test('mirror mode answers a lower object\'s first lookup natively; lazy mode sen
   }
 });
 
-test('lazy: a lower object whose DB row comes after its files is not settled until the row exists', async (t) => {
+/**
+ * A lazy mount over a fresh lower store, and a lower object of `label` whose files are in the
+ * lower store but whose DB row is not yet, as a copy into a shared lower store leaves them;
+ * `addRow` registers it. `followMs`: the follower's interval.
+ */
+async function lateRowObject(t: ExecutionContext, label: string, followMs: number): Promise<{ m: Merged; storePath: string; name: string; addRow: () => Promise<string> }> {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
   // The same content and name give the same store path in any store: learn it from a scratch one.
   const scratch = path.join(dir, 'scratch');
   await fs.promises.mkdir(path.join(scratch, 'nix/store'), { recursive: true });
-  const storePath = await lowerAdd(scratch, 'late-row');
+  const storePath = await lowerAdd(scratch, label);
   const name = rel(storePath);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), metadata: 'lazy', extra: ['--follow-interval', String(followMs)] });
+  await fs.promises.writeFile(path.join(m.lowerStore, name), `${label}\n`, { mode: 0o444 });
+  return { m, storePath, name, addRow: () => lowerAdd(lower.root, label) };
+}
+
+test('lazy: a lower object whose DB row comes after its files is not settled until the row exists', async (t) => {
   // The follower, slowed down, does not reopen the lower DB here: the lookup must see the row
   // itself, on a connection whose cached pages predate it.
-  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), metadata: 'lazy', extra: ['--follow-interval', '60000'] });
-
-  // Its files first, as a copy into a shared lower store would leave them, without a DB row.
-  await fs.promises.writeFile(path.join(m.lowerStore, name), 'late-row\n', { mode: 0o444 });
+  const { m, storePath, name, addRow } = await lateRowObject(t, 'late-row', 60_000);
   t.true((await fs.promises.lstat(path.join(m.store, name))).isFile(), 'visible as a lower object');
   const s0 = await status(m.root);
   t.is(s0.counters.closureSyncs, 0, 'nothing to copy yet');
 
   // Then its row. The next lookup that reaches the daemon must copy it, not be answered natively.
-  t.is(await lowerAdd(lower.root, 'late-row'), storePath);
+  t.is(await addRow(), storePath);
   await check('sh', ['-c', 'echo 2 > /proc/sys/vm/drop_caches']);
   await fs.promises.lstat(path.join(m.store, name));
   const s1 = await status(m.root);
@@ -126,17 +135,9 @@ test('lazy: a lower object whose DB row comes after its files is not settled unt
 });
 
 test('lazy: a lower object looked up before its DB row existed becomes valid once the row comes, with no further lookup', async (t) => {
-  const dir = tempDir(t);
-  const lower = await freshLower(dir);
-  const scratch = path.join(dir, 'scratch');
-  await fs.promises.mkdir(path.join(scratch, 'nix/store'), { recursive: true });
-  const storePath = await lowerAdd(scratch, 'late-row-kept');
-  const name = rel(storePath);
-  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), metadata: 'lazy', extra: ['--follow-interval', '100'] });
-
-  await fs.promises.writeFile(path.join(m.lowerStore, name), 'late-row-kept\n', { mode: 0o444 });
+  const { m, storePath, name, addRow } = await lateRowObject(t, 'late-row-kept', 100);
   t.true((await fs.promises.lstat(path.join(m.store, name))).isFile(), 'visible as a lower object, and now in the kernel\'s cache');
-  t.is(await lowerAdd(lower.root, 'late-row-kept'), storePath);
+  t.is(await addRow(), storePath);
   // Nix asks its DB, not the filesystem; the kernel would not ask the daemon again for a day.
   const deadline = Date.now() + 5000;
   let v = await nix('nix-store', ['--store', m.root, '--check-validity', storePath]);
