@@ -213,10 +213,12 @@ test('follower: an import that a writer of the upper DB holds up is retried unti
   t.teardown(() => nixSide.close());
   nixSide.exec('BEGIN IMMEDIATE');
   const added = await lowerAdd(lower.root, `busy-import-${Date.now()}`);
-  await new Promise((r) => setTimeout(r, 500)); // several of the follower's ticks meet the lock
+  // Until two of the follower's checks have met the lock (or 10 s, then the assertions say why).
+  const until = Date.now() + 10_000;
+  while (md.followerState().failing.count < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
   t.is(up.idOf(added), undefined, 'not imported while the lock is held');
   const failing = md.followerState().failing;
-  t.true(failing.count > 0 && /locked/.test(failing.message), `status shows the failed checks: ${JSON.stringify(failing)}`);
+  t.true(failing.count >= 2 && /locked/.test(failing.message), `status shows the failed checks: ${JSON.stringify(failing)}`);
   nixSide.exec('COMMIT');
 
   const deadline = Date.now() + 5000;
