@@ -9,7 +9,7 @@ import { OutputRow, PathRow } from './rows';
  * the pages it has read. Once a writer has changed the DB file (a Nix client checkpoints its
  * WAL when it exits), that connection mixes its cached pages with the file's new ones: its
  * next read fails with SQLITE_CORRUPT, or worse, answers from a B-tree that no longer exists.
- * So every read first looks whether the files changed (two lstats) and reopens if they did,
+ * So every read first looks whether the files changed (two stats) and reopens if they did,
  * and a read that still meets a torn file (a writer checkpointing at that moment) is retried
  * once on a new connection. Nothing here writes, locks for writing, or creates files next to it.
  */
@@ -41,7 +41,7 @@ export class LowerDb {
     }
   }
 
-  /** True when the DB files changed since the connection was opened (cheap: two lstats). */
+  /** True when the DB files changed since the connection was opened (cheap: two stats). */
   changed(): boolean {
     return this.signature() !== this.sig;
   }
@@ -54,10 +54,10 @@ export class LowerDb {
 
   /** A statement prepared once per connection (checks the files first: conn). */
   private stmt(sql: string): Statement {
-    this.conn();
+    const db = this.conn();
     let st = this.stmts.get(sql);
     if (st === undefined) {
-      st = this.conn().prepare(sql);
+      st = db.prepare(sql);
       this.stmts.set(sql, st);
     }
     return st;

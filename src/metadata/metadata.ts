@@ -122,7 +122,7 @@ export class Metadata {
       this.stats.trace?.('closure', storePath, `${n} rows`, Date.now() - t0);
     }, (err) => {
       this.inflight.delete(storePath);
-      this.awaitingRow.set(storePath, true); // the follower tries again when the lower DB next grows
+      this.awaitingRow.set(storePath, true); // tried again when the lower DB next grows
       throw err;
     });
     this.inflight.set(storePath, p);
@@ -330,13 +330,15 @@ export class Metadata {
     }
     this.reportedMaxId = upTo;
     this.onNewPaths(lowerPaths ? lowerPaths.map((p) => p.slice(this.storeDir.length + 1)) : null, mirrored);
-    if (!mirrored) this.copyAwaited(lowerPaths ?? [...this.awaitingRow.keys()]);
+    if (!mirrored) this.copyAwaited();
   }
 
-  /** Lazy mode: copies the closures of the objects among `paths` that were served without a row. */
-  private copyAwaited(paths: readonly string[]): void {
-    for (const p of paths) {
-      if (!this.awaitingRow.has(p)) continue;
+  /**
+   * Lazy mode: tries again the closure copies of the objects served without a row (usually
+   * none). One whose row is still missing, or whose copy fails again, goes back on the list.
+   */
+  private copyAwaited(): void {
+    for (const p of [...this.awaitingRow.keys()]) {
       this.awaitingRow.delete(p);
       this.lowerLookup(p.slice(this.storeDir.length + 1))?.catch((err) => log.warn(`closure sync for ${p} failed: ${String(err)}`));
     }
