@@ -17,6 +17,7 @@ export type Reason =
   | 'whiteout'          // an upper whiteout hides a lower object of that name
   | 'bookkeeping'       // a Nix bookkeeping name (.links, *.lock, *.drv.chroot, ...), upper only
   | 'lower-bookkeeping' // the lower store's own bookkeeping entry: never shown
+  | 'lower-unregistered' // in the lower dir, not valid in the lower DB: not shown until it is
   | 'absent';
 
 export interface DbRowReport {
@@ -88,8 +89,9 @@ export class Explainer {
     const whFile = lstat(path.join(this.cfg.upperDir, `.wh.${name}`)) !== null;
     const whDev = upperEntry !== null && isWhiteoutDevice(path.join(this.cfg.upperDir, name));
     const lowerEntry = lstat(path.join(this.lowerStore, name));
+    // As the mount decides (layers.ts, LowerRegistry): a lower entry shows once its DB lists it.
     const lowerVisible = lowerEntry !== null && isStoreObjectName(name)
-      && (!isBookkeepingName(name) || this.lowerDb?.pathRow(`${STORE_DIR}/${name}`) !== undefined);
+      && (this.lowerDb ? this.lowerDb.isValid(`${STORE_DIR}/${name}`) : !isBookkeepingName(name));
     base.inUpper = upperEntry !== null && !whDev;
     base.inLower = lowerEntry !== null;
     base.whiteout = whDev ? 'device' : whFile ? 'wh-file' : null;
@@ -104,7 +106,7 @@ export class Explainer {
       base.layer = 'lower';
       base.reason = 'lower-object';
     } else if (lowerEntry !== null) {
-      base.reason = 'lower-bookkeeping';
+      base.reason = isStoreObjectName(name) && !isBookkeepingName(name) ? 'lower-unregistered' : 'lower-bookkeeping';
     }
     if (base.layer) base.realPath = path.join(base.layer === 'upper' ? this.cfg.upperDir : this.lowerStore, name, subPath);
 
@@ -205,6 +207,7 @@ const REASON_TEXT: Record<Reason, string> = {
   whiteout: 'hidden: an upper whiteout hides the lower object',
   bookkeeping: 'Nix bookkeeping name, kept in the upper layer',
   'lower-bookkeeping': 'the lower store\'s own bookkeeping entry, never shown in the merged view',
+  'lower-unregistered': 'not shown: the lower store dir has it, but the lower DB does not list it as valid (an add or build there not yet registered, or its garbage); it shows once registered',
   absent: 'in neither layer',
 };
 

@@ -14,6 +14,7 @@ export type TopReason =
   | 'lower-object'      // only the lower has it
   | 'whiteout'          // upper whiteout hides a lower object of that name
   | 'lower-bookkeeping' // lower entry that belongs to the lower store's own bookkeeping
+  | 'lower-unregistered' // lower store-object name the lower DB does not list as valid
   | 'absent';
 
 export interface LayerDirs {
@@ -28,6 +29,20 @@ export interface LayerDirs {
 const WHITEOUT_PREFIX = '.wh.';
 
 type UpperKind = 'object' | 'whiteout';
+
+/**
+ * What the lower store has registered (its DB's valid paths), by top-level name. A lower entry
+ * is part of the merged view only when registered: one without a row is the lower store's work
+ * in progress (an add or a build whose output is not registered yet) or its garbage, not a
+ * store object. Shown, Nix on the merged root would try to delete it (its GC deletes every
+ * invalid entry it lists; a build deletes a stale output path first) and fail on the read-only
+ * layer. Nix's own local-overlay store likewise leaves a lower-only path alone when deleting.
+ */
+export interface LowerRegistry {
+  has(name: string): boolean;
+  /** Every registered name, in bytewise order (SQLite's BINARY collation). */
+  sortedNames(): Iterable<string>;
+}
 
 /**
  * Something that keeps a copy of the index's decisions (the native fast path): every upper
@@ -55,12 +70,12 @@ export class TopLevelIndex {
   private upper = new Map<string, UpperKind>();
   private lower: LRUCache<string, boolean>;
   /**
-   * Whether the lower DB has `name` as a valid path. Decides names that look like Nix
-   * bookkeeping (`*.lock`, `*.chroot`, `*.check`) but can be real store objects too (a
-   * `builtins.path` of a `Cargo.lock` is `<hash>-Cargo.lock`). Without it, such lower names
-   * are bookkeeping and hidden.
+   * The lower DB's valid paths: a lower entry shows only when registered there, which also
+   * tells a store object whose name looks like Nix bookkeeping (a `builtins.path` of a
+   * `Cargo.lock` is `<hash>-Cargo.lock`) from bookkeeping. Without it (unit tests), every lower
+   * store-object name shows except bookkeeping-like ones.
    */
-  lowerValid: ((name: string) => boolean) | undefined;
+  registry: LowerRegistry | undefined;
   private sink: TopLevelSink | undefined;
 
   constructor(readonly dirs: LayerDirs, private readonly negativeTtlMs = 1000, cacheSize = 200_000) {
@@ -139,17 +154,19 @@ export class TopLevelIndex {
       present = false;
     }
     // The lower DB is asked only about entries that exist: Nix looks up a `.lock` name for
-    // every path it adds, and the lower store rarely has one.
+    // every path it adds, and the lower store rarely has one. A registered name is not asked
+    // again while cached; an unregistered one after `negativeTtlMs` (or when the follower
+    // reports its row).
     if (present && !this.lowerVisibleName(name)) present = false;
     if (present) this.lower.set(name, true);
     else if (this.negativeTtlMs > 0) this.lower.set(name, false, { ttl: this.negativeTtlMs }); // ttl 0 would mean forever
     return present;
   }
 
-  /** A lower name that can be part of the merged view: a store object, not the lower's bookkeeping. */
+  /** A lower name that can be part of the merged view: a registered store object (LowerRegistry). */
   private lowerVisibleName(name: string): boolean {
     if (!isStoreObjectName(name)) return false;
-    return !isBookkeepingName(name) || (this.lowerValid?.(name) ?? false);
+    return this.registry ? this.registry.has(name) : !isBookkeepingName(name);
   }
 
   upperKind(name: string): UpperKind | undefined {
@@ -161,8 +178,8 @@ export class TopLevelIndex {
     if (kind === 'object') return 'upper-object';
     if (kind === 'whiteout') return 'whiteout';
     if (this.lowerHas(name)) return 'lower-object';
-    const lowerEntry = fs.existsSync(`${this.dirs.lowerDir}/${name}`);
-    return lowerEntry ? 'lower-bookkeeping' : 'absent';
+    if (!fs.existsSync(`${this.dirs.lowerDir}/${name}`)) return 'absent';
+    return isStoreObjectName(name) && !isBookkeepingName(name) ? 'lower-unregistered' : 'lower-bookkeeping';
   }
 
   /** Records that the upper layer now has an object named `name` (after create/rename/mkdir). */
@@ -198,16 +215,26 @@ export class TopLevelIndex {
 
   /**
    * The merged listing of the store root: upper objects, plus lower store objects that are
-   * neither shadowed nor whited out. Lower bookkeeping names and `.wh.*` files never show.
+   * registered and neither shadowed nor whited out. Lower bookkeeping names, unregistered
+   * lower entries and `.wh.*` files never show. The lower dir's names are matched against the
+   * registry in one sorted pass, not one query each.
    */
   listRoot(): string[] {
     const names: string[] = [];
     for (const [name, kind] of this.upper) if (kind === 'object') names.push(name);
     let lowerNames: string[];
     try { lowerNames = fs.readdirSync(this.dirs.lowerDir); } catch { lowerNames = []; }
-    for (const name of lowerNames) {
-      if (this.upper.has(name) || !this.lowerVisibleName(name)) continue;
-      names.push(name);
+    lowerNames = lowerNames.filter((name) => !this.upper.has(name) && isStoreObjectName(name));
+    if (!this.registry) {
+      for (const name of lowerNames) if (!isBookkeepingName(name)) names.push(name);
+      return names;
+    }
+    lowerNames.sort(bytewise);
+    let i = 0;
+    for (const valid of this.registry.sortedNames()) {
+      while (i < lowerNames.length && bytewise(lowerNames[i], valid) < 0) i++;
+      if (i === lowerNames.length) break;
+      if (lowerNames[i] === valid) names.push(lowerNames[i++]);
     }
     return names;
   }
@@ -216,6 +243,14 @@ export class TopLevelIndex {
   upperEntries(): IterableIterator<[string, UpperKind]> {
     return this.upper.entries();
   }
+}
+
+/**
+ * Bytewise order of ASCII names, as SQLite's BINARY collation sorts them (store object names
+ * are ASCII; `<`, unlike localeCompare, compares code units).
+ */
+function bytewise(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 /** A kernel OverlayFS whiteout is a character device with device number 0/0. */

@@ -49,7 +49,7 @@ export function verify(view: RootView, opts: { checkContents: boolean; repair: b
     if (i % 256 === 0) opts.progress?.(i, rows.length);
     const name = row.path.slice(STORE_DIR.length + 1);
     const upper = inUpper(name);
-    const lower = view.lowerHas(name);
+    const lower = view.lowerServes(name);
     if (!upper && (!lower || whiteout(name))) {
       if (lower) {
         const pr = add('whiteout-hides-valid', row.path, 'a whiteout hides the lower object, but the upper DB says the path is valid');

@@ -40,8 +40,14 @@ export class RootView {
       && !fs.lstatSync(path.join(this.cfg.upperDir, n)).isCharacterDevice());
   }
 
+  /** Whether the lower store dir has an entry `name` (registered in its DB or not). */
   lowerHas(name: string): boolean {
     return fs.lstatSync(path.join(this.lowerStore, name), { throwIfNoEntry: false }) !== undefined;
+  }
+
+  /** Whether the merged view shows the lower entry `name`: it exists and the lower DB lists it as valid. */
+  lowerServes(name: string): boolean {
+    return this.lowerHas(name) && this.lowerDb.isValid(`${STORE_DIR}/${name}`);
   }
 
   /** Removes the upper copy of a top-level object (through the mount when mounted). */

@@ -120,6 +120,29 @@ export class LowerDb {
     return this.read(() => this.stmt('SELECT * FROM ValidPaths WHERE path = ?').get(path) as PathRow | undefined);
   }
 
+  isValid(path: string): boolean {
+    return this.read(() => this.stmt('SELECT 1 FROM ValidPaths WHERE path = ?').pluck().get(path)) !== undefined;
+  }
+
+  /**
+   * The names (`storeDir/` stripped) of every valid path, in the path index's bytewise order;
+   * read in pages, so a million paths are never in memory at once and a snapshot that changes
+   * between pages only adds names.
+   */
+  *validNames(storeDir: string): Generator<string> {
+    const prefix = `${storeDir}/`;
+    let after = prefix;
+    for (;;) {
+      const page = this.read(() => this.stmt('SELECT path FROM ValidPaths WHERE path > ? ORDER BY path LIMIT 4096').pluck().all(after) as string[]);
+      for (const p of page) {
+        if (!p.startsWith(prefix)) return;
+        yield p.slice(prefix.length);
+      }
+      if (page.length < 4096) return;
+      after = page[page.length - 1];
+    }
+  }
+
   /** Store paths with ids up to `maxId`, newest first, at most `limit` of them. */
   paths(maxId: number, limit: number): string[] {
     return this.read(() => this.stmt('SELECT path FROM ValidPaths WHERE id <= ? ORDER BY id DESC LIMIT ?').pluck().all(maxId, limit) as string[]);

@@ -32,9 +32,9 @@ export class Metadata {
   private readonly known = new LRUCache<string, true>({ max: 100_000 });
   private readonly inflight = new Map<string, Promise<void>>();
   /**
-   * Lazy mode: lower objects whose lookup found no lower DB row (their files came first). The
-   * kernel keeps the answer for a day, so no lookup copies the row when it comes: the follower
-   * does, when it sees it.
+   * Lazy mode: lower objects served whose closure copy failed or found no row (the lower DB
+   * changed between the lookup's check and the copy). The kernel keeps the answer for a day,
+   * so no lookup copies the closure later: the follower does, when the lower DB grows.
    */
   private readonly awaitingRow = new LRUCache<string, true>({ max: 10_000 });
   private timer: NodeJS.Timeout | null = null;
@@ -110,8 +110,9 @@ export class Metadata {
     const t0 = Date.now();
     p = withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
       this.inflight.delete(storePath);
-      // A lower object without a lower DB row (yet) stays unsettled: asked again next time,
-      // and copied when the follower sees its row.
+      // The lookup resolved to the lower layer because the lower DB lists the path, so its
+      // row is normally found; if it was not (the lower DB changed in between), the object
+      // stays unsettled: asked again next time, and copied when the lower DB next grows.
       if (n === 0 && this.upper.idOf(storePath) === undefined) this.awaitingRow.set(storePath, true);
       if (n > 0) {
         this.checkpointer?.wrote();
@@ -334,8 +335,8 @@ export class Metadata {
   }
 
   /**
-   * Lazy mode: tries again the closure copies of the objects served without a row (usually
-   * none). One whose row is still missing, or whose copy fails again, goes back on the list.
+   * Lazy mode: tries again the closure copies of the objects served without their rows
+   * (usually none). One whose row is still missing, or whose copy fails again, goes back on the list.
    */
   private copyAwaited(): void {
     for (const p of [...this.awaitingRow.keys()]) {

@@ -80,7 +80,10 @@ export class Daemon {
     this.onProgress?.(`lower store: ${lowerMaxId} paths in its DB`);
     const seededTo = cfg.metadata === 'mirror' && !fs.existsSync(merged.dbFile) ? this.seed(lowerDb, merged.dbDir) : null;
     const upperDb = UpperDb.open(merged.dbDir);
-    this.overlay.index.lowerValid = (name) => lowerDb.pathRow(`/nix/store/${name}`) !== undefined;
+    this.overlay.index.registry = {
+      has: (name) => lowerDb.isValid(`/nix/store/${name}`),
+      sortedNames: () => lowerDb.validNames('/nix/store'),
+    };
     if (cfg.traceFile) this.trace(true, cfg.traceFile, cfg.tracePrefix);
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
     const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb, path.join(merged.stateDir, 'gc-roots.stamp'));

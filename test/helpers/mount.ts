@@ -65,7 +65,8 @@ export async function mountMerged(t: ExecutionContext, lower: string, opts: { me
   };
   t.teardown(async () => {
     // A failed test shows what the daemon logged: the temp dir, log included, goes with it.
-    if (!t.passed) await printLogTail(t.title, path.join(root, 'nix/var/log/local-overlay.log'));
+    // (In a hook `passed` is undefined: no verdict to go by.)
+    if (t.passed === false) await printLogTail(t.title, path.join(root, 'nix/var/log/local-overlay.log'));
     await unmount().catch(() => undefined);
   });
   return { root, store: path.join(root, 'nix/store'), upper, work, lower, lowerStore: path.join(lower, 'nix/store'), dir, pid, unmount };

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { run } from '../helpers/exec';
 import { freshLower, lowerAdd, Manifest } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
+import { nixOk } from '../helpers/nix';
 import { lowerRootDigest, treeLines } from '../helpers/tree';
 
 // One table of POSIX checks (in the spirit of go-fuse's posixtest.All), each run against a
@@ -1242,16 +1243,16 @@ export function registerPosixTable(mode: { title: string; mountArgs: string[] })
     const lowerStore = path.join(lower.root, 'nix/store');
     for (const k of Object.keys(L) as Array<keyof typeof L>) L[k] = rel(manifest.paths[k]);
 
-    // Extra lower objects: hostile symlinks, a top-level symlink, and a real store object
-    // (added by Nix) whose name ends in .lock.
-    X.links = newName('lower-links');
-    X.toplink = newName('lower-toplink');
-    await fs.promises.mkdir(path.join(lowerStore, X.links));
-    await fs.promises.symlink('/etc/passwd', path.join(lowerStore, X.links, 'passwd'));
-    await fs.promises.symlink('../../../../../..', path.join(lowerStore, X.links, 'escape'));
-    await fs.promises.symlink('/nonexistent/lo-posix-target', path.join(lowerStore, X.links, 'dangling'));
-    await fs.promises.symlink('/etc', path.join(lowerStore, X.toplink));
-    await fs.promises.chmod(path.join(lowerStore, X.links), 0o555);
+    // Extra lower objects, added by Nix (the merged view shows only what the lower DB lists):
+    // hostile symlinks, a top-level symlink, and a store object whose name ends in .lock.
+    const src = path.join(base, 'lower-src');
+    await fs.promises.mkdir(path.join(src, 'lower-links'), { recursive: true });
+    await fs.promises.symlink('/etc/passwd', path.join(src, 'lower-links', 'passwd'));
+    await fs.promises.symlink('../../../../../..', path.join(src, 'lower-links', 'escape'));
+    await fs.promises.symlink('/nonexistent/lo-posix-target', path.join(src, 'lower-links', 'dangling'));
+    await fs.promises.symlink('/etc', path.join(src, 'lower-toplink'));
+    X.links = rel((await nixOk('nix-store', ['--store', lower.root, '--add', path.join(src, 'lower-links')])).trim());
+    X.toplink = rel((await nixOk('nix-store', ['--store', lower.root, '--add', path.join(src, 'lower-toplink')])).trim());
     X.cargoLock = rel(await lowerAdd(lower.root, 'Cargo.lock'));
     X.staleLock = `${newName('lower-failed-build')}.lock`; // what a failed build leaves behind
     await fs.promises.writeFile(path.join(lowerStore, X.staleLock), '');

@@ -129,16 +129,24 @@ test('index: lower bookkeeping names are hidden; in the upper layer they are ord
   t.is(ix.resolve(UPPER_LOCK), Layer.Upper, 'an upper lock file');
 });
 
-// Timing: the lower store grows with synchronous calls, so no other test's work on this
-// worker's event loop can come between the first answer and the check of the cached one.
-test('index: lower names that look like bookkeeping are objects when the lower DB says so (lowerValid)', async (t) => {
+/** A LowerRegistry over a set of valid names, recording what it was asked. */
+function registry(valid: Set<string>): { has(n: string): boolean; sortedNames(): string[]; asked: string[] } {
+  const asked: string[] = [];
+  return {
+    asked,
+    has: (n) => { asked.push(n); return valid.has(n); },
+    sortedNames: () => [...valid].sort(),
+  };
+}
+
+test('index: lower names that look like bookkeeping are objects when the lower DB says so (registry)', async (t) => {
   const l = await layout(t);
   const cargo = nm('Cargo.lock');
   await fs.promises.writeFile(path.join(l.lower, cargo), 'a store object\n');
   const ix = new TopLevelIndex(l.dirs, 1000);
-  t.is(ix.resolve(cargo), null, 'without the DB hook a .lock name is bookkeeping');
-  const asked: string[] = [];
-  ix.lowerValid = (n) => { asked.push(n); return n === cargo; };
+  t.is(ix.resolve(cargo), null, 'without a registry a .lock name is bookkeeping');
+  const reg = registry(new Set([cargo, LF, LD, BOTH, BOTHDIR, WH1, WH2, WHX]));
+  ix.registry = reg;
   ix.refresh();
   t.is(ix.resolve(cargo), Layer.Lower, 'valid in the lower DB: a lower object');
   t.is(ix.reason(cargo), 'lower-object');
@@ -146,10 +154,48 @@ test('index: lower names that look like bookkeeping are objects when the lower D
   t.is(ix.reason(LOWER_LOCK), 'lower-bookkeeping');
   t.true(ix.listRoot().includes(cargo));
   t.false(ix.listRoot().includes(LOWER_LOCK));
-  t.false(asked.includes(LF), 'names that cannot be bookkeeping do not ask the DB');
   const absent = `${nm('never-there')}.lock`;
   t.is(ix.resolve(absent), null);
-  t.false(asked.includes(absent), 'nor do names the lower dir does not have (Nix looks up a .lock for every path it adds)');
+  t.false(reg.asked.includes(absent), 'names the lower dir does not have are not asked about (Nix looks up a .lock for every path it adds)');
+});
+
+// Timing: the lower store grows with synchronous calls, so no other test's work on this
+// worker's event loop can come between the first answer and the check of the cached one.
+test('index: a lower entry the lower DB does not list is not shown (lookup, listing, reason) until it is registered', async (t) => {
+  const l = await layout(t);
+  const partial = nm('build-in-progress');
+  await fs.promises.mkdir(path.join(l.lower, partial, 'bin'), { recursive: true });
+  const valid = new Set([LF, LD, BOTH, BOTHDIR, WH1, WH2, WHX]);
+  const ix = new TopLevelIndex(l.dirs, 300);
+  ix.registry = registry(valid);
+  t.is(ix.resolve(partial), null, 'an unregistered lower dir does not resolve');
+  t.is(ix.reason(partial), 'lower-unregistered');
+  t.false(ix.listRoot().includes(partial), 'nor is it listed');
+  t.deepEqual(ix.listRoot().slice().sort(), [UO, UF, CD, BOTH, BOTHDIR, '.links', UPPER_LOCK, LF, LD].sort(), 'registered lower objects are');
+  valid.add(partial); // the lower store registers it
+  t.is(ix.resolve(partial), null, 'the miss is cached for negativeTtlMs');
+  t.is(ix.reason(partial), 'lower-unregistered');
+  ix.forgetLower(partial); // what the follower does for a new lower row
+  t.is(ix.resolve(partial), Layer.Lower, 'registered: a lower object');
+  t.true(ix.listRoot().includes(partial));
+  const later = nm('registered-later');
+  await fs.promises.writeFile(path.join(l.lower, later), '');
+  t.is(ix.resolve(later), null);
+  valid.add(later);
+  await sleep(400);
+  t.is(ix.resolve(later), Layer.Lower, 'without the follower, after negativeTtlMs');
+});
+
+test('index: listRoot matches the lower dir against the registry in bytewise order', async (t) => {
+  const l = await layout(t);
+  const ix = new TopLevelIndex(l.dirs, 1000);
+  // Names around the edges of the order: upper/lower case, digits, the characters Nix allows.
+  const extra = ['aaaa', 'AAAA', 'zz+y', 'zz-y', 'zz.y', 'zz_y', 'zz?y', 'zz=y', 'Zz', '00', '0-9'].map((s) => nm(s));
+  for (const n of extra) await fs.promises.writeFile(path.join(l.lower, n), '');
+  const registered = new Set([LF, BOTH, WH1, ...extra.filter((_, i) => i % 2 === 0), nm('in-the-db-only')]);
+  ix.registry = registry(registered);
+  const lowerShown = ix.listRoot().filter((n) => !ix.upperKind(n));
+  t.deepEqual(lowerShown.sort(), [LF, ...extra.filter((_, i) => i % 2 === 0)].sort());
 });
 
 test('index: a negative lower answer expires after negativeTtlMs; a positive one stays until forgotten or refreshed', async (t) => {
