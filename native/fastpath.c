@@ -17,9 +17,9 @@
 //
 // Everything else goes to the JS handler (it "passes"): the store root itself, every change of a
 // top-level name (the JS index and the metadata module must see it), every change refused on
-// the lower layer (EROFS/EPERM/ENOSPC/EMLINK and their bookkeeping), libfuse's .fuse_hidden*
-// names (redirected to the work dir), bookkeeping-like lower names (*.lock, *.chroot, *.check:
-// decided by the lower DB), inode numbers that need the JS inode table, and anything while
+// the lower layer (EROFS/EPERM/ENOSPC/EMLINK and their bookkeeping), names that may be
+// libfuse's .fuse_hidden* (JS redirects its exact ones to the work dir), lower names the index
+// has not settled (JS asks the lower DB whether they are registered store objects), inode numbers that need the JS inode table, and anything while
 // tracing is on (lo_enable(0)). An error at the top level also goes to JS, which decides
 // what the name means; below it the layer's errno is the answer.
 //
@@ -235,7 +235,7 @@ static int lo_is_store_name(const char *s, size_t n) {
   return 1;
 }
 
-// libfuse's names for unlinked-but-open files: redirected to the work dir by JS.
+// Names that may be libfuse's for unlinked-but-open files: JS decides (overlay.ts isHiddenName).
 static int lo_is_hidden(const char *path) {
   const char *base = strrchr(path, '/');
   return base != NULL && strncmp(base + 1, ".fuse_hidden", 12) == 0;
@@ -407,7 +407,8 @@ static int lo_open(const char *path, struct fuse_file_info *fi) {
   int top = 0;
   int r = lo_resolve(f, path, &top);
   if (r == LO_R_ABSENT) return -ENOENT;
-  int writes = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & (O_TRUNC | O_APPEND)) != 0;
+  // O_APPEND without write access writes nothing: a read-only filesystem allows it (overlay.ts open).
+  int writes = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC) != 0;
   if (r == LO_R_PASS || (r == LO_LOWER && writes)) LO_PASS_TO(open, path, fi);
   lo_on(f, r);
   int fd = openat(f->fd[r], lo_rel(path), (fi->flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW);

@@ -39,9 +39,11 @@ export interface OverlayHooks {
 }
 
 const O_ACCMODE = 3;
-const { O_RDONLY, O_TRUNC, O_APPEND, O_CREAT, O_RDWR, O_NOFOLLOW, O_EXCL } = fs.constants;
+const { O_RDONLY, O_TRUNC, O_CREAT, O_RDWR, O_NOFOLLOW, O_EXCL } = fs.constants;
 const NAME_MAX = 255;
-const HIDDEN_PREFIX = '.fuse_hidden';
+/** libfuse 2.9's name for an unlinked-but-open file: `.fuse_hidden` + node id and counter in hex. */
+const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/;
+const WHITEOUT_PREFIX = '.wh.';
 const UINT32 = 2 ** 32;
 const MS = 1_000_000n;
 
@@ -54,8 +56,14 @@ const MS = 1_000_000n;
  * - Anything that would change a lower object fails with EROFS; nothing is copied up.
  * - New top-level names are created in the upper layer; removing a top-level name removes
  *   only its upper copy (a lower object of the same name shows again).
- * - Names libfuse gives to unlinked-but-open files (`.fuse_hidden*`) live in the work dir,
- *   never in the store, so Nix's GC and directory listings do not see them.
+ * - The names libfuse gives to unlinked-but-open files in the root or an upper object
+ *   (`.fuse_hidden` + 16 hex digits, by rename only) live in the work dir, never in the
+ *   store, so Nix's GC and directory listings do not see them. Any other name, and any name
+ *   inside a lower object, is an ordinary name.
+ * - No top-level `.wh.*` name can be made through the mount: in the upper dir it would be a
+ *   whiteout once the index is read again.
+ * - A name that reached JavaScript with U+FFFD in it was not valid UTF-8 (fuse-native decodes
+ *   paths as UTF-8), and its bytes are lost: EILSEQ, never a near-miss file.
  * - Paths are resolved inside a layer without following symlinks on the last component; the
  *   kernel resolves symlinks itself in the merged namespace.
  */
@@ -96,10 +104,10 @@ export class Overlay {
 
   private locate(path: string): Located | Errno {
     if (hasDotComponent(path)) return E.ENOENT;
+    if (path.includes(REPLACEMENT)) return E.EILSEQ;
     const top = Overlay.topName(path);
-    if (isHiddenName(path)) {
-      return { layer: Layer.Upper, real: `${this.hiddenDir}/${basename(path)}`, top };
-    }
+    const hidden = this.hidden(path);
+    if (hidden !== null) return { layer: Layer.Upper, real: hidden, top };
     const layer = this.index.resolve(top);
     if (layer === null) {
       this.stats.count('miss');
@@ -114,17 +122,31 @@ export class Overlay {
    * upper object; a top-level name already visible from the lower layer is EEXIST.
    */
   private locateNew(path: string): string | Errno {
-    if (isHiddenName(path)) return `${this.hiddenDir}/${basename(path)}`;
     if (basename(path).length > NAME_MAX) return E.ENAMETOOLONG;
+    if (path.includes(REPLACEMENT)) return E.EILSEQ;
     const top = Overlay.topName(path);
     if (top.length === path.length - 1) {
+      if (top.startsWith(WHITEOUT_PREFIX) || isHiddenName(path)) return this.forbidden('create', path);
       if (this.index.upperKind(top) === 'object' || this.index.resolve(top) === Layer.Lower) return E.EEXIST;
       return this.upperDir + path;
     }
     const layer = this.index.resolve(top);
     if (layer === null) return E.ENOENT;
     if (layer === Layer.Lower) return this.refused('create', path);
+    // libfuse only renames to its hidden names; a file made under one would share the work dir's.
+    if (isHiddenName(path)) return this.forbidden('create', path);
     return this.upperDir + path;
+  }
+
+  /**
+   * The work-dir path of libfuse's name for an unlinked-but-open file in the root or an upper
+   * object; null for any other name (inside a lower object, such a name is the object's own).
+   */
+  private hidden(path: string): string | null {
+    if (!isHiddenName(path)) return null;
+    const top = Overlay.topName(path);
+    if (top.length !== path.length - 1 && this.index.resolve(top) !== Layer.Upper) return null;
+    return `${this.hiddenDir}/${basename(path)}`;
   }
 
   /** The real path of an existing entry that is about to be changed: EROFS on the lower layer. */
@@ -141,6 +163,13 @@ export class Overlay {
     this.index.unsettle(Overlay.topName(path));
     this.hooks.lowerWriteRefused?.(Overlay.topName(path));
     return errno;
+  }
+
+  /** EPERM for a name the mount does not let anyone make (not a lower object's refusal). */
+  private forbidden(op: string, path: string): Errno {
+    this.stats.count('refused');
+    this.stats.trace?.('refuse', path, op);
+    return E.EPERM;
   }
 
   /** Records a new top-level upper object (clearing a whiteout that had the name). */
@@ -328,7 +357,8 @@ export class Overlay {
   open(path: string, flags: number): number {
     const loc = this.locate(path);
     if (typeof loc === 'number') return -loc;
-    const writes = (flags & O_ACCMODE) !== O_RDONLY || (flags & (O_TRUNC | O_APPEND)) !== 0;
+    // O_APPEND without write access writes nothing: a read-only filesystem allows it.
+    const writes = (flags & O_ACCMODE) !== O_RDONLY || (flags & O_TRUNC) !== 0;
     if (loc.layer === Layer.Lower && writes) return -this.refused('open for writing', path);
     return this.openReal(loc.layer, loc.real, (flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW);
   }
@@ -420,14 +450,17 @@ export class Overlay {
     const from = this.locateWritable(src, 'rename');
     if (typeof from === 'number') return from;
     let to: string;
-    if (isHiddenName(dst)) {
-      to = `${this.hiddenDir}/${basename(dst)}`;
+    const hidden = this.hidden(dst);
+    if (hidden !== null) {
+      to = hidden;
     } else {
       if (basename(dst).length > NAME_MAX) return E.ENAMETOOLONG;
+      if (dst.includes(REPLACEMENT)) return E.EILSEQ;
       const top = Overlay.topName(dst);
       const isTop = top.length === dst.length - 1;
       const kind = this.index.upperKind(top);
       if (isTop) {
+        if (top.startsWith(WHITEOUT_PREFIX)) return this.forbidden('rename to', dst);
         // `nix-store --optimise` replaces a file by renaming a `.tmp-link-*` over it; over a lower
         // object that is EMLINK, on which it skips the file.
         const errno = Overlay.topName(src).startsWith('.tmp-link-') ? E.EMLINK : E.EROFS;
@@ -504,8 +537,11 @@ function basename(path: string): string {
   return path.slice(path.lastIndexOf('/') + 1);
 }
 
-/** libfuse renames unlinked-but-open files to `.fuse_hiddenXXXXXXXXYYYYYYYY` in their dir. */
+/** Whether the last component of `path` is a name libfuse gives an unlinked-but-open file (HIDDEN_NAME). */
 function isHiddenName(path: string): boolean {
-  return path.charCodeAt(path.lastIndexOf('/') + 1) === 46 /* . */
-    && path.startsWith(HIDDEN_PREFIX, path.lastIndexOf('/') + 1);
+  const at = path.lastIndexOf('/') + 1;
+  return path.length - at === 28 && path.charCodeAt(at) === 46 /* . */ && HIDDEN_NAME.test(path.slice(at));
 }
+
+/** What UTF-8 decoding puts in place of bytes that are not UTF-8. */
+const REPLACEMENT = '\uFFFD';

@@ -50,7 +50,7 @@ interface Row {
 /** Top-level names of the lower objects the rows use (manifest roles). */
 const L = { dirObject: '', singleFile: '', appOut: '', libOut: '', textFile: '', tools: '', appDrv: '', libDrv: '' };
 /** Names added to the lower copy before mounting. */
-const X = { links: '', toplink: '', cargoLock: '', staleLock: '' };
+const X = { links: '', toplink: '', hiddenNames: '', cargoLock: '', staleLock: '' };
 /** Names prepared in the layered upper dir before mounting. */
 const U = { only: '', lock: '' };
 let manifest: Manifest;
@@ -951,6 +951,10 @@ const rows: Row[] = [
       for (const f of files) {
         for (const flags of ['r+', 'w', 'a', 'a+']) await rejectsWith(t, fs.promises.open(f, flags), 'EROFS', `open ${flags} ${f}`);
         await rejectsWith(t, fs.promises.open(f, fs.constants.O_WRONLY | fs.constants.O_CREAT), 'EROFS', `O_WRONLY|O_CREAT ${f}`);
+        // O_APPEND without write access writes nothing: a read-only filesystem allows it.
+        const ro = await fs.promises.open(f, fs.constants.O_RDONLY | fs.constants.O_APPEND);
+        t.deepEqual(await ro.readFile(), await fs.promises.readFile(path.join(d.lower, path.relative(d.store, f))), `O_RDONLY|O_APPEND reads ${f}`);
+        await ro.close();
         await rejectsWith(t, fs.promises.truncate(f, 0), 'EROFS', `truncate ${f}`);
         await rejectsWith(t, fs.promises.chmod(f, 0o777), 'EROFS', `chmod ${f}`);
         await rejectsWith(t, fs.promises.chown(f, 1, 1), 'EROFS', `chown ${f}`);
@@ -968,6 +972,36 @@ const rows: Row[] = [
       await rejectsWith(t, fs.promises.lutimes(path.join(d.store, L.dirObject, 'link-to-doc'), 5, 5), 'EROFS', 'lutimes of a lower symlink');
       await rejectsWith(t, fs.promises.lchown(path.join(d.store, L.dirObject, 'link-to-doc'), 5, 5), 'EROFS', 'lchown of a lower symlink');
       for (const n of [L.singleFile, L.dirObject, L.appOut]) await assertLowerIntact(t, d, n);
+    },
+  },
+  {
+    name: 'names with a meaning: only libfuse\'s exact .fuse_hidden names are hidden; no top-level .wh.*; non-UTF-8 names are EILSEQ',
+    on: 'layered',
+    check: async (t, d) => {
+      // Any other .fuse_hidden* name is an ordinary name in its own dir.
+      const a = path.join(d.store, U.only), b = path.join(d.store, L.libOut);
+      await fs.promises.writeFile(path.join(a, '.fuse_hiddenUSER'), 'one');
+      await fs.promises.writeFile(path.join(b, '.fuse_hiddenUSER'), 'two');
+      t.is(await fs.promises.readFile(path.join(a, '.fuse_hiddenUSER'), 'utf8'), 'one', 'not shared with another dir');
+      t.true((await fs.promises.readdir(a)).includes('.fuse_hiddenUSER'), 'listed');
+      t.is(await fs.promises.readFile(path.join(d.upper, U.only, '.fuse_hiddenUSER'), 'utf8'), 'one', 'in the upper object');
+      await rejectsWith(t, fs.promises.writeFile(path.join(a, '.fuse_hidden00000001000000bb'), ''), 'EPERM', 'making one of libfuse\'s own names');
+      // In a lower object such names are the object's own files, read-only.
+      const h = path.join(d.store, X.hiddenNames);
+      t.deepEqual((await fs.promises.readdir(h)).sort(), ['.fuse_hidden00000001000000aa', '.fuse_hiddenLOWER']);
+      t.is(await fs.promises.readFile(path.join(h, '.fuse_hiddenLOWER'), 'utf8'), 'lower one\n');
+      t.is(await fs.promises.readFile(path.join(h, '.fuse_hidden00000001000000aa'), 'utf8'), 'lower two\n');
+      await rejectsWith(t, fs.promises.writeFile(path.join(h, '.fuse_hiddenABC'), ''), 'EROFS', 'create in a lower object');
+      await rejectsWith(t, fs.promises.mkdir(path.join(d.store, L.dirObject, '.fuse_hidden0000000200000002')), 'EROFS', 'mkdir in a lower object');
+      // A top-level .wh.* file would be read as a whiteout on the next refresh or mount.
+      await rejectsWith(t, fs.promises.writeFile(path.join(d.store, '.wh.mynotes'), 'x'), 'EPERM', 'create .wh.*');
+      await rejectsWith(t, fs.promises.mkdir(path.join(d.store, `.wh.${L.singleFile}`)), 'EPERM', 'mkdir .wh.NAME');
+      await rejectsWith(t, fs.promises.symlink('x', path.join(d.store, `.wh.${L.singleFile}`)), 'EPERM', 'symlink .wh.NAME');
+      t.true((await fs.promises.lstat(path.join(d.store, L.singleFile))).isFile(), 'the lower object still shows');
+      // fuse-native hands names to JS as UTF-8 strings: the bytes of any other name are lost.
+      const bad = Buffer.concat([Buffer.from(`${d.store}/bad`), Buffer.from([0xff]), Buffer.from('-name')]);
+      await rejectsWith(t, fs.promises.writeFile(bad, 'x'), 'EILSEQ', 'create of a non-UTF-8 top-level name');
+      t.deepEqual((await fs.promises.readdir(d.upper)).filter((n) => n.startsWith('bad')), [], 'nothing made under a near-miss name');
     },
   },
   {
@@ -1074,7 +1108,7 @@ const rows: Row[] = [
     check: async (t, d) => {
       const merged = await fs.promises.readdir(d.store);
       t.is(new Set(merged).size, merged.length, `no duplicates in ${merged.join(' ')}`);
-      const lowerObjects = Object.values(manifest.paths).map(rel).concat([X.links, X.toplink, X.cargoLock]);
+      const lowerObjects = Object.values(manifest.paths).map(rel).concat([X.links, X.toplink, X.hiddenNames, X.cargoLock]);
       const upperObjects = [L.libOut, L.textFile, U.only, U.lock, '.links'];
       const hidden = new Set([L.tools, L.appDrv]);
       const want = [...new Set([...upperObjects, ...lowerObjects])].filter((n) => !hidden.has(n)).sort();
@@ -1253,6 +1287,11 @@ export function registerPosixTable(mode: { title: string; mountArgs: string[] })
     await fs.promises.symlink('/etc', path.join(src, 'lower-toplink'));
     X.links = rel((await nixOk('nix-store', ['--store', lower.root, '--add', path.join(src, 'lower-links')])).trim());
     X.toplink = rel((await nixOk('nix-store', ['--store', lower.root, '--add', path.join(src, 'lower-toplink')])).trim());
+    // Names libfuse could have made, as a lower object's own files.
+    await fs.promises.mkdir(path.join(src, 'lower-hidden-names'));
+    await fs.promises.writeFile(path.join(src, 'lower-hidden-names', '.fuse_hiddenLOWER'), 'lower one\n');
+    await fs.promises.writeFile(path.join(src, 'lower-hidden-names', '.fuse_hidden00000001000000aa'), 'lower two\n');
+    X.hiddenNames = rel((await nixOk('nix-store', ['--store', lower.root, '--add', path.join(src, 'lower-hidden-names')])).trim());
     X.cargoLock = rel(await lowerAdd(lower.root, 'Cargo.lock'));
     X.staleLock = `${newName('lower-failed-build')}.lock`; // what a failed build leaves behind
     await fs.promises.writeFile(path.join(lowerStore, X.staleLock), '');

@@ -331,7 +331,7 @@ test('overlay: every change to a lower object is EROFS and changes nothing in ei
   const at = (what: string, r: number): void => { errnos.push([what, r < 0 ? -r : r]); };
 
   for (const f of [`/${LF}`, `/${LD}/a`, `/${LD}/sub/b`]) {
-    for (const flags of [O_WRONLY, O_RDWR, O_RDONLY | O_TRUNC, O_RDONLY | O_APPEND, O_WRONLY | O_CREAT]) at(`open ${f} ${flags}`, ov.open(f, flags));
+    for (const flags of [O_WRONLY, O_RDWR, O_RDONLY | O_TRUNC, O_WRONLY | O_APPEND, O_WRONLY | O_CREAT]) at(`open ${f} ${flags}`, ov.open(f, flags));
     at(`truncate ${f}`, ov.truncate(f, 0));
     at(`chmod ${f}`, ov.chmod(f, 0o777));
     at(`chown ${f}`, ov.chown(f, 1, 1));
@@ -342,6 +342,9 @@ test('overlay: every change to a lower object is EROFS and changes nothing in ei
   }
   const fd = ov.open(`/${LF}`, O_RDONLY);
   t.true(fd >= 0, 'a lower file opens read-only');
+  const appendFd = ov.open(`/${LF}`, O_RDONLY | O_APPEND);
+  t.true(appendFd >= 0, 'and read-only with O_APPEND, which writes nothing (a read-only filesystem allows it)');
+  t.is(ov.release(appendFd), 0);
   at('ftruncate of a read-only lower fd', ov.ftruncate(`/${LF}`, fd, 0));
   t.is(ov.release(fd), 0);
   for (const d of [`/${LD}`, `/${LD}/sub`, `/${LD}/empty`]) {
@@ -468,41 +471,98 @@ test('overlay: names over 255 bytes are ENAMETOOLONG, counted in bytes', async (
   t.is(attr(t, ov.getattr(max), 'getattr 255').size, 0);
 });
 
-test('overlay: .fuse_hidden* names live in the work dir, never in the store', async (t) => {
+test('overlay: libfuse\'s .fuse_hidden names live in the work dir, never in the store', async (t) => {
   const l = await layout(t);
   const { ov, removed } = overlay(l);
   const hidden = path.join(l.work, 'hidden');
 
-  const h1 = '/.fuse_hidden0000000100000001';
-  const fd = ov.create(h1, 0o644, O_RDWR | O_CREAT);
+  // libfuse hides a file unlinked while open by renaming it in its own dir.
+  const tmp = nm('open-then-unlinked');
+  const fd = ov.create(`/${tmp}`, 0o644, O_RDWR | O_CREAT);
   t.true(fd >= 0);
   t.is(ov.write(fd, Buffer.from('hidden data'), 11, 0), 11);
-  t.true(fs.existsSync(path.join(hidden, '.fuse_hidden0000000100000001')), 'created in the work dir');
+  const h1 = '/.fuse_hidden0000000100000001';
+  t.is(ov.rename(`/${tmp}`, h1), 0, 'a top-level upper file hidden');
+  t.true(fs.existsSync(path.join(hidden, '.fuse_hidden0000000100000001')), 'moved to the work dir');
   t.false(fs.existsSync(path.join(l.upper, '.fuse_hidden0000000100000001')), 'not in the upper dir');
   t.is(ov.index.upperKind('.fuse_hidden0000000100000001'), undefined, 'not in the index');
+  t.is(ov.index.resolve(tmp), null, 'its old name left the index');
+  t.deepEqual(removed, [tmp], 'upperRemoved heard it');
   t.is(attr(t, ov.getattr(h1), 'getattr hidden').size, 11);
   t.is(attr(t, ov.fgetattr(h1, fd), 'fgetattr hidden').size, 11);
   ov.release(fd);
 
-  // libfuse hides a file unlinked while open by renaming it in its own dir.
   const h2 = `/${UO}/.fuse_hidden0000000200000002`;
   t.is(ov.rename(`/${UO}/file`, h2), 0);
   t.false(fs.existsSync(path.join(l.upper, UO, 'file')));
   t.deepEqual(fs.readdirSync(path.join(l.upper, UO)), [], 'nothing hidden in the upper object');
   t.is(attr(t, ov.getattr(h2), 'getattr nested hidden').size, 'upper file\n'.length);
 
-  const h3 = '/.fuse_hidden0000000300000003';
-  t.is(ov.rename(`/${UF}`, h3), 0, 'a top-level upper file hidden');
-  t.is(ov.index.resolve(UF), null, 'its name left the index');
-  t.deepEqual(removed, [UF], 'upperRemoved heard it');
   const listed = ov.readdir('/');
   t.true(Array.isArray(listed) && !listed.some((n) => n.startsWith('.fuse_hidden')), 'the root never lists hidden names');
   t.deepEqual(fs.readdirSync(l.upper).filter((n) => n.startsWith('.fuse_hidden')), []);
-  t.deepEqual(fs.readdirSync(hidden).sort(), ['.fuse_hidden0000000100000001', '.fuse_hidden0000000200000002', '.fuse_hidden0000000300000003']);
+  t.deepEqual(fs.readdirSync(hidden).sort(), ['.fuse_hidden0000000100000001', '.fuse_hidden0000000200000002']);
 
-  for (const h of [h1, h2, h3]) t.is(ov.unlink(h), 0, `release-time unlink of ${h}`);
+  for (const h of [h1, h2]) t.is(ov.unlink(h), 0, `release-time unlink of ${h}`);
   t.deepEqual(fs.readdirSync(hidden), [], 'the work dir is empty again');
-  t.deepEqual(removed, [UF], 'unlinking hidden names does not touch the index');
+  t.deepEqual(removed, [tmp], 'unlinking hidden names does not touch the index');
+});
+
+test('overlay: only libfuse\'s exact hidden names, renamed to in the root or an upper object, go to the work dir', async (t) => {
+  const l = await layout(t);
+  const { ov } = overlay(l);
+  const hidden = path.join(l.work, 'hidden');
+  // libfuse only renames to its names: making one would share the work dir's single namespace.
+  t.is(-ov.create(`/${UO}/.fuse_hidden0000000500000005`, 0o644, O_RDWR | O_CREAT), E.EPERM, 'create of an exact hidden name');
+  t.is(ov.mkdir('/.fuse_hidden0000000600000006', 0o755), E.EPERM, 'mkdir of an exact hidden name at the top');
+  // Any other such name is an ordinary name, in its own dir.
+  for (const d of [UO, BOTHDIR]) {
+    const fd = ov.create(`/${d}/.fuse_hiddenUSER`, 0o644, O_RDWR | O_CREAT);
+    t.true(fd >= 0, `create .fuse_hiddenUSER in ${d}`);
+    t.is(ov.write(fd, Buffer.from(d), d.length, 0), d.length);
+    ov.release(fd);
+  }
+  t.is(fs.readFileSync(path.join(l.upper, UO, '.fuse_hiddenUSER'), 'utf8'), UO, 'in its own dir, not shared');
+  t.is(fs.readFileSync(path.join(l.upper, BOTHDIR, '.fuse_hiddenUSER'), 'utf8'), BOTHDIR);
+  t.deepEqual(fs.readdirSync(hidden), [], 'nothing went to the work dir');
+  // Inside a lower object every name is the object's own, and read-only.
+  fs.writeFileSync(path.join(l.lower, LD, '.fuse_hidden0000000700000007'), 'lower');
+  fs.writeFileSync(path.join(l.lower, LD, '.fuse_hiddenLOWER'), 'lower too');
+  t.is(attr(t, ov.getattr(`/${LD}/.fuse_hidden0000000700000007`), 'a lower file with an exact hidden name').size, 5);
+  t.is(attr(t, ov.getattr(`/${LD}/.fuse_hiddenLOWER`), 'a lower file with another such name').size, 9);
+  t.is(-ov.create(`/${LD}/.fuse_hidden0000000800000008`, 0o644, O_RDWR | O_CREAT), E.EROFS, 'create in a lower object');
+  t.is(ov.mkdir(`/${LD}/sub/.fuse_hiddenDIR`, 0o755), E.EROFS, 'mkdir in a lower object');
+  t.is(ov.rename(`/${LD}/a`, `/${LD}/.fuse_hidden0000000900000009`), E.EROFS, 'libfuse hiding an open lower file');
+  t.deepEqual(fs.readdirSync(hidden), []);
+});
+
+test('overlay: no top-level .wh.* name can be made through the mount (it would become a whiteout)', async (t) => {
+  const l = await layout(t);
+  const { ov, refused } = overlay(l);
+  const wh = `/.wh.${LF}`;
+  t.is(-ov.create(wh, 0o644, O_RDWR | O_CREAT), E.EPERM, 'create');
+  t.is(ov.mkdir(wh, 0o755), E.EPERM, 'mkdir');
+  t.is(ov.symlink('x', wh), E.EPERM, 'symlink');
+  t.is(ov.link(`/${UF}`, wh), E.EPERM, 'link');
+  t.is(ov.rename(`/${UF}`, wh), E.EPERM, 'rename');
+  t.is(ov.rename(`/${UF}`, '/.wh.mynotes'), E.EPERM, 'rename to any .wh. name');
+  t.deepEqual(refused, [], 'not a refusal of a lower change');
+  t.false(fs.existsSync(path.join(l.upper, `.wh.${LF}`)));
+  ov.refresh();
+  t.is(ov.index.resolve(LF), Layer.Lower, 'the lower object still shows');
+  // Inside an upper object, .wh.* is an ordinary name.
+  t.is(ov.mkdir(`/${UO}/.wh.x`, 0o755), 0);
+});
+
+test('overlay: a name that was not valid UTF-8 (U+FFFD after decoding) is EILSEQ, never a near-miss file', async (t) => {
+  const l = await layout(t);
+  const { ov } = overlay(l);
+  fs.writeFileSync(path.join(l.upper, UO, 'bad\uFFFD-name'), 'another file');
+  t.is(ov.getattr(`/${UO}/bad\uFFFD-name`), E.EILSEQ, 'lookup');
+  t.is(-ov.create(`/${UO}/bad\uFFFD-new`, 0o644, O_RDWR | O_CREAT), E.EILSEQ, 'create');
+  t.is(ov.mkdir('/bad\uFFFD-top', 0o755), E.EILSEQ, 'mkdir at the top');
+  t.is(ov.rename(`/${UF}`, `/${UO}/x\uFFFD`), E.EILSEQ, 'rename');
+  t.false(fs.existsSync(path.join(l.upper, 'bad\uFFFD-top')));
 });
 
 test('overlay: upper objects change in place and keep the index and hooks current', async (t) => {
