@@ -136,6 +136,7 @@ export function fuseOps(ov: Overlay): Record<string, Cb> {
     unlink: guard('unlink', (path: string, cb: Cb) => reply(cb, ov.unlink(path))),
     rename: guard('rename', (src: string, dst: string, cb: Cb) => reply(cb, ov.rename(src, dst))),
     link: guard('link', (src: string, dst: string, cb: Cb) => reply(cb, ov.link(src, dst))),
+    mknod: guard('mknod', (path: string, _mode: number, _dev: number, cb: Cb) => reply(cb, ov.mknod(path))),
     symlink: guard('symlink', (target: string, path: string, cb: Cb) => reply(cb, ov.symlink(target, path))),
     mkdir: guard('mkdir', (path: string, mode: number, cb: Cb) => reply(cb, ov.mkdir(path, mode))),
     rmdir: guard('rmdir', (path: string, cb: Cb) => reply(cb, ov.rmdir(path))),

@@ -424,6 +424,17 @@ export class Overlay {
     return this.removeEntry(path, 'unlink', (real) => fs.unlinkSync(real));
   }
 
+  /**
+   * Special files (fifos, sockets, devices): EROFS in a lower object; elsewhere EPERM, since a
+   * store object holds only files, dirs and symlinks (a NAR has nothing else). libfuse makes
+   * regular files through `create`.
+   */
+  mknod(path: string): Errno {
+    const real = this.locateNew(path);
+    if (typeof real === 'number') return real;
+    return this.forbidden('mknod', path);
+  }
+
   symlink(target: string, path: string): Errno {
     return this.makeEntry(path, (real) => fs.symlinkSync(target, real));
   }

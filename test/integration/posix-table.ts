@@ -998,6 +998,11 @@ const rows: Row[] = [
       await rejectsWith(t, fs.promises.mkdir(path.join(d.store, `.wh.${L.singleFile}`)), 'EPERM', 'mkdir .wh.NAME');
       await rejectsWith(t, fs.promises.symlink('x', path.join(d.store, `.wh.${L.singleFile}`)), 'EPERM', 'symlink .wh.NAME');
       t.true((await fs.promises.lstat(path.join(d.store, L.singleFile))).isFile(), 'the lower object still shows');
+      // Special files: a store object holds none; a lower object takes nothing.
+      const fifo = await run('mkfifo', [path.join(a, 'fifo')]);
+      t.regex(fifo.stderr, /Operation not permitted/, `mkfifo in an upper object: ${fifo.stderr}`);
+      const lowerFifo = await run('mkfifo', [path.join(d.store, L.dirObject, 'fifo')]);
+      t.regex(lowerFifo.stderr, /Read-only file system/, `mkfifo in a lower object: ${lowerFifo.stderr}`);
       // fuse-native hands names to JS as UTF-8 strings: the bytes of any other name are lost.
       const bad = Buffer.concat([Buffer.from(`${d.store}/bad`), Buffer.from([0xff]), Buffer.from('-name')]);
       await rejectsWith(t, fs.promises.writeFile(bad, 'x'), 'EILSEQ', 'create of a non-UTF-8 top-level name');

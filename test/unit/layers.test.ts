@@ -353,6 +353,7 @@ test('overlay: every change to a lower object is EROFS and changes nothing in ei
     at(`mkdir in ${d}`, ov.mkdir(`${d}/new`, 0o755));
     at(`create in ${d}`, ov.create(`${d}/new`, 0o644));
     at(`symlink in ${d}`, ov.symlink('x', `${d}/new`));
+    at(`mknod in ${d}`, ov.mknod(`${d}/new`));
     at(`link into ${d}`, ov.link(`/${UO}/file`, `${d}/new`));
     at(`rename into ${d}`, ov.rename(`/${UO}/file`, `${d}/new`));
   }
@@ -550,6 +551,10 @@ test('overlay: no top-level .wh.* name can be made through the mount (it would b
   t.false(fs.existsSync(path.join(l.upper, `.wh.${LF}`)));
   ov.refresh();
   t.is(ov.index.resolve(LF), Layer.Lower, 'the lower object still shows');
+  t.is(ov.mknod(`/.wh.${LF}`), E.EPERM, 'mknod');
+  t.is(ov.mknod(`/${nm('fifo')}`), E.EPERM, 'a special file at the top (a NAR holds none)');
+  t.is(ov.mknod(`/${UO}/fifo`), E.EPERM, 'a special file in an upper object');
+  t.is(ov.mknod(`/${LF}`), E.EEXIST, 'a name the lower store shows');
   // Inside an upper object, .wh.* is an ordinary name.
   t.is(ov.mkdir(`/${UO}/.wh.x`, 0o755), 0);
 });
