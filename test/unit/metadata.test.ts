@@ -228,6 +228,27 @@ test('follower: an import that a writer of the upper DB holds up is retried unti
   t.is(md.followerState().failing.count, 0, 'and no longer once one succeeded');
 });
 
+test('lazy: a closure copy that failed is tried again when the lower DB next grows, with no further lookup', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  const md = new Metadata(up, lo, 'lazy', new OverlayStats());
+  t.teardown(() => md.close());
+  const target = lower.manifest.paths.appOut;
+  // The kernel keeps a lookup's answer, failed copy or not: no later lookup will come.
+  up.db.exec("CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.ValidPaths BEGIN SELECT RAISE(ABORT, 'test: the copy fails'); END");
+  await t.throwsAsync(md.lowerLookup(target.slice('/nix/store/'.length)) ?? Promise.resolve(), { any: true, message: /the copy fails/ });
+  up.db.exec('DROP TRIGGER temp.refuse');
+  t.is(up.idOf(target), undefined, 'not copied');
+  md.startFollower(50, () => undefined);
+  await lowerAdd(lower.root, `retry-growth-${Date.now()}`);
+  const deadline = Date.now() + 5000;
+  while (up.idOf(target) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.not(up.idOf(target), undefined, 'copied once the lower DB grew');
+  t.true(refs(up.db).some((e) => e.startsWith(`${target} -> `)), 'with its references');
+});
+
 test('reading the lower DB while a writer has its WAL open leaves nothing behind once the writer closes', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
