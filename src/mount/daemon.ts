@@ -9,6 +9,7 @@ import { isBusy } from '../metadata/sqlite';
 import { UpperDb } from '../metadata/upper-db';
 import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
+import { makeDir, tightenDir } from '../util/own-files';
 import { MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
 import { PollChoice, PollGovernor, cpuWaitedUs, defaultPoll } from './poll';
@@ -65,8 +66,10 @@ export class Daemon {
     const lower = rootLayout(cfg.lowerRoot);
     const merged = rootLayout(cfg.mergedRoot);
 
-    for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
-    if (cfg.logFile) fs.mkdirSync(path.dirname(cfg.logFile), { recursive: true, mode: 0o755 });
+    // The process's umask is 0 (the CLI's serve()): everything of our own gets its mode explicitly.
+    for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) makeDir(d);
+    tightenDir(merged.stateDir); // an earlier version made it (and daemon.json) world-writable
+    if (cfg.logFile) makeDir(path.dirname(cfg.logFile));
     if (fs.statSync(cfg.upperDir).dev !== fs.statSync(cfg.workDir).dev) {
       throw new Error(`work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir}`);
     }

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { LocalOverlayError } from '../util/errno';
 import { NIX_SCHEMA_VERSION } from '../metadata/schema';
 import { MountConfig, rootLayout } from './config';
-import { isMountPoint, processAlive, readRecord, runningRecords } from './records';
+import { isMountPoint, liveRecord, runningRecords } from './records';
 
 const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
 
@@ -61,8 +61,8 @@ export function validateMount(cfg: MountConfig): void {
   if (fs.existsSync(cfg.workDir) && !isDir(cfg.workDir)) fail('work-not-dir', `work dir ${cfg.workDir} is not a directory`);
 
   if (isMountPoint(merged.storeDir)) {
-    const rec = readRecord(cfg.mergedRoot);
-    if (rec === null || !processAlive(rec.pid)) {
+    const rec = liveRecord(cfg.mergedRoot);
+    if (rec === null) {
       fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy), and no daemon serves it (stale): run \`local-overlay unmount ${cfg.mergedRoot}\` first`);
     }
     fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy)`);

@@ -1,6 +1,6 @@
 import type { Argv, CommandModule } from 'yargs';
 import { Explainer, formatExplanation } from '../../explain/explain';
-import { readRecord, processAlive } from '../../mount/records';
+import { liveRecord } from '../../mount/records';
 import { EXIT, runCommand } from '../run';
 import { findRoot } from '../find-root';
 
@@ -21,8 +21,7 @@ export const explainCommand: CommandModule<object, ExplainArgs> = {
 
 async function explain(argv: ExplainArgs): Promise<number> {
   const { root, rc } = findRoot(argv.root, argv.paths[0]);
-  const rec = readRecord(root);
-  const mounted = rec !== null && processAlive(rec.pid);
+  const mounted = liveRecord(root) !== null;
   const ex = new Explainer(rc.config, mounted ? { at: new Date(rc.mountedAt), lowerMaxId: rc.lowerMaxIdAtMount } : null);
   try {
     const results = argv.paths.map((p) => ex.explain(p));

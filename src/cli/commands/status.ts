@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
-import { DaemonRecord, readRecord, runningRecords, processAlive } from '../../mount/records';
+import { DaemonRecord, liveRecord, runningRecords } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
 import { upperUsage } from '../../mount/usage';
@@ -23,8 +23,8 @@ export const statusCommand: CommandModule<object, StatusArgs> = {
 async function status(argv: StatusArgs): Promise<number> {
   let recs: DaemonRecord[];
   if (argv.root) {
-    const rec = readRecord(path.resolve(argv.root));
-    if (!rec || !processAlive(rec.pid)) throw new LocalOverlayError('not-mounted', `${path.resolve(argv.root)} is not mounted`);
+    const rec = liveRecord(path.resolve(argv.root));
+    if (!rec) throw new LocalOverlayError('not-mounted', `${path.resolve(argv.root)} is not mounted`);
     recs = [rec];
   } else {
     recs = runningRecords();

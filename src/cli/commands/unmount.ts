@@ -3,7 +3,8 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
-import { isMountPoint, procState, processAlive, readRecord } from '../../mount/records';
+import { controlRequest } from '../../mount/control';
+import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, procState, processAlive } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
 
@@ -23,13 +24,14 @@ export const unmountCommand: CommandModule<object, UnmountArgs> = {
 
 export async function unmount(root: string, timeoutS: number): Promise<number> {
   const storeDir = rootLayout(root).storeDir;
-  const rec = readRecord(root);
-  if (rec && processAlive(rec.pid)) {
-    process.kill(rec.pid, 'SIGTERM');
+  const rec = liveRecord(root);
+  const pid = rec?.pid ?? await pidFromControl(root);
+  if (pid !== null) {
+    process.kill(pid, 'SIGTERM');
     const deadline = Date.now() + timeoutS * 1000;
-    while (processAlive(rec.pid) && Date.now() < deadline) await sleep(50);
-    if (processAlive(rec.pid)) {
-      throw new LocalOverlayError('timeout', `daemon ${rec.pid} did not exit within ${timeoutS} s; ${stuckWhere(rec.pid)}${rec.logFile ? `; its log: ${rec.logFile}` : ''}`);
+    while (processAlive(pid) && Date.now() < deadline) await sleep(50);
+    if (processAlive(pid)) {
+      throw new LocalOverlayError('timeout', `daemon ${pid} did not exit within ${timeoutS} s; ${stuckWhere(pid)}${rec?.logFile ? `; its log: ${rec.logFile}` : ''}`);
     }
     if (!isMountPoint(storeDir)) {
       process.stdout.write(`unmounted ${storeDir}\n`);
@@ -43,6 +45,20 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
     return EXIT.ok;
   }
   throw new LocalOverlayError('not-mounted', `${storeDir} is not mounted`);
+}
+
+/**
+ * The daemon's pid as its control socket tells it, when daemon.json does not name it (a record
+ * damaged or rewritten): only if that pid is this root's daemon (isDaemonOf).
+ */
+async function pidFromControl(root: string): Promise<number | null> {
+  try {
+    const reply = await controlRequest(controlSocketPath(root), { cmd: 'status' }, 2000);
+    const pid = (reply.status as { pid?: unknown } | undefined)?.pid;
+    return typeof pid === 'number' && isDaemonOf(pid, root) ? pid : null;
+  } catch {
+    return null;
+  }
 }
 
 /**

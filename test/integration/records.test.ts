@@ -1,0 +1,77 @@
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { processAlive } from '../../src/mount/records';
+import { cli } from '../helpers/exec';
+import { sharedLower } from '../helpers/fixture';
+import { mountMerged, tempDir } from '../helpers/mount';
+
+// The daemon's own files and the records unmount and status act on. The daemon runs with
+// umask 0 (the filesystem must create exactly the modes FUSE passes): its own files must not
+// inherit that, and a record must never be enough to make the CLI signal a process.
+
+const mode = (p: string): string => (fs.statSync(p).mode & 0o7777).toString(8);
+
+async function waitGone(pid: number, ms = 10_000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (processAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  return !processAlive(pid);
+}
+
+test('the daemon\'s own files and dirs get sane modes despite its umask 0; files made through the mount keep theirs', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const runDir = path.join(dir, 'run/local-overlay');
+  const m = await mountMerged(t, lower.root, { dir, env: { LOCAL_OVERLAY_RUN_DIR: runDir } });
+  const v = path.join(m.root, 'nix/var');
+  const want: Record<string, string> = {
+    'local-overlay': '755', 'local-overlay/daemon.json': '644', 'local-overlay/config.json': '644',
+    'local-overlay/control.sock': '600', 'log/local-overlay.log': '644', 'nix/db': '755', 'nix/db/schema': '644',
+    'nix/db/db.sqlite': '644', 'nix/gc.lock': '600',
+  };
+  const stamp = path.join(v, 'local-overlay/gc-roots.stamp');
+  const end = Date.now() + 10_000;
+  while (!fs.existsSync(stamp) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  want['local-overlay/gc-roots.stamp'] = '644';
+  for (const [f, m0] of Object.entries(want)) t.is(mode(path.join(v, f)), m0, f);
+  t.is(mode(runDir), '755', 'the registry dir');
+  for (const f of fs.readdirSync(runDir)) t.is(mode(path.join(runDir, f)), '644', `registry entry ${f}`);
+  t.deepEqual(fs.readdirSync(path.join(v, 'local-overlay')).filter((n) => n.startsWith('.')), [], 'no private bind dir left');
+  // The filesystem still creates exactly what it is asked for (the kernel applied our umask).
+  const old = process.umask(0o002);
+  try {
+    fs.closeSync(fs.openSync(path.join(m.store, '00000000000000000000000000000000-file'), 'wx', 0o666));
+    await fs.promises.mkdir(path.join(m.store, '00000000000000000000000000000001-dir'), { mode: 0o777 });
+  } finally {
+    process.umask(old);
+  }
+  t.is(mode(path.join(m.upper, '00000000000000000000000000000000-file')), '664');
+  t.is(mode(path.join(m.upper, '00000000000000000000000000000001-dir')), '775');
+});
+
+test('unmount never signals a process daemon.json names unless it is this root\'s daemon', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => { sleeper.kill('SIGKILL'); });
+  const pid = sleeper.pid!;
+  const recFile = path.join(m.root, 'nix/var/local-overlay/daemon.json');
+  const rec = JSON.parse(fs.readFileSync(recFile, 'utf8')) as { pid: number };
+  fs.writeFileSync(recFile, JSON.stringify({ ...rec, pid }));
+
+  // The daemon still answers on its control socket: unmount finds it there, and stops it.
+  const u = await cli(['unmount', m.root]);
+  t.is(u.code, 0, u.stderr);
+  t.true(await waitGone(m.pid), 'the real daemon exited');
+  t.true(processAlive(pid), 'the process daemon.json named is alive');
+
+  // A record left behind that names a live process, nothing mounted: not mounted, nothing signalled.
+  fs.writeFileSync(recFile, JSON.stringify({ ...rec, pid }));
+  const again = await cli(['unmount', m.root]);
+  t.is(again.code, 3, again.stderr);
+  await new Promise((r) => setTimeout(r, 200));
+  t.true(processAlive(pid), 'the process daemon.json named is alive');
+  t.is((await cli(['status', m.root])).code, 3, 'status: not mounted');
+});
