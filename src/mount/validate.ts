@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { LocalOverlayError } from '../util/errno';
 import { NIX_SCHEMA_VERSION } from '../metadata/schema';
 import { MountConfig, rootLayout } from './config';
-import { isMountPoint, liveRecord, runningRecords } from './records';
+import { configPath, isMountPoint, liveRecord, readRootConfig, runningRecords } from './records';
 
 const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
 
@@ -53,6 +53,7 @@ export function validateMount(cfg: MountConfig): void {
   if (within(cfg.upperDir, cfg.workDir) || within(cfg.workDir, cfg.upperDir)) {
     fail('work-upper-overlap', `work dir ${cfg.workDir} and upper dir ${cfg.upperDir} must not contain each other`);
   }
+  checkSameLower(cfg);
   const merged = rootLayout(cfg.mergedRoot);
   if (within(merged.storeDir, cfg.upperDir) || within(cfg.upperDir, merged.storeDir)) {
     fail('upper-merged-overlap', `upper dir ${cfg.upperDir} and the merged store dir ${merged.storeDir} must be separate`);
@@ -80,6 +81,19 @@ export function validateMount(cfg: MountConfig): void {
   }
 
   checkFuse();
+}
+
+/**
+ * A merged root stays with the lower root it was made over: its DB holds that lower store's
+ * rows (all of them in mirror mode, the closures looked up in lazy mode), and over another lower
+ * store Nix would take them for valid paths whose files are not there. No flag overrides this:
+ * dropping the rows that neither layer serves would also break the closures of upper objects
+ * built on them, so a correct DB needs a new root.
+ */
+function checkSameLower(cfg: MountConfig): void {
+  const rc = readRootConfig(cfg.mergedRoot);
+  if (rc === null || realish(rc.config.lowerRoot) === realish(cfg.lowerRoot)) return;
+  fail('lower-changed', `merged root ${cfg.mergedRoot} was made over the lower root ${rc.config.lowerRoot} (recorded in ${configPath(cfg.mergedRoot)}), not ${cfg.lowerRoot}: its DB holds the rows of that lower store's paths. Mount ${cfg.lowerRoot} with a new --root, or restore ${rc.config.lowerRoot} and mount that again`);
 }
 
 function checkSchema(dbDir: string, which: string): void {

@@ -176,3 +176,18 @@ test('usage errors exit 2 with help', async (t) => {
   t.is(u.code, 3, 'unmount of something not mounted is exit 3');
   t.regex(u.stderr, /is not mounted/);
 });
+
+test('remounting a merged root over another lower root is refused, naming both and what to do', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  await m.unmount();
+  const other = await freshLower(dir);
+  const c = { lower: other.root, upper: m.upper, root: m.root, work: m.work };
+  await refused(t, c, new RegExp(`merged root ${m.root} was made over the lower root ${lower.root} \\(recorded in ${m.root}/nix/var/local-overlay/config\\.json\\), not ${other.root}: .* with a new --root, or restore ${lower.root}`));
+  // The same lower root through another path (a symlink) is the same lower root.
+  const link = path.join(dir, 'lower-link');
+  fs.symlinkSync(lower.root, link);
+  const again = await mountMerged(t, link, { dir });
+  t.true(fs.existsSync(path.join(again.store, rel(lower.manifest.paths.appOut))));
+});
