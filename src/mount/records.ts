@@ -96,6 +96,20 @@ export function removeRecord(mergedRoot: string): void {
   fs.rmSync(registryEntry(mergedRoot), { force: true });
 }
 
+/** What a daemon that died without stopping (SIGKILL, a crash) left: its record and socket. */
+export function removeLeftovers(mergedRoot: string): void {
+  removeRecord(mergedRoot);
+  fs.rmSync(controlSocketPath(mergedRoot), { force: true });
+}
+
+/**
+ * Whether `mergedRoot`'s store dir is still mounted while no daemon of it runs (it was killed):
+ * every access to the store then fails with "Transport endpoint is not connected".
+ */
+export function isStale(mergedRoot: string): boolean {
+  return isMountPoint(rootLayout(mergedRoot).storeDir) && liveRecord(mergedRoot) === null;
+}
+
 /**
  * The merged root's lasting record, `<merged>/nix/var/local-overlay/config.json`: the layers it
  * was last mounted with and when. It stays after unmount, so `explain` and `verify` can read
@@ -188,6 +202,17 @@ function unescapeMount(s: string): string {
 
 export function isMountPoint(dir: string): boolean {
   return mountTable().has(path.resolve(dir));
+}
+
+/** Merged roots (with a config.json) whose store dir is a FUSE mount that no daemon serves. */
+export function staleRoots(): string[] {
+  const out: string[] = [];
+  for (const [mnt, type] of mountTable()) {
+    if (!type.startsWith('fuse') || !mnt.endsWith('/nix/store')) continue;
+    const root = mnt.slice(0, -'/nix/store'.length) || '/';
+    if (readRootConfig(root) !== null && liveRecord(root) === null) out.push(root);
+  }
+  return out;
 }
 
 /** Every running mount: from the registry, and from FUSE mounts in this mount table. */

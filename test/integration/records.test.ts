@@ -75,3 +75,42 @@ test('unmount never signals a process daemon.json names unless it is this root\'
   t.true(processAlive(pid), 'the process daemon.json named is alive');
   t.is((await cli(['status', m.root])).code, 3, 'status: not mounted');
 });
+
+test('a daemon killed with SIGKILL: status lists its mount as not answering (exit 1, saying to unmount); unmount removes its leftovers', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  process.kill(m.pid, 'SIGKILL');
+  t.true(await waitGone(m.pid));
+  const state = path.join(m.root, 'nix/var/local-overlay');
+
+  const one = await cli(['status', m.root]);
+  t.is(one.code, 1, one.stderr);
+  t.regex(one.stdout, new RegExp(`${m.store} +NOT ANSWERING`));
+  t.regex(one.stdout, new RegExp(`its daemon, pid ${m.pid}, is not running.*run \`local-overlay unmount ${m.root}\``));
+  const all = await cli(['status', '--json']);
+  t.is(all.code, 1, all.stderr);
+  const entry = (JSON.parse(all.stdout) as { root: string; answering?: boolean; healthy: boolean }[]).find((s) => s.root === m.root);
+  t.like(entry, { answering: false, healthy: false }, 'status without a root lists the stale mount');
+
+  const u = await cli(['unmount', m.store]);
+  t.is(u.code, 0, u.stderr);
+  t.deepEqual(fs.readdirSync(state).filter((n) => n === 'daemon.json' || n === 'control.sock'), [], 'leftovers removed');
+  t.is((await cli(['status', m.root])).code, 3, 'status: not mounted');
+});
+
+test('status, trace and unmount take the store dir, or any path inside the merged root, as naming the root', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  for (const p of [m.store, path.join(m.store, path.basename(lower.manifest.paths.appOut), 'bin'), path.join(m.root, 'nix/var/nix/db')]) {
+    const s = await cli(['status', p, '--json']);
+    t.is(s.code, 0, `${p}: ${s.stderr}`);
+    t.is((JSON.parse(s.stdout) as { root: string }).root, m.root);
+  }
+  const tr = await cli(['trace', m.store, 'off']);
+  t.is(tr.code, 0, tr.stderr);
+  const u = await cli(['unmount', m.store]);
+  t.is(u.code, 0, u.stderr);
+  t.true(await waitGone(m.pid), 'the daemon exited');
+});

@@ -1,9 +1,9 @@
-import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
 import { liveRecord } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
+import { rootOfPath } from '../find-root';
 
 interface RefreshArgs { root: string }
 
@@ -14,7 +14,7 @@ export const refreshCommand: CommandModule<object, RefreshArgs> = {
     .positional('root', { type: 'string', demandOption: true, describe: 'the merged root' })
     .example('$0 refresh /tmp/m', 'also usable as the remount-hook of Nix\'s native local-overlay:// store')
     .strict() as unknown as Argv<RefreshArgs>,
-  handler: (argv) => runCommand(() => refresh(path.resolve(argv.root))),
+  handler: (argv) => runCommand(() => refresh(rootOfPath(argv.root))),
 };
 
 export async function refresh(root: string): Promise<number> {

@@ -4,6 +4,7 @@ import { controlRequest } from '../../mount/control';
 import { liveRecord } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
+import { rootOfPath } from '../find-root';
 
 interface TraceArgs { root: string; state: 'on' | 'off'; file?: string; prefix?: string }
 
@@ -18,7 +19,7 @@ export const traceCommand: CommandModule<object, TraceArgs> = {
     .example('$0 trace /tmp/m on --prefix /nix/store/abc', 'then: tail -f /tmp/m/nix/var/local-overlay/trace.log')
     .strict() as unknown as Argv<TraceArgs>,
   handler: (argv) => runCommand(async () => {
-    const root = path.resolve(argv.root);
+    const root = rootOfPath(argv.root);
     const rec = liveRecord(root);
     if (!rec) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
     const reply = await controlRequest(rec.controlSocket, { cmd: 'trace', on: argv.state === 'on', file: argv.file ? path.resolve(argv.file) : undefined, prefix: argv.prefix });

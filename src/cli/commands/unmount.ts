@@ -1,10 +1,10 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
 import { controlRequest } from '../../mount/control';
-import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, procState, processAlive } from '../../mount/records';
+import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, procState, processAlive, readRecord, removeLeftovers } from '../../mount/records';
+import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
 
@@ -15,11 +15,11 @@ export const unmountCommand: CommandModule<object, UnmountArgs> = {
   aliases: ['umount'],
   describe: 'Unmount a merged store: the daemon finishes its DB work, unmounts and exits',
   builder: (y: Argv) => y
-    .positional('root', { type: 'string', demandOption: true, describe: 'the merged root given to mount --root' })
+    .positional('root', { type: 'string', demandOption: true, describe: 'the merged root given to mount --root, or a path inside it such as ROOT/nix/store' })
     .option('timeout', { type: 'number', default: 30, describe: 'seconds to wait for the daemon to exit' })
     .example('$0 unmount /tmp/m', '')
     .strict() as unknown as Argv<UnmountArgs>,
-  handler: (argv) => runCommand(() => unmount(path.resolve(argv.root), argv.timeout)),
+  handler: (argv) => runCommand(() => unmount(rootOfPath(argv.root), argv.timeout)),
 };
 
 export async function unmount(root: string, timeoutS: number): Promise<number> {
@@ -38,8 +38,11 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
       return EXIT.ok;
     }
   }
+  // No daemon of this root runs (killed, crashed): its record and socket are leftovers.
+  const leftovers = readRecord(root) !== null || fs.existsSync(controlSocketPath(root));
+  if (leftovers) removeLeftovers(root);
   if (isMountPoint(storeDir)) {
-    // No daemon behind it (killed, crashed): a stale mount. Detach it.
+    // A stale mount: detach it.
     execFileSync('fusermount', ['-uz', storeDir], { stdio: 'pipe' });
     process.stdout.write(`unmounted ${storeDir} (no daemon was serving it)\n`);
     return EXIT.ok;
