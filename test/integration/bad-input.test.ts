@@ -191,3 +191,23 @@ test('remounting a merged root over another lower root is refused, naming both a
   const again = await mountMerged(t, link, { dir });
   t.true(fs.existsSync(path.join(again.store, rel(lower.manifest.paths.appOut))));
 });
+
+test('numeric options out of range or not numbers exit 2, naming the option and its range', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const c = paths(dir, lower.root);
+  for (const [opt, value, range] of [
+    ['--follow-interval', 'abc', 'milliseconds from 10 to 3600000'], ['--follow-interval', '1e10', 'milliseconds from 10 to 3600000'],
+    ['--follow-interval', '-5', 'milliseconds from 10 to 3600000'], ['--negative-timeout', 'abc', 'seconds from 0 to 86400'],
+    ['--negative-timeout', '-1', 'seconds from 0 to 86400'], ['--attr-timeout', 'abc', 'seconds from 0 to 86400'],
+    ['--poll-us', 'abc', 'microseconds from 0 to 1000000'], ['--poll-us', '2.5', 'microseconds from 0 to 1000000'],
+  ]) {
+    const r = await cli([...args(c), `${opt}=${value}`]);
+    t.is(r.code, 2, `${opt} ${value}: ${r.stderr}`);
+    t.regex(r.stderr, new RegExp(`local-overlay: error: ${opt} must be .*${range}`), `${opt} ${value}`);
+    for (const p of [c.upper, c.root, c.work]) t.false(fs.existsSync(p), `${opt} ${value}: ${p} was created`);
+  }
+  const u = await cli(['unmount', c.root, '--timeout', 'abc']);
+  t.is(u.code, 2, u.stderr);
+  t.regex(u.stderr, /--timeout must be a number of seconds from 0\.1 to 86400/);
+});

@@ -7,6 +7,7 @@ import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, procState, pro
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
+import { checkRanges } from '../ranges';
 
 interface UnmountArgs { root: string; timeout: number }
 
@@ -16,7 +17,8 @@ export const unmountCommand: CommandModule<object, UnmountArgs> = {
   describe: 'Unmount a merged store: the daemon finishes its DB work, unmounts and exits',
   builder: (y: Argv) => y
     .positional('root', { type: 'string', demandOption: true, describe: 'the merged root given to mount --root, or a path inside it such as ROOT/nix/store' })
-    .option('timeout', { type: 'number', default: 30, describe: 'seconds to wait for the daemon to exit' })
+    .option('timeout', { type: 'number', default: 30, describe: 'seconds (0.1-86400) to wait for the daemon to exit' })
+    .check(checkRanges({ timeout: { min: 0.1, max: 86_400, unit: 'seconds' } }))
     .example('$0 unmount /tmp/m', '')
     .strict() as unknown as Argv<UnmountArgs>,
   handler: (argv) => runCommand(() => unmount(rootOfPath(argv.root), argv.timeout)),
