@@ -211,3 +211,21 @@ test('numeric options out of range or not numbers exit 2, naming the option and 
   t.is(u.code, 2, u.stderr);
   t.regex(u.stderr, /--timeout must be a number of seconds from 0\.1 to 86400/);
 });
+
+test('a lower DB that is not SQLite, and a merged root that is a regular file, are refused before anything is made', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const db = path.join(lower.root, 'nix/var/nix/db/db.sqlite');
+  fs.writeFileSync(db, 'garbage, not a database at all\n');
+  await refused(t, paths(dir, lower.root), new RegExp(`the lower Nix database ${db} is not a SQLite database`));
+
+  const good = await sharedLower();
+  const c = paths(dir, good.root);
+  fs.writeFileSync(c.root, 'a file');
+  await refused(t, c, new RegExp(`merged root ${c.root} is not a directory`));
+  const d = paths(path.join(dir, 'sub'), good.root);
+  fs.mkdirSync(path.join(dir, 'sub'));
+  fs.mkdirSync(d.root);
+  fs.writeFileSync(path.join(d.root, 'nix'), 'a file');
+  await refused(t, d, new RegExp(`cannot be made: ${d.root}/nix is not a directory`));
+});
