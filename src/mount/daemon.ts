@@ -10,7 +10,7 @@ import { UpperDb } from '../metadata/upper-db';
 import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
 import { makeDir, tightenDir } from '../util/own-files';
-import { MountConfig, rootLayout } from './config';
+import { LAZY_GC_WARNING, MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
 import { PollChoice, PollGovernor, cpuWaitedUs, defaultPoll } from './poll';
 import { Tracer } from '../overlay/trace';
@@ -105,7 +105,7 @@ export class Daemon {
       gcLock = await holdGcLockShared(path.join(merged.dbDir, '..', 'gc.lock'));
     } else {
       roots.clear();
-      log.warn('lazy metadata: plain Nix cannot garbage-collect this merged store (its GC would try to delete lower objects); use --metadata mirror for that');
+      log.warn(LAZY_GC_WARNING);
     }
     this.overlay.hooks = {
       lowerLookup: (name) => this.metadata.lowerLookup(name),

@@ -114,3 +114,14 @@ test('status, trace and unmount take the store dir, or any path inside the merge
   t.is(u.code, 0, u.stderr);
   t.true(await waitGone(m.pid), 'the daemon exited');
 });
+
+test('mount --metadata lazy warns on its stderr that plain Nix cannot garbage-collect the merged store', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const root = path.join(dir, 'merged');
+  const r = await cli(['mount', '--lower', lower.root, '--upper', path.join(dir, 'upper'), '--root', root, '--metadata', 'lazy']);
+  t.teardown(async () => { await cli(['unmount', root]); });
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /^local-overlay: warning: lazy metadata: plain Nix cannot garbage-collect this merged store/m);
+  t.regex(r.stdout, /^mounted /);
+});

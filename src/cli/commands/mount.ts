@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { MetadataMode } from '../../metadata/metadata';
-import { MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
+import { LAZY_GC_WARNING, MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
 import { LocalOverlayError } from '../../util/errno';
 import { lineSplitter } from '../../util/lines';
 import { log, LogLevel } from '../../util/log';
@@ -167,5 +167,6 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   child.unref();
   if (!reply.ok) throw new LocalOverlayError(String(reply.code ?? 'failed'), String(reply.error));
   process.stdout.write(`mounted ${rootLayout(cfg.mergedRoot).storeDir} (daemon pid ${String(reply.pid)}, metadata ${cfg.metadata}${argv.log || cfg.logFile ? `, log ${cfg.logFile}` : ''})\n`);
+  if (cfg.metadata === 'lazy') process.stderr.write(`local-overlay: warning: ${LAZY_GC_WARNING}\n`);
   return EXIT.ok;
 }
