@@ -4,12 +4,27 @@ import { readRootConfig, RootConfig, runningRecords } from '../mount/records';
 import { LocalOverlayError } from '../util/errno';
 
 /**
+ * The merged root that `p` names: `p` itself or the nearest directory above it that has a
+ * merged root's config.json (so ROOT, ROOT/nix/store, a path inside the store and ROOT/nix/var
+ * all name ROOT); `p` itself (resolved) when there is none. Directories below a `nix/store` are
+ * not looked into: reading ROOT/nix/store/X/nix/var/... would be a lookup in the mount (a
+ * closure copy in lazy mode; a wait forever on a stopped daemon).
+ */
+export function rootOfPath(p: string): string {
+  const abs = path.resolve(p);
+  for (let dir = abs; ; dir = path.dirname(dir)) {
+    if (!/\/nix\/store(\/|$)/.test(dir) && readRootConfig(dir) !== null) return dir;
+    if (dir === '/') return abs;
+  }
+}
+
+/**
  * The merged root a command is about: `--root` when given; else the root whose store dir
  * contains `hint` (a path inside a merged store); else the only running mount.
  */
 export function findRoot(root: string | undefined, hint?: string): { root: string; rc: RootConfig } {
   const candidates: string[] = [];
-  if (root) candidates.push(path.resolve(root));
+  if (root) candidates.push(rootOfPath(root));
   else {
     if (hint?.startsWith('/')) {
       const i = path.resolve(hint).lastIndexOf('/nix/store/');

@@ -30,7 +30,8 @@ void yargs(hideBin(process.argv))
   .completion('completion', 'print a bash completion script')
   .epilogue('Exit codes: 0 ok, 1 failed, 2 invalid usage or input, 3 not mounted.')
   .fail((msg, err, y) => {
-    if (err) throw err;
+    // A .check() that returns a message passes it as `err` too (a string): a usage error.
+    if ((err as unknown) instanceof Error) throw err;
     process.stderr.write(`${y.help().toString()}\n\nlocal-overlay: error: ${msg}\n`);
     process.exit(EXIT.usage);
   })

@@ -9,7 +9,7 @@ import { LocalOverlayError } from '../util/errno';
  */
 export const EXIT = { ok: 0, failed: 1, usage: 2, notMounted: 3 } as const;
 
-const USAGE_CODES = /^(lower-|upper-|work-|schema-|inside-|contains-|mountpoint-|usage|no-dev-fuse|dev-fuse-access|no-fusermount|no-libfuse|fuse-native)/;
+const USAGE_CODES = /^(lower-|upper-|work-|merged-|log-|schema-|inside-|contains-|mountpoint-|usage|no-dev-fuse|dev-fuse-access|no-fusermount|no-libfuse|fuse-native)/;
 
 /** The one error path of every command: handlers return an exit code or throw. */
 export async function runCommand(f: () => Promise<number>): Promise<void> {

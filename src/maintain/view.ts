@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { LowerDb } from '../metadata/lower-db';
 import { UpperDb } from '../metadata/upper-db';
 import { MountConfig, rootLayout } from '../mount/config';
-import { isMountPoint, processAlive, readRecord } from '../mount/records';
+import { isMountPoint, liveRecord } from '../mount/records';
 import { isStoreObjectName, isBookkeepingName } from '../store/store-path';
 
 export const STORE_DIR = '/nix/store';
@@ -25,8 +25,7 @@ export class RootView {
     this.mergedStore = rootLayout(cfg.mergedRoot).storeDir;
     this.upperDb = UpperDb.open(rootLayout(cfg.mergedRoot).dbDir, { timeoutMs: 10_000 });
     this.lowerDb = new LowerDb(rootLayout(cfg.lowerRoot).dbFile);
-    const rec = readRecord(cfg.mergedRoot);
-    this.mounted = rec !== null && processAlive(rec.pid) && isMountPoint(this.mergedStore);
+    this.mounted = liveRecord(cfg.mergedRoot) !== null && isMountPoint(this.mergedStore);
   }
 
   close(): void {

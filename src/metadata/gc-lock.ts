@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { log } from '../util/log';
+import { LOCK_MODE, touchFile } from '../util/own-files';
 
 /** Nix's GC lock held shared: release() lets a waiting `nix-collect-garbage` go on. */
 export interface GcLock {
@@ -17,6 +18,8 @@ export interface GcLock {
  * GC is running, or `flock` is missing.
  */
 export function holdGcLockShared(lockFile: string, timeoutS = 10): Promise<GcLock | null> {
+  // As Nix makes it (0600); flock, which inherits the daemon's umask 0, would make it 0666.
+  try { touchFile(lockFile, LOCK_MODE); } catch { /* flock says what is wrong */ }
   return new Promise((resolve) => {
     const child = spawn('flock', ['--shared', '--timeout', String(timeoutS), lockFile, 'sh', '-c', 'echo locked; read _'],
       { stdio: ['pipe', 'pipe', 'pipe'] });

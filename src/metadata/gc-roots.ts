@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LowerDb } from './lower-db';
+import { writeFileAtomic } from '../util/own-files';
 
 /**
  * GC roots that keep the lower store's objects alive for plain Nix.
@@ -103,9 +104,7 @@ export class LowerRoots {
     }
     const dir = this.dirIdentity();
     if (this.stampFile !== null && dir !== null) {
-      fs.mkdirSync(path.dirname(this.stampFile), { recursive: true });
-      fs.writeFileSync(`${this.stampFile}.tmp`, this.stamp(lowerSignature, duplicates, dir));
-      fs.renameSync(`${this.stampFile}.tmp`, this.stampFile);
+      writeFileAtomic(this.stampFile, this.stamp(lowerSignature, duplicates, dir));
     }
     return { added, removed };
   }

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { LowerDb } from './lower-db';
 import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
 import { Db, openDb } from './sqlite';
+import { FILE_MODE } from '../util/own-files';
 
 type MasterRow = { type: string; name: string; tbl_name: string; sql: string | null };
 
@@ -35,6 +36,6 @@ export function seedFromLower(lower: LowerDb, dbDir: string): number | null {
   const maxId = copy.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
   copy.close();
   fs.renameSync(tmp, file);
-  fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION));
+  fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION), { mode: FILE_MODE });
   return maxId;
 }

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { Db, openDb, readOnlyUri, Statement } from './sqlite';
 import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
 import { PathRow, PATH_COLUMNS } from './rows';
+import { DIR_MODE, FILE_MODE } from '../util/own-files';
 
 /**
  * The merged store's own DB (`<merged>/nix/var/nix/db/db.sqlite`): exactly Nix's local-store
@@ -33,7 +34,7 @@ export class UpperDb {
   static open(dbDir: string, opts: { timeoutMs?: number } = {}): UpperDb {
     const file = path.join(dbDir, 'db.sqlite');
     const fresh = !fs.existsSync(file);
-    if (fresh) fs.mkdirSync(dbDir, { recursive: true });
+    if (fresh) fs.mkdirSync(dbDir, { recursive: true, mode: DIR_MODE });
     const db = openDb(file, { timeoutMs: opts.timeoutMs ?? 50 });
     db.pragma('journal_mode = WAL');
     db.pragma('foreign_keys = ON');
@@ -43,7 +44,7 @@ export class UpperDb {
     db.pragma('temp_store = MEMORY');
     if (fresh) {
       db.exec(NIX_SCHEMA_SQL);
-      fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION));
+      fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION), { mode: FILE_MODE });
     }
     return new UpperDb(dbDir, db);
   }

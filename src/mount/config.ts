@@ -32,6 +32,9 @@ export interface MountConfig {
  */
 export const PASSTHROUGH_MIN_BYTES = 128 * 1024;
 
+/** What `mount --metadata lazy` says (on its stderr and in the log): README, "Garbage collection". */
+export const LAZY_GC_WARNING = 'lazy metadata: plain Nix cannot garbage-collect this merged store (its GC would try to delete lower objects); use --metadata mirror for that';
+
 /** The layout Nix expects below a root given as `--store ROOT`. */
 export interface RootLayout {
   storeDir: string;

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as path from 'node:path';
 import { lineSplitter } from '../util/lines';
 import { log } from '../util/log';
 
@@ -12,7 +13,9 @@ interface Controlled {
 
 /**
  * The daemon's control socket: one JSON request per line (`{"cmd":"status"}`), one JSON reply
- * per line. Root-only (mode 0600): it can stop the mount.
+ * per line. Its owner's only (mode 0600): it can stop the mount. The daemon's umask is 0, so a
+ * socket bound in place would be 0777 until chmod: it is bound in a private (0700) dir, made
+ * 0600 there, and only then renamed into place.
  */
 export class ControlServer {
   private server: net.Server | null = null;
@@ -20,7 +23,8 @@ export class ControlServer {
   constructor(readonly socketPath: string, private readonly target: Controlled) {}
 
   listen(): Promise<void> {
-    fs.rmSync(this.socketPath, { force: true });
+    const privateDir = fs.mkdtempSync(path.join(path.dirname(this.socketPath), '.control-'));
+    const bound = path.join(privateDir, 'sock');
     const server = net.createServer((sock) => {
       sock.setEncoding('utf8');
       sock.on('data', lineSplitter((line) => {
@@ -29,14 +33,16 @@ export class ControlServer {
       sock.on('error', () => { /* the client went away */ });
     });
     this.server = server;
-    return new Promise((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(this.socketPath, () => {
-        fs.chmodSync(this.socketPath, 0o600);
+      server.listen(bound, () => {
+        fs.chmodSync(bound, 0o600);
+        fs.rmSync(this.socketPath, { force: true });
+        fs.renameSync(bound, this.socketPath);
         server.unref();
         resolve();
       });
-    });
+    }).finally(() => fs.rmSync(privateDir, { recursive: true, force: true }));
   }
 
   private async handle(line: string): Promise<Record<string, unknown>> {

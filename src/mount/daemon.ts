@@ -9,7 +9,8 @@ import { isBusy } from '../metadata/sqlite';
 import { UpperDb } from '../metadata/upper-db';
 import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
-import { MountConfig, rootLayout } from './config';
+import { makeDir, tightenDir } from '../util/own-files';
+import { LAZY_GC_WARNING, MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
 import { PollChoice, PollGovernor, cpuWaitedUs, defaultPoll } from './poll';
 import { Tracer } from '../overlay/trace';
@@ -65,8 +66,10 @@ export class Daemon {
     const lower = rootLayout(cfg.lowerRoot);
     const merged = rootLayout(cfg.mergedRoot);
 
-    for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
-    if (cfg.logFile) fs.mkdirSync(path.dirname(cfg.logFile), { recursive: true, mode: 0o755 });
+    // The process's umask is 0 (the CLI's serve()): everything of our own gets its mode explicitly.
+    for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) makeDir(d);
+    tightenDir(merged.stateDir); // an earlier version made it (and daemon.json) world-writable
+    if (cfg.logFile) makeDir(path.dirname(cfg.logFile));
     if (fs.statSync(cfg.upperDir).dev !== fs.statSync(cfg.workDir).dev) {
       throw new Error(`work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir}`);
     }
@@ -102,7 +105,7 @@ export class Daemon {
       gcLock = await holdGcLockShared(path.join(merged.dbDir, '..', 'gc.lock'));
     } else {
       roots.clear();
-      log.warn('lazy metadata: plain Nix cannot garbage-collect this merged store (its GC would try to delete lower objects); use --metadata mirror for that');
+      log.warn(LAZY_GC_WARNING);
     }
     this.overlay.hooks = {
       lowerLookup: (name) => this.metadata.lowerLookup(name),

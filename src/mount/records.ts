@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { makeDir, tightenDir, writeFileAtomic } from '../util/own-files';
 import { MountConfig, rootLayout } from './config';
 
 /**
@@ -24,11 +25,9 @@ export function controlSocketPath(mergedRoot: string): string {
   return path.join(rootLayout(mergedRoot).stateDir, 'control.sock');
 }
 
-/** Writes JSON atomically (a reader sees the old file or the new one, never half of one). */
+/** Writes JSON atomically (a reader sees the old file or the new one, never half of one), mode 0644. */
 function writeJson(file: string, value: unknown): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(value, null, 2));
-  fs.renameSync(`${file}.tmp`, file);
+  writeFileAtomic(file, JSON.stringify(value, null, 2));
 }
 
 function readJson<T>(file: string): T | null {
@@ -60,10 +59,25 @@ function registryEntry(mergedRoot: string): string {
   return path.join(registryDir(), `${createHash('sha256').update(mergedRoot).digest('hex').slice(0, 16)}.json`);
 }
 
+/**
+ * The registry dir, made (or tightened, if an earlier version made it world-writable): 0755 in
+ * /run, where every user's `status` reads it; 0700 and ours in /tmp, where anyone could have
+ * made it first. Null when it is not safe to write.
+ */
+function ownRegistryDir(): string | null {
+  const dir = registryDir();
+  const shared = process.env.LOCAL_OVERLAY_RUN_DIR !== undefined || dir === '/run/local-overlay';
+  const mode = shared ? 0o755 : 0o700;
+  makeDir(dir, mode);
+  tightenDir(dir, mode);
+  const st = fs.lstatSync(dir);
+  return st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o022) === 0 ? dir : null;
+}
+
 export function writeRecord(rec: DaemonRecord): void {
   writeJson(recordPath(rec.config.mergedRoot), rec);
   try {
-    writeJson(registryEntry(rec.config.mergedRoot), { mergedRoot: rec.config.mergedRoot, pid: rec.pid });
+    if (ownRegistryDir() !== null) writeJson(registryEntry(rec.config.mergedRoot), { mergedRoot: rec.config.mergedRoot, pid: rec.pid });
   } catch { /* the registry is a convenience; the record beside the mount is authoritative */ }
 }
 
@@ -71,9 +85,29 @@ export function readRecord(mergedRoot: string): DaemonRecord | null {
   return readJson<DaemonRecord>(recordPath(mergedRoot));
 }
 
+/** The record of the daemon serving `mergedRoot`, only if its pid is that daemon (isDaemonOf). */
+export function liveRecord(mergedRoot: string): DaemonRecord | null {
+  const rec = readRecord(mergedRoot);
+  return rec !== null && isDaemonOf(rec.pid, mergedRoot) ? rec : null;
+}
+
 export function removeRecord(mergedRoot: string): void {
   fs.rmSync(recordPath(mergedRoot), { force: true });
   fs.rmSync(registryEntry(mergedRoot), { force: true });
+}
+
+/** What a daemon that died without stopping (SIGKILL, a crash) left: its record and socket. */
+export function removeLeftovers(mergedRoot: string): void {
+  removeRecord(mergedRoot);
+  fs.rmSync(controlSocketPath(mergedRoot), { force: true });
+}
+
+/**
+ * Whether `mergedRoot`'s store dir is still mounted while no daemon of it runs (it was killed):
+ * every access to the store then fails with "Transport endpoint is not connected".
+ */
+export function isStale(mergedRoot: string): boolean {
+  return isMountPoint(rootLayout(mergedRoot).storeDir) && liveRecord(mergedRoot) === null;
 }
 
 /**
@@ -114,6 +148,33 @@ export function processAlive(pid: number): boolean {
   }
 }
 
+/**
+ * Whether `pid` is the daemon serving `mergedRoot`: a running node process whose command line
+ * is this CLI's `mount --foreground ... --root ROOT`. A record only names a pid; the pid may
+ * have been reused since, or the record written by someone else: nothing is signalled or
+ * trusted on the record's word alone.
+ */
+export function isDaemonOf(pid: number, mergedRoot: string): boolean {
+  if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) return false;
+  let argv: string[];
+  try {
+    argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return false;
+  }
+  if (!/node/.test(path.basename(argv[0] ?? '')) || !argv.includes('mount') || !argv.includes('--foreground')) return false;
+  let root: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--root') root = argv[i + 1];
+    else if (argv[i].startsWith('--root=')) root = argv[i].slice('--root='.length);
+  }
+  if (root === undefined) return false;
+  if (!root.startsWith('/')) {
+    try { root = path.resolve(fs.readlinkSync(`/proc/${pid}/cwd`), root); } catch { return false; }
+  }
+  return path.resolve(root) === path.resolve(mergedRoot);
+}
+
 /** The state letter (R, S, D, Z, T...) of a process or thread, from its `stat` file (throws if gone). */
 export function procState(statFile: string): string {
   const stat = fs.readFileSync(statFile, 'utf8');
@@ -143,13 +204,24 @@ export function isMountPoint(dir: string): boolean {
   return mountTable().has(path.resolve(dir));
 }
 
+/** Merged roots (with a config.json) whose store dir is a FUSE mount that no daemon serves. */
+export function staleRoots(): string[] {
+  const out: string[] = [];
+  for (const [mnt, type] of mountTable()) {
+    if (!type.startsWith('fuse') || !mnt.endsWith('/nix/store')) continue;
+    const root = mnt.slice(0, -'/nix/store'.length) || '/';
+    if (readRootConfig(root) !== null && liveRecord(root) === null) out.push(root);
+  }
+  return out;
+}
+
 /** Every running mount: from the registry, and from FUSE mounts in this mount table. */
 export function runningRecords(): DaemonRecord[] {
   const roots = new Set<string>();
   try {
     for (const f of fs.readdirSync(registryDir())) {
       const entry = readJson<{ mergedRoot: string; pid: number }>(path.join(registryDir(), f));
-      if (entry && processAlive(entry.pid)) roots.add(entry.mergedRoot);
+      if (entry && isDaemonOf(entry.pid, entry.mergedRoot)) roots.add(entry.mergedRoot);
       else if (entry) fs.rmSync(path.join(registryDir(), f), { force: true }); // a daemon that died
     }
   } catch { /* no registry yet */ }
@@ -159,7 +231,7 @@ export function runningRecords(): DaemonRecord[] {
   const out: DaemonRecord[] = [];
   for (const root of roots) {
     const rec = readRecord(root);
-    if (rec && processAlive(rec.pid)) out.push(rec);
+    if (rec && isDaemonOf(rec.pid, root)) out.push(rec);
   }
   return out;
 }

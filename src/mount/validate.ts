@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { LocalOverlayError } from '../util/errno';
 import { NIX_SCHEMA_VERSION } from '../metadata/schema';
 import { MountConfig, rootLayout } from './config';
-import { isMountPoint, processAlive, readRecord, runningRecords } from './records';
+import { configPath, isMountPoint, liveRecord, readRootConfig, runningRecords } from './records';
 
 const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
 
@@ -45,6 +45,7 @@ export function validateMount(cfg: MountConfig): void {
   if (!isDir(lower.storeDir)) fail('lower-no-store', `lower root ${cfg.lowerRoot} has no store directory (${lower.storeDir})`);
   if (!fs.existsSync(lower.dbFile)) fail('lower-no-db', `lower root ${cfg.lowerRoot} has no Nix database (${lower.dbFile})`);
   checkSchema(lower.dbDir, 'lower');
+  checkSqlite(lower.dbFile, 'lower');
 
   for (const [name, p] of [['upper dir', cfg.upperDir], ['work dir', cfg.workDir], ['merged root', cfg.mergedRoot]] as const) {
     if (within(p, cfg.lowerRoot)) fail('inside-lower', `${name} ${p} is inside the lower root ${cfg.lowerRoot}, which is never written`);
@@ -53,16 +54,22 @@ export function validateMount(cfg: MountConfig): void {
   if (within(cfg.upperDir, cfg.workDir) || within(cfg.workDir, cfg.upperDir)) {
     fail('work-upper-overlap', `work dir ${cfg.workDir} and upper dir ${cfg.upperDir} must not contain each other`);
   }
+  checkSameLower(cfg);
   const merged = rootLayout(cfg.mergedRoot);
   if (within(merged.storeDir, cfg.upperDir) || within(cfg.upperDir, merged.storeDir)) {
     fail('upper-merged-overlap', `upper dir ${cfg.upperDir} and the merged store dir ${merged.storeDir} must be separate`);
   }
   if (fs.existsSync(cfg.upperDir) && !isDir(cfg.upperDir)) fail('upper-not-dir', `upper dir ${cfg.upperDir} is not a directory`);
   if (fs.existsSync(cfg.workDir) && !isDir(cfg.workDir)) fail('work-not-dir', `work dir ${cfg.workDir} is not a directory`);
+  if (fs.existsSync(cfg.mergedRoot) && !isDir(cfg.mergedRoot)) fail('merged-not-dir', `merged root ${cfg.mergedRoot} is not a directory`);
+  for (const [code, name, dir] of [['upper-', 'upper dir', cfg.upperDir], ['work-', 'work dir', cfg.workDir], ['merged-', 'merged store dir', merged.storeDir],
+    ['merged-', 'merged DB dir', merged.dbDir], ['merged-', 'merged state dir', merged.stateDir], ['log-', 'log dir', cfg.logFile ? path.dirname(cfg.logFile) : null]] as const) {
+    if (dir !== null) checkCanMake(`${code}cannot-make`, name, dir);
+  }
 
   if (isMountPoint(merged.storeDir)) {
-    const rec = readRecord(cfg.mergedRoot);
-    if (rec === null || !processAlive(rec.pid)) {
+    const rec = liveRecord(cfg.mergedRoot);
+    if (rec === null) {
       fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy), and no daemon serves it (stale): run \`local-overlay unmount ${cfg.mergedRoot}\` first`);
     }
     fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy)`);
@@ -71,7 +78,10 @@ export function validateMount(cfg: MountConfig): void {
     if (!isDir(merged.storeDir)) fail('mountpoint-not-dir', `mount point ${merged.storeDir} is not a directory`);
     if (fs.readdirSync(merged.storeDir).length > 0) fail('mountpoint-not-empty', `mount point ${merged.storeDir} is not empty`);
   }
-  if (fs.existsSync(merged.dbFile)) checkSchema(merged.dbDir, 'merged');
+  if (fs.existsSync(merged.dbFile)) {
+    checkSchema(merged.dbDir, 'merged');
+    checkSqlite(merged.dbFile, 'merged');
+  }
   // The upper layer is exact only while one mount writes it.
   for (const rec of runningRecords()) {
     if (realish(rec.config.upperDir) === realish(cfg.upperDir) && rec.config.mergedRoot !== cfg.mergedRoot) {
@@ -80,6 +90,49 @@ export function validateMount(cfg: MountConfig): void {
   }
 
   checkFuse();
+}
+
+/**
+ * A merged root stays with the lower root it was made over: its DB holds that lower store's
+ * rows (all of them in mirror mode, the closures looked up in lazy mode), and over another lower
+ * store Nix would take them for valid paths whose files are not there. No flag overrides this:
+ * dropping the rows that neither layer serves would also break the closures of upper objects
+ * built on them, so a correct DB needs a new root.
+ */
+function checkSameLower(cfg: MountConfig): void {
+  const rc = readRootConfig(cfg.mergedRoot);
+  if (rc === null || realish(rc.config.lowerRoot) === realish(cfg.lowerRoot)) return;
+  fail('lower-changed', `merged root ${cfg.mergedRoot} was made over the lower root ${rc.config.lowerRoot} (recorded in ${configPath(cfg.mergedRoot)}), not ${cfg.lowerRoot}: its DB holds the rows of that lower store's paths. Mount ${cfg.lowerRoot} with a new --root, or restore ${rc.config.lowerRoot} and mount that again`);
+}
+
+/** `dir` exists as a directory, or can be made: the nearest existing path above it is a directory. */
+function checkCanMake(code: string, name: string, dir: string): void {
+  for (let p = path.resolve(dir); ; p = path.dirname(p)) {
+    let st: fs.Stats | undefined;
+    try { st = fs.statSync(p, { throwIfNoEntry: false }); } catch { st = undefined; } // ENOTDIR: a file above
+    if (st === undefined) { if (p === '/') return; continue; }
+    if (!st.isDirectory()) fail(code, p === path.resolve(dir) ? `${name} ${dir} is not a directory` : `${name} ${dir} cannot be made: ${p} is not a directory`);
+    return;
+  }
+}
+
+/** A Nix DB file must be SQLite's: its first 16 bytes say so. Read only, so the lower DB is not touched. */
+function checkSqlite(file: string, which: string): void {
+  let head: Buffer;
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      head = Buffer.alloc(16);
+      head = head.subarray(0, fs.readSync(fd, head, 0, 16, 0));
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (err) {
+    return fail(`${which}-db-unreadable`, `the ${which} Nix database ${file} cannot be read: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (head.toString('latin1') !== 'SQLite format 3\0') {
+    fail(`${which}-db-not-sqlite`, `the ${which} Nix database ${file} is not a SQLite database (${head.length < 16 ? `${head.length} bytes long` : 'its header is not SQLite\'s'})`);
+  }
 }
 
 function checkSchema(dbDir: string, which: string): void {

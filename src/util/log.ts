@@ -23,7 +23,7 @@ export class Logger {
     if (!this.enabled(level)) return;
     const line = `${new Date().toISOString()} ${level.padEnd(5)} ${msg}\n`;
     if (this.file) {
-      try { appendFileSync(this.file, line); return; } catch { /* fall back to stderr */ }
+      try { appendFileSync(this.file, line, { mode: 0o644 }); return; } catch { /* fall back to stderr */ }
     }
     process.stderr.write(line);
   }

@@ -176,3 +176,56 @@ test('usage errors exit 2 with help', async (t) => {
   t.is(u.code, 3, 'unmount of something not mounted is exit 3');
   t.regex(u.stderr, /is not mounted/);
 });
+
+test('remounting a merged root over another lower root is refused, naming both and what to do', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  await m.unmount();
+  const other = await freshLower(dir);
+  const c = { lower: other.root, upper: m.upper, root: m.root, work: m.work };
+  await refused(t, c, new RegExp(`merged root ${m.root} was made over the lower root ${lower.root} \\(recorded in ${m.root}/nix/var/local-overlay/config\\.json\\), not ${other.root}: .* with a new --root, or restore ${lower.root}`));
+  // The same lower root through another path (a symlink) is the same lower root.
+  const link = path.join(dir, 'lower-link');
+  fs.symlinkSync(lower.root, link);
+  const again = await mountMerged(t, link, { dir });
+  t.true(fs.existsSync(path.join(again.store, rel(lower.manifest.paths.appOut))));
+});
+
+test('numeric options out of range or not numbers exit 2, naming the option and its range', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const c = paths(dir, lower.root);
+  for (const [opt, value, range] of [
+    ['--follow-interval', 'abc', 'milliseconds from 10 to 3600000'], ['--follow-interval', '1e10', 'milliseconds from 10 to 3600000'],
+    ['--follow-interval', '-5', 'milliseconds from 10 to 3600000'], ['--negative-timeout', 'abc', 'seconds from 0 to 86400'],
+    ['--negative-timeout', '-1', 'seconds from 0 to 86400'], ['--attr-timeout', 'abc', 'seconds from 0 to 86400'],
+    ['--poll-us', 'abc', 'microseconds from 0 to 1000000'], ['--poll-us', '2.5', 'microseconds from 0 to 1000000'],
+  ]) {
+    const r = await cli([...args(c), `${opt}=${value}`]);
+    t.is(r.code, 2, `${opt} ${value}: ${r.stderr}`);
+    t.regex(r.stderr, new RegExp(`local-overlay: error: ${opt} must be .*${range}`), `${opt} ${value}`);
+    for (const p of [c.upper, c.root, c.work]) t.false(fs.existsSync(p), `${opt} ${value}: ${p} was created`);
+  }
+  const u = await cli(['unmount', c.root, '--timeout', 'abc']);
+  t.is(u.code, 2, u.stderr);
+  t.regex(u.stderr, /--timeout must be a number of seconds from 0\.1 to 86400/);
+});
+
+test('a lower DB that is not SQLite, and a merged root that is a regular file, are refused before anything is made', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const db = path.join(lower.root, 'nix/var/nix/db/db.sqlite');
+  fs.writeFileSync(db, 'garbage, not a database at all\n');
+  await refused(t, paths(dir, lower.root), new RegExp(`the lower Nix database ${db} is not a SQLite database`));
+
+  const good = await sharedLower();
+  const c = paths(dir, good.root);
+  fs.writeFileSync(c.root, 'a file');
+  await refused(t, c, new RegExp(`merged root ${c.root} is not a directory`));
+  const d = paths(path.join(dir, 'sub'), good.root);
+  fs.mkdirSync(path.join(dir, 'sub'));
+  fs.mkdirSync(d.root);
+  fs.writeFileSync(path.join(d.root, 'nix'), 'a file');
+  await refused(t, d, new RegExp(`cannot be made: ${d.root}/nix is not a directory`));
+});

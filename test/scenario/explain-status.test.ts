@@ -160,3 +160,29 @@ test('trace: resolution decisions, refused writes and closure syncs, filtered by
   await fs.promises.writeFile(path.join(m.store, rel(p.appOut), 'y'), '').catch(() => undefined);
   t.is((await fs.promises.readFile(trace, 'utf8')).trim().split('\n').length, n, 'nothing is traced when off');
 });
+
+test('explain: a relative path names its root; paths of two roots are refused; a path in no merged store is said to be so', async (t) => {
+  const lower = await sharedLower();
+  const m1 = await mountMerged(t, lower.root);
+  const m2 = await mountMerged(t, lower.root);
+  const obj = rel(lower.manifest.paths.appOut);
+  const cwd = path.dirname(m1.root);
+  for (const arg of [`merged/nix/store/${obj}`, `./merged/nix/store/${obj}/bin`]) {
+    const r = await cli(['explain', '--json', arg], { cwd });
+    t.is(r.code, 0, `${arg}: ${r.stderr}`);
+    const out = JSON.parse(r.stdout) as { root: string; paths: Ex[] };
+    t.is(out.root, m1.root);
+    t.like(out.paths[0], { layer: 'lower', reason: 'lower-object' });
+  }
+  const mixed = await cli(['explain', path.join(m1.store, obj), path.join(m2.store, obj)]);
+  t.is(mixed.code, 2, mixed.stderr);
+  t.regex(mixed.stderr, new RegExp(`different merged roots \\(${m1.root}: .*; ${m2.root}: .*\\)`));
+  const wrongRoot = await cli(['explain', '--root', m1.root, path.join(m2.store, obj)]);
+  t.is(wrongRoot.code, 2, wrongRoot.stderr);
+  for (const arg of ['/etc/passwd', m1.root]) {
+    const r = await cli(['explain', '--root', m1.root, arg]);
+    t.is(r.code, 2, `${arg}: ${r.stderr}`);
+    t.regex(r.stderr, new RegExp(`${arg} is not in a merged store`));
+    t.notRegex(r.stdout, /neither layer/);
+  }
+});

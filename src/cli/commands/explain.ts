@@ -1,31 +1,65 @@
+import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { Explainer, formatExplanation } from '../../explain/explain';
-import { readRecord, processAlive } from '../../mount/records';
+import { rootLayout } from '../../mount/config';
+import { liveRecord, readRootConfig } from '../../mount/records';
+import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
-import { findRoot } from '../find-root';
+import { findRoot, rootOfPath } from '../find-root';
 
 interface ExplainArgs { paths: string[]; root?: string; json: boolean }
+
+const STORE_DIR = '/nix/store';
 
 export const explainCommand: CommandModule<object, ExplainArgs> = {
   command: 'explain <paths..>',
   describe: 'Say which layer each path resolves to and why, and what the upper and lower DBs say about its store object',
   builder: (y: Argv) => y
-    .positional('paths', { type: 'string', array: true, demandOption: true, describe: 'paths inside a merged store, store paths (/nix/store/...), names or hash parts' })
-    .option('root', { type: 'string', describe: 'the merged root [default: from the path, or the only running mount]' })
-    .option('json', { type: 'boolean', default: false, describe: 'print a JSON array (format: docs/explain-json.md)' })
+    .positional('paths', { type: 'string', array: true, describe: 'paths inside a merged store (absolute or relative), store paths (/nix/store/...), names or hash parts; all of one merged root' })
+    .option('root', { type: 'string', describe: 'the merged root [default: from the paths, or the only running mount]' })
+    .option('json', { type: 'boolean', default: false, describe: 'print a JSON object: the root, its layers, and one explanation per path (format: docs/explain-json.md)' })
     .example('$0 explain /tmp/m/nix/store/abc...-hello-2.12', '')
     .example('$0 explain --root /tmp/m --json abc0123456789abcdefghijklmnpqrsv', 'a bare hash part')
     .strict() as unknown as Argv<ExplainArgs>,
   handler: (argv) => runCommand(() => explain(argv)),
 };
 
+/** `input` as explain takes it: a path (resolved against cwd) names its root; a name or hash part does not. */
+function target(input: string): { arg: string; root: string | null } {
+  if (!input.includes('/') && input !== '.' && input !== '..') return { arg: input, root: null };
+  const abs = path.resolve(input);
+  if (abs.startsWith(`${STORE_DIR}/`)) {
+    // A store path, or a path in the merged store of a root at /: the root, if there is one there.
+    const root = rootOfPath(abs);
+    return { arg: abs, root: readRootConfig(root) !== null ? root : null };
+  }
+  const root = rootOfPath(abs);
+  if (readRootConfig(root) !== null && abs.startsWith(`${rootLayout(root).storeDir}/`)) return { arg: abs, root };
+  return { arg: abs, root: null };
+}
+
 async function explain(argv: ExplainArgs): Promise<number> {
-  const { root, rc } = findRoot(argv.root, argv.paths[0]);
-  const rec = readRecord(root);
-  const mounted = rec !== null && processAlive(rec.pid);
+  const targets = argv.paths.map(target);
+  const named = [...new Set(targets.map((x) => x.root).filter((r): r is string => r !== null))];
+  const asked = argv.root !== undefined ? rootOfPath(argv.root) : undefined;
+  const roots = asked !== undefined ? [...new Set([asked, ...named])] : named;
+  if (roots.length > 1) {
+    const of = (r: string): string => argv.paths.filter((_, i) => targets[i].root === r).join(', ') || '--root';
+    throw new LocalOverlayError('usage', `the paths are in different merged roots (${roots.map((r) => `${r}: ${of(r)}`).join('; ')}): explain the paths of one root at a time`);
+  }
+  const { root, rc } = findRoot(roots[0]);
+  // An absolute path must be in the merged store, or in one of its layers, to name anything.
+  const { storeDir } = rootLayout(root);
+  const inside = [storeDir, STORE_DIR, rc.config.upperDir, rootLayout(rc.config.lowerRoot).storeDir].map((d) => `${d}/`);
+  for (const [i, x] of targets.entries()) {
+    if (x.arg.startsWith('/') && !inside.some((d) => x.arg.startsWith(d))) {
+      throw new LocalOverlayError('usage', `${argv.paths[i]} is not in a merged store: name a path below ${storeDir}, a store path (/nix/store/...), a name or a hash part`);
+    }
+  }
+  const mounted = liveRecord(root) !== null;
   const ex = new Explainer(rc.config, mounted ? { at: new Date(rc.mountedAt), lowerMaxId: rc.lowerMaxIdAtMount } : null);
   try {
-    const results = argv.paths.map((p) => ex.explain(p));
+    const results = targets.map((x, i) => ({ ...ex.explain(x.arg), input: argv.paths[i] }));
     if (argv.json) process.stdout.write(JSON.stringify({ root, mounted, layers: { lowerRoot: rc.config.lowerRoot, upperDir: rc.config.upperDir }, paths: results }, null, 2) + '\n');
     else process.stdout.write(results.map(formatExplanation).join('\n\n') + '\n');
     return results.every((r) => r.reason !== 'absent') ? EXIT.ok : EXIT.failed;

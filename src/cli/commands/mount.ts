@@ -3,11 +3,12 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { MetadataMode } from '../../metadata/metadata';
-import { MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
+import { LAZY_GC_WARNING, MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
 import { LocalOverlayError } from '../../util/errno';
 import { lineSplitter } from '../../util/lines';
 import { log, LogLevel } from '../../util/log';
 import { EXIT, runCommand } from '../run';
+import { checkRanges } from '../ranges';
 
 interface MountArgs {
   lower: string; upper: string; root: string; work?: string; metadata: MetadataMode;
@@ -26,16 +27,23 @@ export const mountCommand: CommandModule<object, MountArgs> = {
     .option('metadata', { choices: ['mirror', 'lazy'] as const, default: 'mirror' as MetadataMode, describe: 'mirror: import every lower DB row and follow the lower DB (for plain Nix); lazy: copy a closure when a lookup first resolves to the lower layer (for Nix\'s native local-overlay:// store)' })
     .option('foreground', { type: 'boolean', default: false, describe: 'serve in this process until SIGINT/SIGTERM instead of starting a daemon' })
     .option('log', { type: 'string', describe: 'daemon log file [default: ROOT/nix/var/log/local-overlay.log; stderr with --foreground]' })
-    .option('follow-interval', { type: 'number', default: 500, describe: 'how often (ms) to look for new rows in the lower DB' })
-    .option('negative-timeout', { type: 'number', default: 1, describe: 'seconds a missing name stays cached (the lower store can gain it)' })
-    .option('attr-timeout', { type: 'number', default: 60, describe: 'seconds the kernel trusts attributes; also how long another name of a hard-linked upper file can show stale size or contents' })
+    .option('follow-interval', { type: 'number', default: 500, describe: 'how often (ms, 10-3600000) to look for new rows in the lower DB' })
+    .option('negative-timeout', { type: 'number', default: 1, describe: 'seconds (0-86400) a missing name stays cached (the lower store can gain it)' })
+    .option('attr-timeout', { type: 'number', default: 60, describe: 'seconds (0-86400) the kernel trusts attributes; also how long another name of a hard-linked upper file can show stale size or contents' })
     .option('fast-path', { type: 'boolean', default: true, describe: 'answer requests inside store objects whose layer is settled, and lookups of absent names, in native code on libfuse\'s threads (native/fastpath.c); --no-fast-path sends every request to the JS handlers (also the case while tracing)' })
     .option('passthrough', { type: 'boolean', default: true, describe: 'let the kernel read lower files itself (FUSE passthrough, Linux 6.9+, as root; otherwise reads go through the daemon as before); --no-passthrough: every read of a file not in the page cache reaches the daemon' })
-    .option('poll-us', { type: 'number', describe: 'while requests come close together, poll /dev/fuse this many microseconds for the next one before sleeping: saves a wakeup per request (warm reads ~1.3x faster, native-notes/README.md) for CPU time, at most this much per gap between requests; off while other tasks wait for a CPU (PSI); 0: never [default: 50; 0 with one CPU, under a cgroup CPU quota or without /proc/pressure/cpu]' })
+    .option('poll-us', { type: 'number', describe: '(0-1000000) while requests come close together, poll /dev/fuse this many microseconds for the next one before sleeping: saves a wakeup per request (warm reads ~1.3x faster, native-notes/README.md) for CPU time, at most this much per gap between requests; off while other tasks wait for a CPU (PSI); 0: never [default: 50; 0 with one CPU, under a cgroup CPU quota or without /proc/pressure/cpu]' })
     .option('trace', { type: 'string', describe: 'write a trace line per resolution decision, refused write, closure sync and DB import to FILE (SIGUSR1 or `local-overlay trace` toggle it later)' })
     .option('trace-prefix', { type: 'string', describe: 'trace only store paths under this prefix, e.g. /nix/store/abc' })
     .option('log-level', { choices: ['error', 'warn', 'info', 'debug'] as const, default: 'info' as LogLevel, describe: 'daemon log level' })
     .option('ready-fd', { type: 'number', hidden: true })
+    .check(checkRanges({
+      'follow-interval': { min: 10, max: 3_600_000, integer: true, unit: 'milliseconds' },
+      'negative-timeout': { min: 0, max: 86_400, unit: 'seconds' },
+      'attr-timeout': { min: 0, max: 86_400, unit: 'seconds' },
+      'poll-us': { min: 0, max: 1_000_000, integer: true, unit: 'microseconds' },
+      'ready-fd': { min: 0, max: 1_000_000, integer: true, unit: 'file descriptors' },
+    }))
     .example('$0 mount --lower /shared/nix-root --upper /var/lib/local-overlay/upper --root /tmp/m', 'then: nix-build --store /tmp/m ...')
     .strict(),
   handler: (argv) => runCommand(() => mount(argv)),
@@ -159,5 +167,6 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   child.unref();
   if (!reply.ok) throw new LocalOverlayError(String(reply.code ?? 'failed'), String(reply.error));
   process.stdout.write(`mounted ${rootLayout(cfg.mergedRoot).storeDir} (daemon pid ${String(reply.pid)}, metadata ${cfg.metadata}${argv.log || cfg.logFile ? `, log ${cfg.logFile}` : ''})\n`);
+  if (cfg.metadata === 'lazy') process.stderr.write(`local-overlay: warning: ${LAZY_GC_WARNING}\n`);
   return EXIT.ok;
 }

@@ -1,9 +1,9 @@
-import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
-import { processAlive, readRecord } from '../../mount/records';
+import { liveRecord } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
+import { rootOfPath } from '../find-root';
 
 interface RefreshArgs { root: string }
 
@@ -14,12 +14,12 @@ export const refreshCommand: CommandModule<object, RefreshArgs> = {
     .positional('root', { type: 'string', demandOption: true, describe: 'the merged root' })
     .example('$0 refresh /tmp/m', 'also usable as the remount-hook of Nix\'s native local-overlay:// store')
     .strict() as unknown as Argv<RefreshArgs>,
-  handler: (argv) => runCommand(() => refresh(path.resolve(argv.root))),
+  handler: (argv) => runCommand(() => refresh(rootOfPath(argv.root))),
 };
 
 export async function refresh(root: string): Promise<number> {
-  const rec = readRecord(root);
-  if (!rec || !processAlive(rec.pid)) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
+  const rec = liveRecord(root);
+  if (!rec) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
   // The daemon waits up to 10 s for a Nix process that holds the merged DB's write lock.
   const reply = await controlRequest(rec.controlSocket, { cmd: 'refresh' }, 15_000);
   if (!reply.ok) throw new Error(String(reply.error));

@@ -1,7 +1,7 @@
-import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
-import { DaemonRecord, readRecord, runningRecords, processAlive } from '../../mount/records';
+import { DaemonRecord, isStale, liveRecord, processAlive, readRecord, runningRecords, staleRoots } from '../../mount/records';
+import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
 import { upperUsage } from '../../mount/usage';
@@ -12,7 +12,7 @@ export const statusCommand: CommandModule<object, StatusArgs> = {
   command: 'status [root]',
   describe: 'Show running mounts: settings, uptime, counters, follower state, upper layer size and health; exits 1 if a mount is unhealthy (its daemon does not answer, or a layer or DB does not, within 2 s)',
   builder: (y: Argv) => y
-    .positional('root', { type: 'string', describe: 'one merged root [default: every running mount]' })
+    .positional('root', { type: 'string', describe: 'one merged root, or a path inside it such as ROOT/nix/store [default: every running mount]' })
     .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
     .example('$0 status', '')
     .example('$0 status /tmp/m --json', '')
@@ -22,14 +22,18 @@ export const statusCommand: CommandModule<object, StatusArgs> = {
 
 async function status(argv: StatusArgs): Promise<number> {
   let recs: DaemonRecord[];
+  let stale: string[];
   if (argv.root) {
-    const rec = readRecord(path.resolve(argv.root));
-    if (!rec || !processAlive(rec.pid)) throw new LocalOverlayError('not-mounted', `${path.resolve(argv.root)} is not mounted`);
-    recs = [rec];
+    const root = rootOfPath(argv.root);
+    const rec = liveRecord(root);
+    stale = rec === null && isStale(root) ? [root] : [];
+    if (!rec && stale.length === 0) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
+    recs = rec ? [rec] : [];
   } else {
     recs = runningRecords();
+    stale = staleRoots();
   }
-  const out = [];
+  const out: Record<string, any>[] = stale.map(staleStatus);
   for (const rec of recs) {
     let live: Record<string, unknown> = {};
     let healthy = true;
@@ -49,9 +53,26 @@ async function status(argv: StatusArgs): Promise<number> {
   } else if (out.length === 0) {
     process.stdout.write('no local-overlay mounts are running\n');
   } else {
-    for (const s of out) process.stdout.write(formatStatus(s) + '\n');
+    for (const s of out) process.stdout.write((s.answering === false ? formatStale(s) : formatStatus(s)) + '\n');
   }
   return out.every((s) => s.healthy) ? EXIT.ok : EXIT.failed;
+}
+
+/**
+ * A mount whose daemon is gone (killed, crashed) while its store dir is still mounted: every
+ * access fails with "Transport endpoint is not connected" until it is unmounted.
+ */
+function staleStatus(root: string): Record<string, unknown> {
+  const rec = readRecord(root);
+  const who = rec === null ? 'no daemon.json' : processAlive(rec.pid) ? `pid ${rec.pid} in daemon.json is not its daemon` : `its daemon, pid ${rec.pid}, is not running`;
+  return {
+    root, pid: rec?.pid ?? null, healthy: false, answering: false,
+    error: `the daemon does not answer (${who}); ${root}/nix/store is still mounted: run \`local-overlay unmount ${root}\``,
+  };
+}
+
+function formatStale(s: Record<string, any>): string {
+  return `${s.root}/nix/store  NOT ANSWERING\n  error      ${s.error}`;
 }
 
 /** `on: 12345 requests answered natively, 67 passed to JS (2,100 names known); listings kept by the kernel 40, READDIRPLUS 80, passthrough opens 9; reader handed over 70 times, taken by the watchdog 0, found 900 requests while polling`. */

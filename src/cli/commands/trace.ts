@@ -1,9 +1,10 @@
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
-import { processAlive, readRecord } from '../../mount/records';
+import { liveRecord } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
+import { rootOfPath } from '../find-root';
 
 interface TraceArgs { root: string; state: 'on' | 'off'; file?: string; prefix?: string }
 
@@ -18,9 +19,9 @@ export const traceCommand: CommandModule<object, TraceArgs> = {
     .example('$0 trace /tmp/m on --prefix /nix/store/abc', 'then: tail -f /tmp/m/nix/var/local-overlay/trace.log')
     .strict() as unknown as Argv<TraceArgs>,
   handler: (argv) => runCommand(async () => {
-    const root = path.resolve(argv.root);
-    const rec = readRecord(root);
-    if (!rec || !processAlive(rec.pid)) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
+    const root = rootOfPath(argv.root);
+    const rec = liveRecord(root);
+    if (!rec) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
     const reply = await controlRequest(rec.controlSocket, { cmd: 'trace', on: argv.state === 'on', file: argv.file ? path.resolve(argv.file) : undefined, prefix: argv.prefix });
     if (!reply.ok) throw new Error(String(reply.error));
     process.stdout.write(argv.state === 'on' ? `tracing ${root}/nix/store to ${String(reply.file)}\n` : `tracing off for ${root}/nix/store\n`);

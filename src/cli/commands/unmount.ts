@@ -1,11 +1,13 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
-import { isMountPoint, procState, processAlive, readRecord } from '../../mount/records';
+import { controlRequest } from '../../mount/control';
+import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, procState, processAlive, readRecord, removeLeftovers } from '../../mount/records';
+import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
+import { checkRanges } from '../ranges';
 
 interface UnmountArgs { root: string; timeout: number }
 
@@ -14,35 +16,54 @@ export const unmountCommand: CommandModule<object, UnmountArgs> = {
   aliases: ['umount'],
   describe: 'Unmount a merged store: the daemon finishes its DB work, unmounts and exits',
   builder: (y: Argv) => y
-    .positional('root', { type: 'string', demandOption: true, describe: 'the merged root given to mount --root' })
-    .option('timeout', { type: 'number', default: 30, describe: 'seconds to wait for the daemon to exit' })
+    .positional('root', { type: 'string', demandOption: true, describe: 'the merged root given to mount --root, or a path inside it such as ROOT/nix/store' })
+    .option('timeout', { type: 'number', default: 30, describe: 'seconds (0.1-86400) to wait for the daemon to exit' })
+    .check(checkRanges({ timeout: { min: 0.1, max: 86_400, unit: 'seconds' } }))
     .example('$0 unmount /tmp/m', '')
     .strict() as unknown as Argv<UnmountArgs>,
-  handler: (argv) => runCommand(() => unmount(path.resolve(argv.root), argv.timeout)),
+  handler: (argv) => runCommand(() => unmount(rootOfPath(argv.root), argv.timeout)),
 };
 
 export async function unmount(root: string, timeoutS: number): Promise<number> {
   const storeDir = rootLayout(root).storeDir;
-  const rec = readRecord(root);
-  if (rec && processAlive(rec.pid)) {
-    process.kill(rec.pid, 'SIGTERM');
+  const rec = liveRecord(root);
+  const pid = rec?.pid ?? await pidFromControl(root);
+  if (pid !== null) {
+    process.kill(pid, 'SIGTERM');
     const deadline = Date.now() + timeoutS * 1000;
-    while (processAlive(rec.pid) && Date.now() < deadline) await sleep(50);
-    if (processAlive(rec.pid)) {
-      throw new LocalOverlayError('timeout', `daemon ${rec.pid} did not exit within ${timeoutS} s; ${stuckWhere(rec.pid)}${rec.logFile ? `; its log: ${rec.logFile}` : ''}`);
+    while (processAlive(pid) && Date.now() < deadline) await sleep(50);
+    if (processAlive(pid)) {
+      throw new LocalOverlayError('timeout', `daemon ${pid} did not exit within ${timeoutS} s; ${stuckWhere(pid)}${rec?.logFile ? `; its log: ${rec.logFile}` : ''}`);
     }
     if (!isMountPoint(storeDir)) {
       process.stdout.write(`unmounted ${storeDir}\n`);
       return EXIT.ok;
     }
   }
+  // No daemon of this root runs (killed, crashed): its record and socket are leftovers.
+  const leftovers = readRecord(root) !== null || fs.existsSync(controlSocketPath(root));
+  if (leftovers) removeLeftovers(root);
   if (isMountPoint(storeDir)) {
-    // No daemon behind it (killed, crashed): a stale mount. Detach it.
+    // A stale mount: detach it.
     execFileSync('fusermount', ['-uz', storeDir], { stdio: 'pipe' });
     process.stdout.write(`unmounted ${storeDir} (no daemon was serving it)\n`);
     return EXIT.ok;
   }
   throw new LocalOverlayError('not-mounted', `${storeDir} is not mounted`);
+}
+
+/**
+ * The daemon's pid as its control socket tells it, when daemon.json does not name it (a record
+ * damaged or rewritten): only if that pid is this root's daemon (isDaemonOf).
+ */
+async function pidFromControl(root: string): Promise<number | null> {
+  try {
+    const reply = await controlRequest(controlSocketPath(root), { cmd: 'status' }, 2000);
+    const pid = (reply.status as { pid?: unknown } | undefined)?.pid;
+    return typeof pid === 'number' && isDaemonOf(pid, root) ? pid : null;
+  } catch {
+    return null;
+  }
 }
 
 /**

@@ -1,6 +1,6 @@
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
-import { readRecord } from '../../mount/records';
+import { liveRecord } from '../../mount/records';
 import { verify } from '../../maintain/verify';
 import { RootView } from '../../maintain/view';
 import { findRoot } from '../find-root';
@@ -29,7 +29,7 @@ export const verifyCommand: CommandModule<object, VerifyArgs> = {
       view.close();
     }
     if (argv.repair && view.mounted) {
-      const rec = readRecord(root);
+      const rec = liveRecord(root);
       if (rec) await controlRequest(rec.controlSocket, { cmd: 'refresh' }).catch(() => undefined);
     }
     if (argv.json) {

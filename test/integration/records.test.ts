@@ -1,0 +1,127 @@
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { processAlive } from '../../src/mount/records';
+import { cli } from '../helpers/exec';
+import { sharedLower } from '../helpers/fixture';
+import { mountMerged, tempDir } from '../helpers/mount';
+
+// The daemon's own files and the records unmount and status act on. The daemon runs with
+// umask 0 (the filesystem must create exactly the modes FUSE passes): its own files must not
+// inherit that, and a record must never be enough to make the CLI signal a process.
+
+const mode = (p: string): string => (fs.statSync(p).mode & 0o7777).toString(8);
+
+async function waitGone(pid: number, ms = 10_000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (processAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  return !processAlive(pid);
+}
+
+test('the daemon\'s own files and dirs get sane modes despite its umask 0; files made through the mount keep theirs', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const runDir = path.join(dir, 'run/local-overlay');
+  const m = await mountMerged(t, lower.root, { dir, env: { LOCAL_OVERLAY_RUN_DIR: runDir } });
+  const v = path.join(m.root, 'nix/var');
+  const want: Record<string, string> = {
+    'local-overlay': '755', 'local-overlay/daemon.json': '644', 'local-overlay/config.json': '644',
+    'local-overlay/control.sock': '600', 'log/local-overlay.log': '644', 'nix/db': '755', 'nix/db/schema': '644',
+    'nix/db/db.sqlite': '644', 'nix/gc.lock': '600',
+  };
+  const stamp = path.join(v, 'local-overlay/gc-roots.stamp');
+  const end = Date.now() + 10_000;
+  while (!fs.existsSync(stamp) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  want['local-overlay/gc-roots.stamp'] = '644';
+  for (const [f, m0] of Object.entries(want)) t.is(mode(path.join(v, f)), m0, f);
+  t.is(mode(runDir), '755', 'the registry dir');
+  for (const f of fs.readdirSync(runDir)) t.is(mode(path.join(runDir, f)), '644', `registry entry ${f}`);
+  t.deepEqual(fs.readdirSync(path.join(v, 'local-overlay')).filter((n) => n.startsWith('.')), [], 'no private bind dir left');
+  // The filesystem still creates exactly what it is asked for (the kernel applied our umask).
+  const old = process.umask(0o002);
+  try {
+    fs.closeSync(fs.openSync(path.join(m.store, '00000000000000000000000000000000-file'), 'wx', 0o666));
+    await fs.promises.mkdir(path.join(m.store, '00000000000000000000000000000001-dir'), { mode: 0o777 });
+  } finally {
+    process.umask(old);
+  }
+  t.is(mode(path.join(m.upper, '00000000000000000000000000000000-file')), '664');
+  t.is(mode(path.join(m.upper, '00000000000000000000000000000001-dir')), '775');
+});
+
+test('unmount never signals a process daemon.json names unless it is this root\'s daemon', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => { sleeper.kill('SIGKILL'); });
+  const pid = sleeper.pid!;
+  const recFile = path.join(m.root, 'nix/var/local-overlay/daemon.json');
+  const rec = JSON.parse(fs.readFileSync(recFile, 'utf8')) as { pid: number };
+  fs.writeFileSync(recFile, JSON.stringify({ ...rec, pid }));
+
+  // The daemon still answers on its control socket: unmount finds it there, and stops it.
+  const u = await cli(['unmount', m.root]);
+  t.is(u.code, 0, u.stderr);
+  t.true(await waitGone(m.pid), 'the real daemon exited');
+  t.true(processAlive(pid), 'the process daemon.json named is alive');
+
+  // A record left behind that names a live process, nothing mounted: not mounted, nothing signalled.
+  fs.writeFileSync(recFile, JSON.stringify({ ...rec, pid }));
+  const again = await cli(['unmount', m.root]);
+  t.is(again.code, 3, again.stderr);
+  await new Promise((r) => setTimeout(r, 200));
+  t.true(processAlive(pid), 'the process daemon.json named is alive');
+  t.is((await cli(['status', m.root])).code, 3, 'status: not mounted');
+});
+
+test('a daemon killed with SIGKILL: status lists its mount as not answering (exit 1, saying to unmount); unmount removes its leftovers', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  process.kill(m.pid, 'SIGKILL');
+  t.true(await waitGone(m.pid));
+  const state = path.join(m.root, 'nix/var/local-overlay');
+
+  const one = await cli(['status', m.root]);
+  t.is(one.code, 1, one.stderr);
+  t.regex(one.stdout, new RegExp(`${m.store} +NOT ANSWERING`));
+  t.regex(one.stdout, new RegExp(`its daemon, pid ${m.pid}, is not running.*run \`local-overlay unmount ${m.root}\``));
+  const all = await cli(['status', '--json']);
+  t.is(all.code, 1, all.stderr);
+  const entry = (JSON.parse(all.stdout) as { root: string; answering?: boolean; healthy: boolean }[]).find((s) => s.root === m.root);
+  t.like(entry, { answering: false, healthy: false }, 'status without a root lists the stale mount');
+
+  const u = await cli(['unmount', m.store]);
+  t.is(u.code, 0, u.stderr);
+  t.deepEqual(fs.readdirSync(state).filter((n) => n === 'daemon.json' || n === 'control.sock'), [], 'leftovers removed');
+  t.is((await cli(['status', m.root])).code, 3, 'status: not mounted');
+});
+
+test('status, trace and unmount take the store dir, or any path inside the merged root, as naming the root', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  for (const p of [m.store, path.join(m.store, path.basename(lower.manifest.paths.appOut), 'bin'), path.join(m.root, 'nix/var/nix/db')]) {
+    const s = await cli(['status', p, '--json']);
+    t.is(s.code, 0, `${p}: ${s.stderr}`);
+    t.is((JSON.parse(s.stdout) as { root: string }).root, m.root);
+  }
+  const tr = await cli(['trace', m.store, 'off']);
+  t.is(tr.code, 0, tr.stderr);
+  const u = await cli(['unmount', m.store]);
+  t.is(u.code, 0, u.stderr);
+  t.true(await waitGone(m.pid), 'the daemon exited');
+});
+
+test('mount --metadata lazy warns on its stderr that plain Nix cannot garbage-collect the merged store', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const root = path.join(dir, 'merged');
+  const r = await cli(['mount', '--lower', lower.root, '--upper', path.join(dir, 'upper'), '--root', root, '--metadata', 'lazy']);
+  t.teardown(async () => { await cli(['unmount', root]); });
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /^local-overlay: warning: lazy metadata: plain Nix cannot garbage-collect this merged store/m);
+  t.regex(r.stdout, /^mounted /);
+});
