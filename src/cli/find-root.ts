@@ -34,7 +34,7 @@ export function findRoot(root: string | undefined, hint?: string): { root: strin
       const running = runningRecords();
       if (running.length === 1) candidates.splice(0, candidates.length, running[0].config.mergedRoot);
       else if (running.length > 1 && candidates.length === 0) {
-        throw new LocalOverlayError('usage', `${running.length} merged stores are mounted (${running.map((r) => r.config.mergedRoot).join(', ')}): name one with --root`);
+        throw new LocalOverlayError('usage', `${running.length} merged stores are mounted (${running.map((r) => r.config.mergedRoot).join(', ')}): say which (the root argument, or --root ROOT)`);
       }
     }
   }

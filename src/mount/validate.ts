@@ -71,8 +71,9 @@ export function validateMount(cfg: MountConfig): void {
     const rec = liveRecord(cfg.mergedRoot);
     if (rec === null) {
       fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy), and no daemon serves it (stale): run \`local-overlay unmount ${cfg.mergedRoot}\` first`);
+    } else {
+      fail('mountpoint-busy', `${merged.storeDir} is already mounted: local-overlay daemon ${rec.pid} serves it (\`local-overlay status ${cfg.mergedRoot}\`)`);
     }
-    fail('mountpoint-busy', `${merged.storeDir} is already a mount point (busy)`);
   }
   if (fs.existsSync(merged.storeDir)) {
     if (!isDir(merged.storeDir)) fail('mountpoint-not-dir', `mount point ${merged.storeDir} is not a directory`);

@@ -82,7 +82,7 @@ test('busy mountpoint: mounting the same merged root twice', async (t) => {
   const dir = tempDir(t);
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root, { dir });
-  await refused(t, { lower: lower.root, upper: m.upper, root: m.root, work: m.work }, /already a mount point \(busy\)/, [], true);
+  await refused(t, { lower: lower.root, upper: m.upper, root: m.root, work: m.work }, new RegExp(`already mounted: local-overlay daemon ${m.pid} serves it`), [], true);
   const st = await cli(['status', m.root, '--json']);
   t.is(st.code, 0, `the running mount's records survive a refused mount: ${st.stderr}`);
   t.is((JSON.parse(st.stdout) as { pid: number }).pid, m.pid);

@@ -125,3 +125,15 @@ test('mount --metadata lazy warns on its stderr that plain Nix cannot garbage-co
   t.regex(r.stderr, /^local-overlay: warning: lazy metadata: plain Nix cannot garbage-collect this merged store/m);
   t.regex(r.stdout, /^mounted /);
 });
+
+test('unmount names the processes that still use the store, which lose it', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  const user = spawn('sleep', ['60'], { cwd: m.store, stdio: 'ignore' });
+  t.teardown(() => { user.kill('SIGKILL'); });
+  await new Promise((r) => user.once('spawn', r));
+  const r = await cli(['unmount', m.root]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, new RegExp(`1 process still uses ${m.store} and loses it now: ${user.pid} \\(sleep\\)`));
+});

@@ -159,6 +159,12 @@ test('trace: resolution decisions, refused writes and closure syncs, filtered by
   await fs.promises.lstat(path.join(m.store, rel(p.appOut), 'bin'));
   await fs.promises.writeFile(path.join(m.store, rel(p.appOut), 'y'), '').catch(() => undefined);
   t.is((await fs.promises.readFile(trace, 'utf8')).trim().split('\n').length, n, 'nothing is traced when off');
+
+  const missing = await cli(['trace', m.root, 'on', '--file', path.join(dir, 'no-such-dir', 't.log')]);
+  t.is(missing.code, 2, `a trace file in a missing dir is a usage error: ${missing.stderr}`);
+  t.regex(missing.stderr, /no-such-dir does not exist/);
+  const both = await cli(['sync', '--root', m.root, '--all', p.appOut]);
+  t.is(both.code, 2, `sync --all with paths is refused: ${both.stdout}${both.stderr}`);
 });
 
 test('explain: a relative path names its root; paths of two roots are refused; a path in no merged store is said to be so', async (t) => {

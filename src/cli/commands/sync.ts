@@ -20,6 +20,7 @@ export const syncCommand: CommandModule<object, SyncArgs> = {
     const { rc } = findRoot(argv.root, argv.paths[0]);
     const view = new RootView(rc.config);
     try {
+      if (argv.all && argv.paths.length > 0) throw new LocalOverlayError('usage', `--all syncs every lower path: name no paths with it (got ${argv.paths.join(' ')})`);
       const paths = argv.all
         ? (view.lowerDb.conn().prepare('SELECT path FROM ValidPaths').pluck().all() as string[])
         : argv.paths.map((p) => (p.startsWith('/') ? `${STORE_DIR}/${p.split('/nix/store/')[1]?.split('/')[0]}` : `${STORE_DIR}/${p}`));

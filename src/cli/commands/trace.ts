@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
@@ -22,8 +23,12 @@ export const traceCommand: CommandModule<object, TraceArgs> = {
     const root = rootOfPath(argv.root);
     const rec = liveRecord(root);
     if (!rec) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
-    const reply = await controlRequest(rec.controlSocket, { cmd: 'trace', on: argv.state === 'on', file: argv.file ? path.resolve(argv.file) : undefined, prefix: argv.prefix });
-    if (!reply.ok) throw new Error(String(reply.error));
+    const file = argv.file ? path.resolve(argv.file) : undefined;
+    if (file !== undefined && argv.state === 'on' && !fs.statSync(path.dirname(file), { throwIfNoEntry: false })?.isDirectory()) {
+      throw new LocalOverlayError('usage', `trace file ${file}: its directory ${path.dirname(file)} does not exist`);
+    }
+    const reply = await controlRequest(rec.controlSocket, { cmd: 'trace', on: argv.state === 'on', file, prefix: argv.prefix });
+    if (!reply.ok) throw new LocalOverlayError('trace-failed', `the daemon could not switch tracing: ${String(reply.error).replace(/^Error: /, '')}`);
     process.stdout.write(argv.state === 'on' ? `tracing ${root}/nix/store to ${String(reply.file)}\n` : `tracing off for ${root}/nix/store\n`);
     return EXIT.ok;
   }),

@@ -29,6 +29,12 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
   const rec = liveRecord(root);
   const pid = rec?.pid ?? await pidFromControl(root);
   if (pid !== null) {
+    // The daemon unmounts lazily (fuse-native's `fusermount -uz`): whoever still uses the store
+    // loses it at once (ENOTCONN), a build in progress included. Say who, while it can be seen.
+    const users = storeUsers(storeDir, pid);
+    if (users.length > 0) {
+      process.stderr.write(`local-overlay: warning: ${users.length} process${users.length === 1 ? '' : 'es'} still use${users.length === 1 ? 's' : ''} ${storeDir} and lose${users.length === 1 ? 's' : ''} it now: ${users.slice(0, 8).join(', ')}${users.length > 8 ? ', ...' : ''}\n`);
+    }
     process.kill(pid, 'SIGTERM');
     const deadline = Date.now() + timeoutS * 1000;
     while (processAlive(pid) && Date.now() < deadline) await sleep(50);
@@ -92,6 +98,32 @@ export function stuckWhere(pid: number): string {
     where.set(w, (where.get(w) ?? 0) + 1);
   }
   return `its ${tasks.length} threads: ${[...where].map(([w, n]) => `${n} ${w}`).join(', ')}`;
+}
+
+/**
+ * Processes (other than the daemon and this one) with their working dir, root, an open file or
+ * a mapping inside `storeDir`, as `PID (comm)`. Reads /proc only: nothing touches the mount.
+ */
+export function storeUsers(storeDir: string, daemonPid: number): string[] {
+  const inside = (p: string): boolean => p === storeDir || p.startsWith(`${storeDir}/`);
+  const users: string[] = [];
+  for (const ent of fs.readdirSync('/proc')) {
+    const pid = Number(ent);
+    if (!Number.isInteger(pid) || pid === daemonPid || pid === process.pid) continue;
+    const link = (l: string): string => { try { return fs.readlinkSync(`/proc/${pid}/${l}`); } catch { return ''; } };
+    let uses = inside(link('cwd')) || inside(link('root'));
+    if (!uses) {
+      try { uses = fs.readdirSync(`/proc/${pid}/fd`).some((fd) => inside(link(`fd/${fd}`))); } catch { /* gone, or not ours to see */ }
+    }
+    if (!uses) {
+      try { uses = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').includes(` ${storeDir}/`); } catch { /* likewise */ }
+    }
+    if (!uses) continue;
+    let comm = '?';
+    try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { /* gone */ }
+    users.push(`${pid} (${comm})`);
+  }
+  return users;
 }
 
 function sleep(ms: number): Promise<void> {
