@@ -225,8 +225,14 @@ export class TopLevelIndex {
     let lowerNames: string[];
     try { lowerNames = fs.readdirSync(this.dirs.lowerDir); } catch { lowerNames = []; }
     lowerNames = lowerNames.filter((name) => !this.upper.has(name) && isStoreObjectName(name));
+    // Each name listed is known present (and registered): `ls -l` looks every one up next, and
+    // those lookups need neither an lstat nor a DB query.
+    const shown = (name: string): void => {
+      names.push(name);
+      this.lower.set(name, true);
+    };
     if (!this.registry) {
-      for (const name of lowerNames) if (!isBookkeepingName(name)) names.push(name);
+      for (const name of lowerNames) if (!isBookkeepingName(name)) shown(name);
       return names;
     }
     lowerNames.sort(bytewise);
@@ -234,7 +240,7 @@ export class TopLevelIndex {
     for (const valid of this.registry.sortedNames()) {
       while (i < lowerNames.length && bytewise(lowerNames[i], valid) < 0) i++;
       if (i === lowerNames.length) break;
-      if (lowerNames[i] === valid) names.push(lowerNames[i++]);
+      if (lowerNames[i] === valid) shown(lowerNames[i++]);
     }
     return names;
   }

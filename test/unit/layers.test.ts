@@ -193,9 +193,12 @@ test('index: listRoot matches the lower dir against the registry in bytewise ord
   const extra = ['aaaa', 'AAAA', 'zz+y', 'zz-y', 'zz.y', 'zz_y', 'zz?y', 'zz=y', 'Zz', '00', '0-9'].map((s) => nm(s));
   for (const n of extra) await fs.promises.writeFile(path.join(l.lower, n), '');
   const registered = new Set([LF, BOTH, WH1, ...extra.filter((_, i) => i % 2 === 0), nm('in-the-db-only')]);
-  ix.registry = registry(registered);
+  const reg = registry(registered);
+  ix.registry = reg;
   const lowerShown = ix.listRoot().filter((n) => !ix.upperKind(n));
   t.deepEqual(lowerShown.sort(), [LF, ...extra.filter((_, i) => i % 2 === 0)].sort());
+  for (const n of lowerShown) t.is(ix.resolve(n), Layer.Lower);
+  t.deepEqual(reg.asked, [], 'a listed name is known registered: `ls -l` after it asks the DB nothing');
 });
 
 test('index: a negative lower answer expires after negativeTtlMs; a positive one stays until forgotten or refreshed', async (t) => {
