@@ -130,12 +130,22 @@ static lo_entry **lo_slot(lo_fast *f, const char *name, size_t len, uint32_t h) 
   return p;
 }
 
-// Kind of a top-level name, or -1. Takes the read lock.
+// Kind of a top-level name, -1 when the table does not have it, or LO_K_OFF when the fast path
+// is off. Takes the read lock. The JS side switches the fast path off before it empties and
+// refills the table (fast-path.ts rebuild), and every change takes the write lock: so a table
+// read here under the lock while the fast path is on is whole, never half filled, even for a
+// request that found the fast path on just before the switch.
+#define LO_K_OFF (-2)
 static int lo_kind(lo_fast *f, const char *name, size_t len) {
   uint32_t h = lo_hash(name, len);
   pthread_rwlock_rdlock(&f->lock);
-  lo_entry *e = *lo_slot(f, name, len, h);
-  int kind = e ? e->kind : -1;
+  int kind;
+  if (!__atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE)) {
+    kind = LO_K_OFF;
+  } else {
+    lo_entry *e = *lo_slot(f, name, len, h);
+    kind = e ? e->kind : -1;
+  }
   pthread_rwlock_unlock(&f->lock);
   return kind;
 }
@@ -252,6 +262,7 @@ static int lo_resolve(lo_fast *f, const char *path, int *top) {
   if (len == 0 || len > LO_NAME_MAX || lo_is_hidden(path)) return LO_R_PASS;
 
   int kind = lo_kind(f, name, len);
+  if (kind == LO_K_OFF) return LO_R_PASS;
   if (kind == LO_UPPER || kind == LO_LOWER) {
     lo_count(f, kind == LO_UPPER ? LO_C_UPPER : LO_C_LOWER);
     return kind;

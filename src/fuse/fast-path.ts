@@ -27,6 +27,9 @@ const KIND = { upper: 0, lower: 1, whiteout: 2 } as const;
  * decide comes here as before. Exists once the mount has started; off while tracing.
  */
 export class FastPath implements TopLevelSink {
+  /** Whether it was last switched on (the native side may still be off: out of memory). */
+  private on = false;
+
   /** `passthroughMin`: lower files at least this long are read by the kernel itself (FUSE passthrough); -1: none. */
   constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number) {
     Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin);
@@ -40,8 +43,20 @@ export class FastPath implements TopLevelSink {
     Fuse.fastPath.set(this.thread, name, -1);
   }
 
-  reset(): void {
-    Fuse.fastPath.reset(this.thread);
+  /**
+   * Empties the table and fills it again with the fast path off meanwhile: its requests come to
+   * this thread, which answers them once the table is whole (an upper name missing from a
+   * half-filled table would be answered ENOENT, and the kernel would keep that answer).
+   */
+  rebuild(fill: () => void): void {
+    const on = this.on;
+    if (on) this.enable(false);
+    try {
+      Fuse.fastPath.reset(this.thread);
+      fill();
+    } finally {
+      if (on) this.enable(true);
+    }
   }
 
   /** How long the reader polls the device for the next request before it sleeps (src/mount/poll.ts); 0: never. */
@@ -50,6 +65,7 @@ export class FastPath implements TopLevelSink {
   }
 
   enable(on: boolean): void {
+    this.on = on;
     Fuse.fastPath.enable(this.thread, on);
   }
 

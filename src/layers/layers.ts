@@ -46,12 +46,15 @@ export interface LowerRegistry {
 
 /**
  * Something that keeps a copy of the index's decisions (the native fast path): every upper
- * entry, and lower objects once served. `reset` empties it before the index pushes it all again.
+ * entry, and lower objects once served. It answers requests while the index changes it (on
+ * other threads), so it must never be seen half filled: a missing upper name would be answered
+ * as absent. `rebuild` empties it and runs `fill` (which calls `set`), answering nothing from it
+ * in between.
  */
 export interface TopLevelSink {
   set(name: string, kind: 'upper' | 'lower' | 'whiteout'): void;
   delete(name: string): void;
-  reset(): void;
+  rebuild(fill: () => void): void;
 }
 
 /**
@@ -99,9 +102,11 @@ export class TopLevelIndex {
   }
 
   private pushAll(): void {
-    if (!this.sink) return;
-    this.sink.reset();
-    for (const [name, kind] of this.upper) this.sink.set(name, kind === 'object' ? 'upper' : 'whiteout');
+    const sink = this.sink;
+    if (!sink) return;
+    sink.rebuild(() => {
+      for (const [name, kind] of this.upper) sink.set(name, kind === 'object' ? 'upper' : 'whiteout');
+    });
   }
 
   /**

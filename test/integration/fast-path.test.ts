@@ -1,5 +1,6 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { check, cli } from '../helpers/exec';
@@ -172,6 +173,42 @@ test('readdir gives the d_ino and d_type that lstat gives, in both layers', asyn
     t.true(fromReaddir.length >= 3, `${obj}: entries found`);
     t.deepEqual(fromReaddir, await lstatLines(obj), `${obj}: readdir and lstat agree`);
   }
+});
+
+test('refresh: upper names never go missing while the fast path\'s table is rebuilt', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  // Many upper names, so the rebuild takes a while; bookkeeping-like names, which the fast path
+  // would answer "absent" at once if its table lacked them.
+  const upper = path.join(dir, 'upper');
+  await fs.promises.mkdir(upper);
+  const names = Array.from({ length: 20_000 }, (_, i) => `refresh-${i}.lock`);
+  for (const n of names) await fs.promises.writeFile(path.join(upper, n), '');
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), upper, extra: ['--attr-timeout', '0', '--negative-timeout', '0'] });
+  // A separate process stats three of them in a loop until told to stop (stdin closes).
+  const watched = [names[0], names[9_999], names[19_999]].map((n) => path.join(m.store, n));
+  const statter = spawn(process.execPath, ['-e', `
+    const fs = require('fs'); const ps = ${JSON.stringify(watched)};
+    let n = 0, missing = 0, stop = false;
+    process.stdin.on('end', () => { stop = true; }); process.stdin.resume();
+    (function loop() {
+      for (let i = 0; i < 200; i++) for (const p of ps) { n++; if (fs.statSync(p, { throwIfNoEntry: false }) === undefined) missing++; }
+      if (stop) { console.log(JSON.stringify({ n, missing })); return; }
+      setImmediate(loop);
+    })();`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  statter.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  const exited = new Promise((r) => statter.once('exit', r));
+  t.teardown(() => { statter.kill('SIGKILL'); });
+  for (let i = 0; i < 8; i++) {
+    const r = await cli(['refresh', m.root]);
+    t.is(r.code, 0, r.stderr);
+  }
+  statter.stdin.end();
+  await exited;
+  const { n, missing } = JSON.parse(out) as { n: number; missing: number };
+  t.true(n > 1000, `stats made: ${n}`);
+  t.is(missing, 0, `upper names answered absent during refreshes: ${missing} of ${n}`);
 });
 
 test('top-level changes reach the fast path at once: rename away, delete of an upper copy, a new lower object', async (t) => {
