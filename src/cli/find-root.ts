@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { canonicalPath } from '../mount/config';
 import { readRootConfig, RootConfig, runningRecords } from '../mount/records';
 import { LocalOverlayError } from '../util/errno';
 
@@ -13,7 +14,7 @@ import { LocalOverlayError } from '../util/errno';
 export function rootOfPath(p: string): string {
   const abs = path.resolve(p);
   for (let dir = abs; ; dir = path.dirname(dir)) {
-    if (!/\/nix\/store(\/|$)/.test(dir) && readRootConfig(dir) !== null) return dir;
+    if (!/\/nix\/store(\/|$)/.test(dir) && readRootConfig(dir) !== null) return canonicalPath(dir);
     if (dir === '/') return abs;
   }
 }

@@ -1,7 +1,28 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MetadataMode } from '../metadata/metadata';
 
-/** Everything a mount needs, with every path absolute. */
+/**
+ * `p` absolute, with symlinks resolved as far as it exists (the rest appended): the form the
+ * kernel's mount table and a daemon's command line use. Never call it on a path inside a mount
+ * (realpath would look things up there).
+ */
+export function canonicalPath(p: string): string {
+  let head = path.resolve(p);
+  const tail: string[] = [];
+  for (;;) {
+    try {
+      return path.join(fs.realpathSync(head), ...tail.reverse());
+    } catch {
+      const parent = path.dirname(head);
+      if (parent === head) return path.resolve(p);
+      tail.push(path.basename(head));
+      head = parent;
+    }
+  }
+}
+
+/** Everything a mount needs, with every path absolute (and canonical: canonicalPath). */
 export interface MountConfig {
   lowerRoot: string;
   upperDir: string;

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeDir, tightenDir, writeFileAtomic } from '../util/own-files';
-import { MountConfig, rootLayout } from './config';
+import { canonicalPath, MountConfig, rootLayout } from './config';
 
 /**
  * A running mount's own record, `<merged>/nix/var/local-overlay/daemon.json`: written once the
@@ -172,7 +172,7 @@ export function isDaemonOf(pid: number, mergedRoot: string): boolean {
   if (!root.startsWith('/')) {
     try { root = path.resolve(fs.readlinkSync(`/proc/${pid}/cwd`), root); } catch { return false; }
   }
-  return path.resolve(root) === path.resolve(mergedRoot);
+  return canonicalPath(root) === canonicalPath(mergedRoot);
 }
 
 /** The state letter (R, S, D, Z, T...) of a process or thread, from its `stat` file (throws if gone). */
@@ -200,8 +200,10 @@ function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
 }
 
+/** Whether `dir` is a mount point; its parent (never itself: it may be a dead mount) is canonicalised. */
 export function isMountPoint(dir: string): boolean {
-  return mountTable().has(path.resolve(dir));
+  const abs = path.resolve(dir);
+  return mountTable().has(path.join(canonicalPath(path.dirname(abs)), path.basename(abs)));
 }
 
 /** Merged roots (with a config.json) whose store dir is a FUSE mount that no daemon serves. */

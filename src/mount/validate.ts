@@ -3,32 +3,17 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { LocalOverlayError } from '../util/errno';
 import { NIX_SCHEMA_VERSION } from '../metadata/schema';
-import { MountConfig, rootLayout } from './config';
+import { canonicalPath, MountConfig, rootLayout } from './config';
 import { configPath, isMountPoint, liveRecord, readRootConfig, runningRecords } from './records';
 
 const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
 
 /** `inner` is `outer` or lies below it (after resolving symlinks of the existing part). */
 function within(inner: string, outer: string): boolean {
-  const a = realish(inner), b = realish(outer);
+  const a = canonicalPath(inner), b = canonicalPath(outer);
   return a === b || a.startsWith(b.endsWith('/') ? b : b + '/');
 }
 
-/** realpath of the longest existing prefix, with the rest appended. */
-function realish(p: string): string {
-  let head = path.resolve(p);
-  const tail: string[] = [];
-  for (;;) {
-    try {
-      return path.join(fs.realpathSync(head), ...tail.reverse());
-    } catch {
-      const parent = path.dirname(head);
-      if (parent === head) return path.resolve(p);
-      tail.push(path.basename(head));
-      head = parent;
-    }
-  }
-}
 
 function isDir(p: string): boolean {
   return fs.statSync(p, { throwIfNoEntry: false })?.isDirectory() ?? false;
@@ -85,7 +70,7 @@ export function validateMount(cfg: MountConfig): void {
   }
   // The upper layer is exact only while one mount writes it.
   for (const rec of runningRecords()) {
-    if (realish(rec.config.upperDir) === realish(cfg.upperDir) && rec.config.mergedRoot !== cfg.mergedRoot) {
+    if (canonicalPath(rec.config.upperDir) === canonicalPath(cfg.upperDir) && rec.config.mergedRoot !== cfg.mergedRoot) {
       fail('upper-in-use', `upper dir ${cfg.upperDir} is in use by the mount at ${rec.config.mergedRoot} (pid ${rec.pid})`);
     }
   }
@@ -102,7 +87,7 @@ export function validateMount(cfg: MountConfig): void {
  */
 function checkSameLower(cfg: MountConfig): void {
   const rc = readRootConfig(cfg.mergedRoot);
-  if (rc === null || realish(rc.config.lowerRoot) === realish(cfg.lowerRoot)) return;
+  if (rc === null || canonicalPath(rc.config.lowerRoot) === canonicalPath(cfg.lowerRoot)) return;
   fail('lower-changed', `merged root ${cfg.mergedRoot} was made over the lower root ${rc.config.lowerRoot} (recorded in ${configPath(cfg.mergedRoot)}), not ${cfg.lowerRoot}: its DB holds the rows of that lower store's paths. Mount ${cfg.lowerRoot} with a new --root, or restore ${rc.config.lowerRoot} and mount that again`);
 }
 

@@ -137,3 +137,22 @@ test('unmount names the processes that still use the store, which lose it', asyn
   t.is(r.code, 0, r.stderr);
   t.regex(r.stderr, new RegExp(`1 process still uses ${m.store} and loses it now: ${user.pid} \\(sleep\\)`));
 });
+
+test('a merged root reached through a symlinked dir: the mount stays up, and status and unmount find it by either path', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  await fs.promises.mkdir(path.join(dir, 'real'));
+  await fs.promises.symlink('real', path.join(dir, 'link'));
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'link') });
+  // The daemon's watchdog looks for its mount every 2 s; it took the symlinked path for gone.
+  await new Promise((r) => setTimeout(r, 3000));
+  t.true(processAlive(m.pid), 'the daemon still runs');
+  t.true((await fs.promises.readdir(m.store)).length > 0, 'and serves the store');
+  for (const root of [m.root, path.join(dir, 'real', 'merged')]) {
+    const s = await cli(['status', root]);
+    t.is(s.code, 0, `status ${root}: ${s.stdout}${s.stderr}`);
+  }
+  const u = await cli(['unmount', m.root]);
+  t.is(u.code, 0, u.stderr);
+  t.true(await waitGone(m.pid), 'unmount through the symlinked path stops the daemon');
+});

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { MetadataMode } from '../../metadata/metadata';
-import { LAZY_GC_WARNING, MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
+import { canonicalPath, LAZY_GC_WARNING, MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
 import { LocalOverlayError } from '../../util/errno';
 import { lineSplitter } from '../../util/lines';
 import { log, LogLevel } from '../../util/log';
@@ -50,12 +50,15 @@ export const mountCommand: CommandModule<object, MountArgs> = {
 };
 
 function configFrom(argv: MountArgs): MountConfig {
-  const upperDir = path.resolve(argv.upper);
-  const mergedRoot = path.resolve(argv.root);
+  // Canonical: the kernel's mount table and the daemon's command line, which the CLI matches
+  // against, name the merged store by its real path (a root under a symlinked dir was taken for
+  // unmounted, and the daemon stopped itself).
+  const upperDir = canonicalPath(argv.upper);
+  const mergedRoot = canonicalPath(argv.root);
   return {
-    lowerRoot: path.resolve(argv.lower),
+    lowerRoot: canonicalPath(argv.lower),
     upperDir,
-    workDir: argv.work ? path.resolve(argv.work) : defaultWorkDir(upperDir),
+    workDir: argv.work ? canonicalPath(argv.work) : defaultWorkDir(upperDir),
     mergedRoot,
     metadata: argv.metadata,
     logFile: argv.log ? path.resolve(argv.log) : argv.foreground ? undefined : path.join(mergedRoot, 'nix/var/log/local-overlay.log'),
