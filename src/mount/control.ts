@@ -19,6 +19,8 @@ interface Controlled {
  */
 export class ControlServer {
   private server: net.Server | null = null;
+  /** Open connections: closing the server waits for every one to end, so close() ends them. */
+  private readonly clients = new Set<net.Socket>();
 
   constructor(readonly socketPath: string, private readonly target: Controlled) {}
 
@@ -26,6 +28,8 @@ export class ControlServer {
     const privateDir = fs.mkdtempSync(path.join(path.dirname(this.socketPath), '.control-'));
     const bound = path.join(privateDir, 'sock');
     const server = net.createServer((sock) => {
+      this.clients.add(sock);
+      sock.on('close', () => this.clients.delete(sock));
       sock.setEncoding('utf8');
       sock.on('data', lineSplitter((line) => {
         void this.handle(line).then((reply) => sock.write(JSON.stringify(reply) + '\n'));
@@ -65,7 +69,11 @@ export class ControlServer {
     const s = this.server;
     this.server = null;
     if (!s) return Promise.resolve();
-    return new Promise((resolve) => s.close(() => { fs.rmSync(this.socketPath, { force: true }); resolve(); }));
+    // A client that keeps its connection open (a monitor, a forgotten `socat`) must not keep
+    // the daemon from unmounting: the server's close waits for every connection to end.
+    const closed = new Promise<void>((resolve) => s.close(() => { fs.rmSync(this.socketPath, { force: true }); resolve(); }));
+    for (const sock of this.clients) sock.destroy();
+    return closed;
   }
 }
 

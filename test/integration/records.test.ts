@@ -1,5 +1,6 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
+import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { processAlive } from '../../src/mount/records';
@@ -155,4 +156,17 @@ test('a merged root reached through a symlinked dir: the mount stays up, and sta
   const u = await cli(['unmount', m.root]);
   t.is(u.code, 0, u.stderr);
   t.true(await waitGone(m.pid), 'unmount through the symlinked path stops the daemon');
+});
+
+test('unmount is not held up by a client that keeps the control socket open', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  const idle = net.connect(path.join(m.root, 'nix/var/local-overlay/control.sock'));
+  idle.on('error', () => undefined); // the daemon ends it
+  t.teardown(() => { idle.destroy(); });
+  await new Promise((r) => idle.once('connect', r));
+  const u = await cli(['unmount', m.root, '--timeout', '5']);
+  t.is(u.code, 0, `${u.stdout}${u.stderr}`);
+  t.true(await waitGone(m.pid, 1000), 'the daemon exited');
 });
