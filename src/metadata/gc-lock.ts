@@ -14,21 +14,22 @@ export interface GcLock {
  *
  * Node has no flock(2), so a `flock` child (util-linux) holds it and waits on a pipe from this
  * process: the lock goes when release() closes the pipe, or when this process dies in any way.
- * Resolves to null (after logging why) if the lock cannot be had within `timeoutS`, e.g. a
- * GC is running, or `flock` is missing.
+ * Resolves to null (after logging why, unless `quiet`) if the lock cannot be had within
+ * `timeoutS` (0: at once), e.g. a GC is running, or `flock` is missing.
  */
-export function holdGcLockShared(lockFile: string, timeoutS = 10): Promise<GcLock | null> {
+export function holdGcLockShared(lockFile: string, timeoutS = 10, opts: { quiet?: boolean } = {}): Promise<GcLock | null> {
   // As Nix makes it (0600); flock, which inherits the daemon's umask 0, would make it 0666.
   try { touchFile(lockFile, LOCK_MODE); } catch { /* flock says what is wrong */ }
   return new Promise((resolve) => {
-    const child = spawn('flock', ['--shared', '--timeout', String(timeoutS), lockFile, 'sh', '-c', 'echo locked; read _'],
+    const wait = timeoutS > 0 ? ['--timeout', String(timeoutS)] : ['--nonblock'];
+    const child = spawn('flock', ['--shared', ...wait, lockFile, 'sh', '-c', 'echo locked; read _'],
       { stdio: ['pipe', 'pipe', 'pipe'] });
     let settled = false;
     let stderr = '';
     const give = (lock: GcLock | null, why?: string): void => {
       if (settled) return;
       settled = true;
-      if (why) log.warn(`gc lock: ${why}`);
+      if (why && !opts.quiet) log.warn(`gc lock: ${why}`);
       resolve(lock);
     };
     child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });

@@ -6,12 +6,12 @@ import { OverlayStats } from '../overlay/stats';
 import { log } from '../util/log';
 import { Checkpointer } from './checkpointer';
 import { copyClosure } from './closure';
-import { GcLock } from './gc-lock';
+import { GcLock, holdGcLockShared } from './gc-lock';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
 import { LIST_LIMIT, Mirror } from './mirror';
-import { withBusyRetry } from './sqlite';
+import { isBusy, isTornRead, withBusyRetry } from './sqlite';
 import { UpperDb } from './upper-db';
 
 export type MetadataMode = 'mirror' | 'lazy';
@@ -62,11 +62,21 @@ export class Metadata {
   /** Names in both layers; set by the daemon (the overlay's index knows them). */
   duplicates: () => Set<string> = () => new Set();
   /**
-   * Whether the lower store has object `name`; set by the daemon to the overlay index's cached
-   * answer (a name just created was just looked up), so that creating and deleting top-level
-   * upper objects reads neither the lower DB nor, mostly, the lower dir.
+   * Whether the lower store has object `name` (its DB lists it), for the GC roots of duplicates.
+   * Not the overlay's answer: in mirror mode that is whether the merged DB lists it, which a
+   * duplicate's lower copy does not while Nix deletes the upper copy.
    */
-  lowerHas: (name: string) => boolean = (name) => this.lower.pathRow(`${this.storeDir}/${name}`) !== undefined;
+  lowerHas: (name: string) => boolean = (name) => this.lower.isValid(`${this.storeDir}/${name}`);
+  /**
+   * Mirror mode: Nix's GC lock (`nix/var/nix/gc.lock`), held shared while new lower rows are
+   * imported and rooted. A GC that ran meanwhile would have read its roots before the new ones
+   * existed, found the new paths valid but unrooted, and deleted their rows (then failed on their
+   * read-only files). While a GC holds it, new lower paths wait, unseen (the merged view shows a
+   * lower object only once the merged DB lists it).
+   */
+  gcLockFile: string | null = null;
+  /** Since when the follower has waited for a GC to end (0: not waiting), for the log. */
+  private waitingForGcSince = 0;
 
   constructor(
     readonly upper: UpperDb,
@@ -137,8 +147,30 @@ export class Metadata {
    */
   upperRemoved(name: string): void {
     this.known.delete(`${this.storeDir}/${name}`);
-    this.reconcileSoon(name);
+    // At once, before the removal is answered: the merged view shows the lower copy only once
+    // the merged DB lists it again (mirror mode), and a lookup meanwhile would be kept as a miss.
+    // Nix committed its deletion of the row before it deleted the files.
+    if (!this.restoreRow(name)) this.reconcileSoon(name);
     if (this.roots && this.lowerHas(name)) this.rootsDo(() => this.roots!.stoppedDuplicate(name));
+  }
+
+  /**
+   * Copies the row (and closure) of lower object `name` back when the merged DB lacks it, on
+   * this thread. False when that must be tried again later (another writer holds the DB).
+   */
+  private restoreRow(name: string): boolean {
+    const storePath = `${this.storeDir}/${name}`;
+    try {
+      if (this.upper.idOf(storePath) !== undefined || !this.lower.isValid(storePath)) return true;
+      const n = copyClosure(this.upper, this.lower, [storePath]);
+      this.stats.count('rowsCopied', n);
+      this.stats.trace?.('closure', storePath, `restored ${n} rows`);
+      log.info(`restored the DB row of ${storePath} (its lower copy is visible again)`);
+      return true;
+    } catch (err) {
+      if (!isBusy(err) && !isTornRead(err)) log.warn(`could not restore the row of ${storePath} at once: ${String(err)}`);
+      return false;
+    }
   }
 
   /** The upper layer gained a top-level object: it may now shadow a lower one. */
@@ -293,7 +325,21 @@ export class Metadata {
       if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
       if (signature !== this.lower.openedSignature) this.lower.reopen(signature);
       // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too.
-      if (this.lower.snapshotMaxId > this.reportedMaxId) this.lowerGrew();
+      if (this.lower.snapshotMaxId > this.reportedMaxId) {
+        const lock = this.gcLockFile === null ? null : await holdGcLockShared(this.gcLockFile, 0, { quiet: true });
+        if (this.gcLockFile !== null && lock === null) {
+          if (this.waitingForGcSince === 0) log.info('follower: a garbage collection holds Nix\'s GC lock; new lower paths are imported once it ends');
+          this.waitingForGcSince ||= Date.now();
+          return;
+        }
+        if (this.waitingForGcSince > 0) log.info(`follower: the GC lock was free again after ${Date.now() - this.waitingForGcSince} ms`);
+        this.waitingForGcSince = 0;
+        try {
+          if (this.timer !== null) this.lowerGrew();
+        } finally {
+          lock?.release();
+        }
+      }
       this.lastFollow = { at: Date.now() };
       if (this.failing.count > 0) log.info(`follower: caught up after ${this.failing.count} failed checks`);
       this.failing = { count: 0, message: '' };

@@ -72,6 +72,21 @@ export class UpperDb {
     return this.hasPathStmt.get(storePath) as number | undefined;
   }
 
+  /** The names (`storeDir/` stripped) of every valid path, in bytewise order, read in pages (LowerDb.validNames). */
+  *validNames(storeDir: string): Generator<string> {
+    const prefix = `${storeDir}/`;
+    let after = prefix;
+    for (;;) {
+      const page = this.stmt('SELECT path FROM ValidPaths WHERE path > ? ORDER BY path LIMIT 4096').pluck().all(after) as string[];
+      for (const p of page) {
+        if (!p.startsWith(prefix)) return;
+        yield p.slice(prefix.length);
+      }
+      if (page.length < 4096) return;
+      after = page[page.length - 1];
+    }
+  }
+
   pathRow(storePath: string): PathRow | undefined {
     return this.stmt('SELECT * FROM ValidPaths WHERE path = ?').get(storePath) as PathRow | undefined;
   }

@@ -83,10 +83,12 @@ export class Daemon {
     this.onProgress?.(`lower store: ${lowerMaxId} paths in its DB`);
     const seededTo = cfg.metadata === 'mirror' && !fs.existsSync(merged.dbFile) ? this.seed(lowerDb, merged.dbDir) : null;
     const upperDb = UpperDb.open(merged.dbDir);
-    this.overlay.index.registry = {
-      has: (name) => lowerDb.isValid(`/nix/store/${name}`),
-      sortedNames: () => lowerDb.validNames('/nix/store'),
-    };
+    // What the merged view shows of the lower dir (layers.ts LowerRegistry). Mirror mode: what
+    // the merged DB lists, i.e. imported (and rooted); before that Nix would take a lower object
+    // for invalid and try to delete it. Lazy mode: what the lower DB lists (a lookup copies it).
+    this.overlay.index.registry = cfg.metadata === 'mirror'
+      ? { has: (name) => upperDb.idOf(`/nix/store/${name}`) !== undefined, sortedNames: () => upperDb.validNames('/nix/store') }
+      : { has: (name) => lowerDb.isValid(`/nix/store/${name}`), sortedNames: () => lowerDb.validNames('/nix/store') };
     if (cfg.traceFile) this.trace(true, cfg.traceFile, cfg.tracePrefix);
     this.metadata = new Metadata(upperDb, lowerDb, cfg.metadata, this.overlay.stats);
     const roots = new LowerRoots(path.join(merged.gcRootsDir, 'local-overlay-lower-store'), lowerDb, path.join(merged.stateDir, 'gc-roots.stamp'));
@@ -100,7 +102,7 @@ export class Daemon {
       this.metadata.importAll();
       this.metadata.roots = roots;
       this.metadata.duplicates = () => this.overlay.duplicates();
-      this.metadata.lowerHas = (name) => this.overlay.index.lowerHas(name);
+      this.metadata.gcLockFile = path.join(merged.dbDir, '..', 'gc.lock');
       // The roots are written in the background once mounted; no GC can start before.
       gcLock = await holdGcLockShared(path.join(merged.dbDir, '..', 'gc.lock'));
     } else {

@@ -42,6 +42,10 @@ async function noWhiteouts(t: ExecutionContext, upper: string): Promise<void> {
   }
 }
 
+/** Whether the mount's GC roots dir has a root for `p` (a symlink to the logical store path). */
+const rooted = (m: Merged, p: string): boolean =>
+  fs.lstatSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(p)), { throwIfNoEntry: false })?.isSymbolicLink() === true;
+
 async function eventually(f: () => Promise<boolean>, ms = 5000): Promise<boolean> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
@@ -379,4 +383,57 @@ test('refresh: after the upper dir is changed outside the mount, refresh makes t
   t.is(await fs.promises.readFile(path.join(m.store, name), 'utf8'), 'written beside the mount\n');
   await m.unmount();
   t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
+});
+
+test('lower growth during a GC: new lower paths wait, unseen, until the GC ends, then are imported, rooted and shown', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), extra: ['--follow-interval', '100'] });
+  // A GC in progress holds Nix's GC lock exclusively (and has read its roots already).
+  const gc = spawn('flock', ['--exclusive', path.join(m.root, 'nix/var/nix/gc.lock'), 'sh', '-c', 'echo locked; read _'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => { gc.kill('SIGKILL'); });
+  await new Promise<void>((resolve) => gc.stdout.on('data', (d: Buffer) => { if (d.toString().includes('locked')) resolve(); }));
+  const added = await lowerAdd(lower.root, `during-gc-${Date.now()}`);
+  await new Promise((r) => setTimeout(r, 1000)); // ten follower ticks
+  t.false(await valid(m, added), 'not imported while a GC runs (its roots could not cover it)');
+  await t.throwsAsync(fs.promises.lstat(path.join(m.store, rel(added))), { code: 'ENOENT' }, 'and not shown: a GC would take it for invalid and try to delete it');
+  gc.stdin.end();
+  t.true(await eventually(() => valid(m, added)), 'imported once the GC lock is free');
+  t.true(rooted(m, added), 'and rooted');
+  t.true(await eventually(async () => fs.promises.lstat(path.join(m.store, rel(added))).then(() => true, () => false)), 'and shown');
+});
+
+test('GCs while the lower store grows: every GC succeeds and every new lower path stays valid', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), extra: ['--follow-interval', '100'] });
+  const added: string[] = [];
+  const growing = (async () => { for (let i = 0; i < 12; i++) added.push(await lowerAdd(lower.root, `gc-race-${i}-${Date.now()}`)); })();
+  const failures: string[] = [];
+  let gcs = 0;
+  for (let done = false; !done;) {
+    done = await Promise.race([growing.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 0))]);
+    const r = await nix('nix-collect-garbage', ['--store', m.root]);
+    gcs++;
+    if (r.code !== 0) failures.push(r.stderr.trim().split('\n').pop() ?? '');
+  }
+  t.deepEqual(failures, [], `GCs that failed, of ${gcs}`);
+  for (const p of added) t.true(await eventually(() => valid(m, p)), `${p} valid`);
+});
+
+test('a new lower path looked up before the follower imports it: not shown until imported, then rooted (a GC keeps it)', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  // A slow follower: the lookup comes first.
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), extra: ['--follow-interval', '60000'] });
+  const added = await lowerAdd(lower.root, `looked-up-first-${Date.now()}`);
+  await t.throwsAsync(fs.promises.lstat(path.join(m.store, rel(added))), { code: 'ENOENT' }, 'not in the merged DB yet: not shown');
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 0, r.stderr);
+  t.true(await valid(m, added), 'imported by refresh');
+  t.true(rooted(m, added), 'and rooted');
+  const gc = await nix('nix-collect-garbage', ['--store', m.root]);
+  t.is(gc.code, 0, gc.stderr);
+  t.true(await valid(m, added), 'still valid after a GC');
+  t.true(await eventually(async () => fs.promises.lstat(path.join(m.store, rel(added))).then(() => true, () => false), 3000), 'and shown');
 });
