@@ -99,11 +99,19 @@ export function fuseOps(ov: Overlay): Record<string, Cb> {
       };
       const pending = ov.lowerLookupPending(path);
       if (pending === null) return answer();
+      // Outside `guard` once deferred: a throw here (a layer's EIO) must still answer.
+      const answerLater = (): void => {
+        try {
+          answer();
+        } catch (err) {
+          cb(unexpected('getattr', path, err));
+        }
+      };
       pending.then(
-        answer,
+        answerLater,
         (err) => {
           log.warn(`closure sync for ${path} failed, answering the lookup anyway: ${String(err)}`);
-          reply<Attr>(cb, ov.getattr(path));
+          answerLater();
         });
     }),
     fgetattr: guard('fgetattr', (path: string, fd: number, cb: Cb) => reply(cb, ov.fgetattr(path, fd))),

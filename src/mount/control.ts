@@ -60,8 +60,9 @@ export class ControlServer {
         default: return { ok: false, error: `unknown command ${String(req.cmd)}` };
       }
     } catch (err) {
-      log.warn(`control: ${String(err)}`);
-      return { ok: false, error: String(err) };
+      const message = err instanceof Error ? err.message : String(err);
+      log.warn(`control: ${message}`);
+      return { ok: false, error: message };
     }
   }
 

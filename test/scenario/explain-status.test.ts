@@ -163,6 +163,10 @@ test('trace: resolution decisions, refused writes and closure syncs, filtered by
   const missing = await cli(['trace', m.root, 'on', '--file', path.join(dir, 'no-such-dir', 't.log')]);
   t.is(missing.code, 2, `a trace file in a missing dir is a usage error: ${missing.stderr}`);
   t.regex(missing.stderr, /no-such-dir does not exist/);
+  const isDir = await cli(['trace', m.root, 'on', '--file', dir]);
+  t.is(isDir.code, 1, `the daemon cannot open a dir as its trace file: ${isDir.stderr}`);
+  t.regex(isDir.stderr, /^local-overlay: error: the daemon could not switch tracing: EISDIR/m);
+  t.notRegex(isDir.stderr, /Error: /, 'the daemon\'s error is not wrapped twice');
   const both = await cli(['sync', '--root', m.root, '--all', p.appOut]);
   t.is(both.code, 2, `sync --all with paths is refused: ${both.stdout}${both.stderr}`);
 });

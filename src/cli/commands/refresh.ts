@@ -22,7 +22,7 @@ export async function refresh(root: string): Promise<number> {
   if (!rec) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
   // The daemon waits up to 10 s for a Nix process that holds the merged DB's write lock.
   const reply = await controlRequest(rec.controlSocket, { cmd: 'refresh' }, 15_000);
-  if (!reply.ok) throw new Error(String(reply.error));
+  if (!reply.ok) throw new LocalOverlayError('refresh-failed', String(reply.error));
   process.stdout.write(`refreshed ${root}/nix/store\n`);
   return EXIT.ok;
 }

@@ -28,7 +28,7 @@ export const traceCommand: CommandModule<object, TraceArgs> = {
       throw new LocalOverlayError('usage', `trace file ${file}: its directory ${path.dirname(file)} does not exist`);
     }
     const reply = await controlRequest(rec.controlSocket, { cmd: 'trace', on: argv.state === 'on', file, prefix: argv.prefix });
-    if (!reply.ok) throw new LocalOverlayError('trace-failed', `the daemon could not switch tracing: ${String(reply.error).replace(/^Error: /, '')}`);
+    if (!reply.ok) throw new LocalOverlayError('trace-failed', `the daemon could not switch tracing: ${String(reply.error)}`);
     process.stdout.write(argv.state === 'on' ? `tracing ${root}/nix/store to ${String(reply.file)}\n` : `tracing off for ${root}/nix/store\n`);
     return EXIT.ok;
   }),
