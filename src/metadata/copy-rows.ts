@@ -42,6 +42,13 @@ export function withLowerAttached<T>(db: Db, lower: LowerDb, f: () => T): T {
   }
 }
 
+/** Rows copied would refer to paths the upper DB does not have (and the copy did not include). */
+export class IncompleteClosure extends Error {
+  constructor(readonly missing: number) {
+    super(`${missing} references to paths the merged DB lacks`);
+  }
+}
+
 /** Inside a transaction with the lower DB attached (withLowerAttached). */
 export function copyLowerRows(db: Db, sel: RowSelection): CopyResult {
   const before = db.prepare('SELECT coalesce(max(id), 0) FROM main.ValidPaths').pluck().get() as number;
@@ -76,14 +83,18 @@ export function copyLowerRows(db: Db, sel: RowSelection): CopyResult {
   // A reference to a row outside this copy (one the upper DB had already) is found by path.
   // CROSS JOIN keeps idmap first: left to itself the planner scans all of lower.Refs (33 ms
   // for a 1,000-row closure in a 160k-path DB, against 2 ms).
-  db.exec(`
+  const refs = db.prepare(`
     INSERT OR IGNORE INTO main.Refs (referrer, reference)
     SELECT a.uid, coalesce(b.uid, (SELECT u.id FROM main.ValidPaths u
                                    WHERE u.path = (SELECT x.path FROM lower.ValidPaths x WHERE x.id = r.reference)))
     FROM temp.idmap a
     CROSS JOIN lower.Refs r ON r.referrer = a.lid
     LEFT JOIN temp.idmap b ON b.lid = r.reference
-    ORDER BY 1, 2`);
+    ORDER BY 1, 2`).run().changes;
+  // OR IGNORE would also drop a reference found in neither DB (its NOT NULL fails): a row Nix
+  // deleted (a duplicate's, until it is restored). The caller must copy that closure whole.
+  const wanted = db.prepare('SELECT count(*) FROM temp.idmap a CROSS JOIN lower.Refs r ON r.referrer = a.lid').pluck().get() as number;
+  if (refs < wanted) throw new IncompleteClosure(wanted - refs);
   for (const ix of indexes) db.exec(ix.sql);
   db.exec(`
     INSERT OR IGNORE INTO main.DerivationOutputs (drv, id, path)

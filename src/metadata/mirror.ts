@@ -1,4 +1,5 @@
-import { copyLowerRows, withLowerAttached } from './copy-rows';
+import { copyClosure } from './closure';
+import { copyLowerRows, IncompleteClosure, withLowerAttached } from './copy-rows';
 import { LowerDb } from './lower-db';
 import { UpperDb } from './upper-db';
 
@@ -39,17 +40,27 @@ export class Mirror {
     const since = this.lastId;
     const maxId = this.lower.maxId();
     if (maxId <= since) return { count: 0, paths: [] };
-    const result = withLowerAttached(db, this.lower, () => db.transaction((): ImportResult => {
-      const { count, before } = copyLowerRows(db, {
-        where: 'l.id > ? AND l.id <= ?', params: [since, maxId], order: 'path',
-        rebuildRefIndexes: (n) => n >= BULK_ROWS,
-      });
-      if (count === 0) return { count: 0, paths: [] };
-      const paths = count <= LIST_LIMIT
-        ? db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(before) as string[]
-        : null;
-      return { count, paths };
-    }).immediate());
+    const newPaths = (before: number, count: number): string[] | null => (count <= LIST_LIMIT
+      ? db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(before) as string[]
+      : null);
+    let result: ImportResult;
+    try {
+      result = withLowerAttached(db, this.lower, () => db.transaction((): ImportResult => {
+        const { count, before } = copyLowerRows(db, {
+          where: 'l.id > ? AND l.id <= ?', params: [since, maxId], order: 'path',
+          rebuildRefIndexes: (n) => n >= BULK_ROWS,
+        });
+        return count === 0 ? { count: 0, paths: [] } : { count, paths: newPaths(before, count) };
+      }).immediate());
+    } catch (err) {
+      if (!(err instanceof IncompleteClosure)) throw err;
+      // An older lower path they refer to lost its row in the merged DB (Nix deleted a
+      // duplicate's, and it is not restored yet): copy the new paths' closures whole instead.
+      const before = db.prepare('SELECT coalesce(max(id), 0) FROM main.ValidPaths').pluck().get() as number;
+      const paths = this.lower.pathsBetween(since, maxId, Number.MAX_SAFE_INTEGER) ?? [];
+      const count = copyClosure(this.upper, this.lower, paths);
+      result = { count, paths: newPaths(before, count) };
+    }
     this.lastId = maxId;
     return result;
   }

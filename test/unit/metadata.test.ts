@@ -179,6 +179,34 @@ test('mirror: imports every lower row once, then only new ones, and leaves no fi
   t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
 });
 
+test('mirror: new rows referring to a lower path whose merged row Nix deleted bring its closure along, references whole', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => { up.close(); lo.close(); });
+  const mirror = new Mirror(up, lo);
+  mirror.importNew();
+  const { appOut, libOut } = lower.manifest.paths;
+  // As if the lower store gained appOut only now, while libOut's merged row is gone (Nix
+  // deleted a duplicate's row, and it is not restored yet).
+  up.db.pragma('foreign_keys = OFF');
+  for (const p of [appOut, libOut]) {
+    const id = up.idOf(p) as number;
+    up.db.prepare('DELETE FROM Refs WHERE referrer = ? OR reference = ?').run(id, id);
+    up.db.prepare('DELETE FROM DerivationOutputs WHERE drv = ?').run(id);
+    up.db.prepare('DELETE FROM ValidPaths WHERE id = ?').run(id);
+  }
+  up.db.pragma('foreign_keys = ON');
+  const appLowerId = (lo.pathRow(appOut) as { id: number }).id;
+  t.true((lo.pathRow(libOut) as { id: number }).id < appLowerId, 'references come first in the lower DB');
+  mirror.seeded(appLowerId - 1);
+  mirror.importNew();
+  t.not(up.idOf(libOut), undefined, 'the referenced path was copied too');
+  t.deepEqual(refs(up.db), refs(lo.conn()), 'every reference is there');
+  t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
+});
+
 test('a lower DB connection whose file a Nix client changed reads the new file, not a torn mix of both', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
