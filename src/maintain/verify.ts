@@ -13,6 +13,7 @@ export type ProblemKind =
   | 'row-differs'           // an upper row that disagrees with the lower DB for a lower object
   | 'broken-closure'        // a valid path whose reference has no row
   | 'missing-row'           // a visible lower object the upper DB does not know (mirror mode)
+  | 'object-without-row'    // an upper object (not also a lower one) the upper DB does not list
   | 'whiteout-hides-valid'  // a whiteout hides a lower object the upper DB says is valid
   | 'contents-differ';      // --check-contents: an upper object's NAR hash differs from its row
 
@@ -108,10 +109,21 @@ export function verify(view: RootView, opts: { checkContents: boolean; repair: b
     for (const p of missing) {
       const pr = add('missing-row', p, 'the lower store has it, the upper DB does not');
       if (opts.repair) {
+        const before = view.upperDb.db.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
         copyClosure(view.upperDb, view.lowerDb, [p]);
+        // Rooted like the follower's imports, or Nix's GC would drop the row again.
+        view.lowerRoots().added(view.upperDb.db.prepare('SELECT path FROM ValidPaths WHERE id > ?').pluck().all(before) as string[]);
         pr.repaired = true;
       }
     }
+  }
+
+  // Upper objects Nix does not know: an add that did not finish, or a lost merged DB. Ones the
+  // lower store has too are duplicates (below).
+  const known = new Set(rows.map((r) => r.path.slice(STORE_DIR.length + 1)));
+  for (const name of view.upperObjects()) {
+    if (known.has(name) || view.lowerServes(name)) continue;
+    add('object-without-row', `${STORE_DIR}/${name}`, 'in the upper layer, but the upper DB does not list it: Nix takes it for invalid, and its GC deletes it (add or build it again to keep it)');
   }
 
   const dups = optimise(view, { dryRun: !opts.repair, checkContents: opts.checkContents });

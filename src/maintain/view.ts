@@ -1,5 +1,7 @@
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { LowerRoots } from '../metadata/gc-roots';
 import { LowerDb } from '../metadata/lower-db';
 import { UpperDb } from '../metadata/upper-db';
 import { MountConfig, rootLayout } from '../mount/config';
@@ -49,15 +51,33 @@ export class RootView {
     return this.lowerHas(name) && this.lowerDb.isValid(`${STORE_DIR}/${name}`);
   }
 
-  /** Removes the upper copy of a top-level object (through the mount when mounted). */
+  /** The merged root's GC roots of lower objects (mirror mode), as the daemon keeps them. */
+  lowerRoots(): LowerRoots {
+    const layout = rootLayout(this.cfg.mergedRoot);
+    return new LowerRoots(path.join(layout.gcRootsDir, 'local-overlay-lower-store'), this.lowerDb, path.join(layout.stateDir, 'gc-roots.stamp'));
+  }
+
+  /**
+   * Removes the upper copy of a top-level object, in one step as the store sees it: a rename
+   * out of the store, then the deletion out of sight. Deleted file by file in place, a copy
+   * interrupted half way (a crash, a kill) would go on shadowing the lower copy, half empty.
+   * Mounted, the rename goes through the mount (so the kernel and the daemon see it), to a name
+   * the overlay keeps in the work dir (libfuse's for unlinked-but-open files: overlay.ts).
+   */
   removeUpper(name: string): void {
+    const aside = `.fuse_hidden${randomBytes(8).toString('hex')}`;
+    let moved: string;
     if (this.mounted) {
-      fs.rmSync(path.join(this.mergedStore, name), { recursive: true, force: false });
+      fs.renameSync(path.join(this.mergedStore, name), path.join(this.mergedStore, aside));
+      moved = path.join(this.cfg.workDir, 'hidden', aside);
     } else {
-      const p = path.join(this.cfg.upperDir, name);
-      makeWritable(p);
-      fs.rmSync(p, { recursive: true, force: false });
+      // The next mount empties the trash if this process does not get to it.
+      moved = path.join(this.cfg.workDir, 'trash', aside);
+      fs.mkdirSync(path.dirname(moved), { recursive: true, mode: 0o755 });
+      fs.renameSync(path.join(this.cfg.upperDir, name), moved);
     }
+    makeWritable(moved);
+    fs.rmSync(moved, { recursive: true, force: false });
   }
 }
 

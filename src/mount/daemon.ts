@@ -9,7 +9,8 @@ import { isBusy } from '../metadata/sqlite';
 import { UpperDb } from '../metadata/upper-db';
 import { Overlay } from '../overlay/overlay';
 import { log } from '../util/log';
-import { makeDir, tightenDir } from '../util/own-files';
+import { makeDir, removeTree, tightenDir } from '../util/own-files';
+import { isBookkeepingName, isStoreObjectName } from '../store/store-path';
 import { LAZY_GC_WARNING, MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
 import { PollChoice, PollGovernor, cpuWaitedUs, defaultPoll } from './poll';
@@ -57,7 +58,21 @@ export class Daemon {
   /** Hears what a slow start is doing (the CLI shows it when mounting takes a while). */
   onProgress: ((text: string) => void) | undefined;
 
+  /** What the operator should know about this mount (`mount` prints them on stderr). */
+  readonly warnings: string[] = [];
+
   constructor(readonly cfg: MountConfig) {}
+
+  /** Deletes what settleRowless moved aside (now, or left by an earlier mount), in the background. */
+  private emptyTrash(): void {
+    const dir = this.trashDir;
+    if (!fs.existsSync(dir)) return;
+    void (async () => {
+      for (const name of await fs.promises.readdir(dir)) {
+        await removeTree(path.join(dir, name));
+      }
+    })().catch((err) => log.warn(`could not empty ${dir}: ${String(err)}`));
+  }
 
   /** Validates, creates the merged root, imports metadata and mounts. Resolves once mounted. */
   async start(): Promise<void> {
@@ -81,8 +96,11 @@ export class Daemon {
     const lowerMaxId = lowerDb.maxId();
     writeRootConfig({ config: cfg, mountedAt: this.startedAt.toISOString(), lowerMaxIdAtMount: lowerMaxId });
     this.onProgress?.(`lower store: ${lowerMaxId} paths in its DB`);
-    const seededTo = cfg.metadata === 'mirror' && !fs.existsSync(merged.dbFile) ? this.seed(lowerDb, merged.dbDir) : null;
+    const hadDb = fs.existsSync(merged.dbFile);
+    const seededTo = cfg.metadata === 'mirror' && !hadDb ? this.seed(lowerDb, merged.dbDir) : null;
     const upperDb = UpperDb.open(merged.dbDir);
+    // Before any import: which upper objects the merged DB does not list (seeding lists lower rows only).
+    const rowless = this.upperObjects().filter((n) => !hadDb || upperDb.idOf(`/nix/store/${n}`) === undefined);
     // What the merged view shows of the lower dir (layers.ts LowerRegistry). Mirror mode: what
     // the merged DB lists, i.e. imported (and rooted); before that Nix would take a lower object
     // for invalid and try to delete it. Lazy mode: what the lower DB lists (a lookup copies it).
@@ -109,6 +127,7 @@ export class Daemon {
       roots.clear();
       log.warn(LAZY_GC_WARNING);
     }
+    this.settleRowless(rowless, lowerDb, merged.dbFile, hadDb);
     this.overlay.hooks = {
       lowerLookup: (name) => this.metadata.lowerLookup(name),
       lowerSettled: (name) => this.metadata.lowerSettled(name),
@@ -132,6 +151,7 @@ export class Daemon {
     }
     this.fuse = fuse;
     this.metadata.syncRootsInBackground(gcLock);
+    this.emptyTrash();
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
     if (pollChoice.us > 0) {
       // Tests of the polling itself switch the governor off: how loaded the machine is must not
@@ -214,6 +234,53 @@ export class Daemon {
     if (to === null) log.info('mirror: the lower DB\'s schema differs from Nix 2.8\'s; importing row by row');
     else log.info(`mirror: seeded the upper DB from the lower DB (ids up to ${to}) in ${Date.now() - t0} ms`);
     return to;
+  }
+
+  /** Top-level upper store objects (not bookkeeping names, not whiteouts). */
+  private upperObjects(): string[] {
+    const out: string[] = [];
+    for (const [name, kind] of this.overlay.index.upperEntries()) {
+      if (kind === 'object' && isStoreObjectName(name) && !isBookkeepingName(name)) out.push(name);
+    }
+    return out;
+  }
+
+  /**
+   * Upper objects the merged DB did not list at mount. Nix deletes a path's row before its files
+   * and registers a new path after them, so such an object is a deletion or an add that did not
+   * finish (a crash), or the merged DB is new. With a merged DB that existed, one the lower store
+   * also has is dropped, so the lower copy shows: a half-deleted upper copy would otherwise
+   * shadow it, under the row the import just gave it. (With a new merged DB such copies are
+   * duplicates, served as before; nothing says they are damaged.) The rest are invalid to Nix,
+   * whose GC deletes them: said on stderr.
+   */
+  private settleRowless(rowless: string[], lowerDb: LowerDb, dbFile: string, hadDb: boolean): void {
+    const invalid: string[] = [];
+    for (const name of rowless) {
+      if (!lowerDb.isValid(`/nix/store/${name}`) || !fs.existsSync(path.join(rootLayout(this.cfg.lowerRoot).storeDir, name))) {
+        invalid.push(name);
+        continue;
+      }
+      if (!hadDb) continue;
+      makeDir(this.trashDir);
+      fs.renameSync(path.join(this.cfg.upperDir, name), path.join(this.trashDir, `${name}-${process.pid}-${Date.now()}`));
+      this.overlay.index.upperRemoved(name);
+      log.warn(`dropped the upper copy of /nix/store/${name}: the merged DB had no row for it (a deletion or an add that did not finish), and the lower store has it`);
+    }
+    if (invalid.length === 0) return;
+    const why = hadDb ? 'an add that did not finish, or a deletion' : `the merged DB ${dbFile} was made anew`;
+    this.warn(`${invalid.length} upper store object${invalid.length === 1 ? ' has' : 's have'} no row in the merged DB (${why}): Nix takes ${invalid.length === 1 ? 'it' : 'them'} for invalid, and its GC deletes ${invalid.length === 1 ? 'it' : 'them'}: ${invalid.slice(0, 5).map((n) => `/nix/store/${n}`).join(', ')}${invalid.length > 5 ? ', ...' : ''} (\`local-overlay verify\` lists them all)`);
+  }
+
+  /** A warning for the operator: in the log, and on the stderr of `mount` (serve passes them on). */
+  private warn(text: string): void {
+    log.warn(text);
+    this.warnings.push(text);
+  }
+
+  /** Where dropped upper copies wait to be deleted (on the upper filesystem: a rename moves them). */
+  private get trashDir(): string {
+    return path.join(this.cfg.workDir, 'trash');
   }
 
   /** Unmounts, then finishes DB work and closes the DBs. Idempotent. */

@@ -46,3 +46,16 @@ export function tightenDir(dir: string, mode = DIR_MODE): void {
     try { fs.chmodSync(dir, mode); } catch { /* not ours after all */ }
   }
 }
+
+/** Deletes a tree, making its directories writable first (store objects are read-only: 0555). */
+export async function removeTree(p: string): Promise<void> {
+  const st = await fs.promises.lstat(p).catch(() => null);
+  if (st === null) return;
+  if (st.isDirectory()) {
+    await fs.promises.chmod(p, (st.mode & 0o7777) | 0o700);
+    for (const name of await fs.promises.readdir(p)) await removeTree(path.join(p, name));
+    await fs.promises.rmdir(p);
+  } else {
+    await fs.promises.unlink(p);
+  }
+}

@@ -13,6 +13,8 @@ export interface Merged {
   lowerStore: string;
   dir: string;
   pid: number;
+  /** What `mount` printed on stderr (its warnings). */
+  mountStderr: string;
   unmount(): Promise<void>;
 }
 
@@ -69,7 +71,7 @@ export async function mountMerged(t: ExecutionContext, lower: string, opts: { me
     if (t.passed === false) await printLogTail(t.title, path.join(root, 'nix/var/log/local-overlay.log'));
     await unmount().catch(() => undefined);
   });
-  return { root, store: path.join(root, 'nix/store'), upper, work, lower, lowerStore: path.join(lower, 'nix/store'), dir, pid, unmount };
+  return { root, store: path.join(root, 'nix/store'), upper, work, lower, lowerStore: path.join(lower, 'nix/store'), dir, pid, mountStderr: r.stderr, unmount };
 }
 
 /** The last `lines` lines of a daemon's log, on stderr (a failed test's evidence). */

@@ -437,3 +437,31 @@ test('a new lower path looked up before the follower imports it: not shown until
   t.true(await valid(m, added), 'still valid after a GC');
   t.true(await eventually(async () => fs.promises.lstat(path.join(m.store, rel(added))).then(() => true, () => false), 3000), 'and shown');
 });
+
+test('mount: an upper copy the merged DB does not list of a lower object is dropped (a deletion cut short); other such upper objects are named', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  let m = await mountMerged(t, lower.root, { dir });
+  const stray = await addText(m, dir, 'stray.txt', `stray ${Date.now()}\n`);
+  await m.unmount();
+  // What a crash leaves: Nix deleted the row of a duplicate, then part of its upper copy...
+  const dup = lower.manifest.paths.dirObject;
+  const cp = await run('cp', ['-a', path.join(lower.root, dup), path.join(m.upper, rel(dup))]);
+  t.is(cp.code, 0, cp.stderr);
+  await run('chmod', ['-R', 'u+w', path.join(m.upper, rel(dup))]);
+  fs.rmSync(path.join(m.upper, rel(dup), 'README.md'));
+  // ...and an upper path whose registration never happened.
+  const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
+  for (const p of [dup, stray]) {
+    const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${p}'); DELETE FROM ValidPaths WHERE path = '${p}';`]);
+    t.is(del.code, 0, del.stderr);
+  }
+  m = await mountMerged(t, lower.root, { dir });
+  t.false(fs.existsSync(path.join(m.upper, rel(dup))), 'the half-deleted upper copy is gone');
+  t.true(fs.existsSync(path.join(m.store, rel(dup), 'README.md')), 'the lower copy shows');
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', dup]);
+  t.regex(m.mountStderr, new RegExp(`warning: 1 upper store object has no row in the merged DB .*${rel(stray)}`));
+  const v = await cli(['verify', m.root, '--json']);
+  const kinds = (JSON.parse(v.stdout) as { problems: { kind: string; path: string }[] }).problems.map((p) => `${p.kind} ${p.path}`);
+  t.deepEqual(kinds, [`object-without-row ${stray}`]);
+});

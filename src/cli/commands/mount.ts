@@ -106,7 +106,8 @@ async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<num
     notify({ ok: false, code: err instanceof LocalOverlayError ? err.code : 'failed', error: err instanceof Error ? err.message : String(err) });
     throw err;
   }
-  notify({ ok: true, pid: process.pid });
+  notify({ ok: true, pid: process.pid, warnings: daemon.warnings });
+  if (readyFd === undefined) for (const w of daemon.warnings) process.stderr.write(`local-overlay: warning: ${w}\n`);
   if (readyFd === undefined) process.stderr.write(`local-overlay: serving ${rootLayout(cfg.mergedRoot).storeDir} (Ctrl-C to unmount)\n`);
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string): void => {
@@ -171,5 +172,6 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   if (!reply.ok) throw new LocalOverlayError(String(reply.code ?? 'failed'), String(reply.error));
   process.stdout.write(`mounted ${rootLayout(cfg.mergedRoot).storeDir} (daemon pid ${String(reply.pid)}, metadata ${cfg.metadata}${argv.log || cfg.logFile ? `, log ${cfg.logFile}` : ''})\n`);
   if (cfg.metadata === 'lazy') process.stderr.write(`local-overlay: warning: ${LAZY_GC_WARNING}\n`);
+  for (const w of Array.isArray(reply.warnings) ? reply.warnings : []) process.stderr.write(`local-overlay: warning: ${String(w)}\n`);
   return EXIT.ok;
 }
