@@ -208,14 +208,28 @@ export class TopLevelIndex {
     this.lower.delete(name);
   }
 
-  /** Removes a whiteout for `name` from the upper dir, so a new upper object can take the name. */
-  clearWhiteout(name: string): void {
-    if (this.upper.get(name) !== 'whiteout') return;
+  /**
+   * Removes a whiteout for `name` from the upper dir, so a new upper object can take the name.
+   * True when there was one: if the object then cannot be made, `restoreWhiteout` puts it back.
+   */
+  clearWhiteout(name: string): boolean {
+    if (this.upper.get(name) !== 'whiteout') return false;
     for (const p of [`${this.dirs.upperDir}/${name}`, `${this.dirs.upperDir}/${WHITEOUT_PREFIX}${name}`]) {
       try { fs.unlinkSync(p); } catch { /* either form may be absent */ }
     }
     this.upper.delete(name);
     this.sink?.delete(name);
+    return true;
+  }
+
+  /**
+   * Hides the lower object `name` again after clearWhiteout, when what was to replace it could
+   * not be made (ENOSPC, say). As a `.wh.NAME` file: a char device needs mknod, which Node lacks.
+   */
+  restoreWhiteout(name: string): void {
+    fs.writeFileSync(`${this.dirs.upperDir}/${WHITEOUT_PREFIX}${name}`, '', { mode: 0o644 });
+    this.upper.set(name, 'whiteout');
+    this.sink?.set(name, 'whiteout');
   }
 
   /**

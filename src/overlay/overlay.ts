@@ -336,9 +336,10 @@ export class Overlay {
   private makeEntry(path: string, make: (real: string) => void): Errno {
     const real = this.locateNew(path);
     if (typeof real === 'number') return real;
-    this.index.clearWhiteout(Overlay.topName(path));
+    const cleared = this.index.clearWhiteout(Overlay.topName(path));
     const err = tryOp(() => make(real));
     if (err === 0) this.created(path);
+    else if (cleared) this.index.restoreWhiteout(Overlay.topName(path));
     return err;
   }
 
@@ -367,9 +368,10 @@ export class Overlay {
   create(path: string, mode: number, flags = O_RDWR): number {
     const real = this.locateNew(path);
     if (typeof real === 'number') return -real;
-    this.index.clearWhiteout(Overlay.topName(path));
+    const cleared = this.index.clearWhiteout(Overlay.topName(path));
     const fd = this.openReal(Layer.Upper, real, flags | O_CREAT | O_NOFOLLOW, mode & 0o7777);
     if (fd >= 0) this.created(path);
+    else if (cleared) this.index.restoreWhiteout(Overlay.topName(path));
     return fd;
   }
 
@@ -461,6 +463,7 @@ export class Overlay {
     const from = this.locateWritable(src, 'rename');
     if (typeof from === 'number') return from;
     let to: string;
+    let clearedTop: string | null = null;
     const hidden = this.hidden(dst);
     if (hidden !== null) {
       to = hidden;
@@ -476,7 +479,7 @@ export class Overlay {
         // object that is EMLINK, on which it skips the file.
         const errno = Overlay.topName(src).startsWith('.tmp-link-') ? E.EMLINK : E.EROFS;
         if (kind !== 'object' && this.index.resolve(top) === Layer.Lower) return this.refused('rename over', dst, errno);
-        this.index.clearWhiteout(top);
+        clearedTop = this.index.clearWhiteout(top) ? top : null;
       } else {
         const layer = this.index.resolve(top);
         if (layer === null) return E.ENOENT;
@@ -488,6 +491,8 @@ export class Overlay {
     if (err === 0) {
       this.removedTop(src);
       this.created(dst);
+    } else if (clearedTop !== null) {
+      this.index.restoreWhiteout(clearedTop);
     }
     return err;
   }

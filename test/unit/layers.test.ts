@@ -666,6 +666,21 @@ test('overlay: creating an object with a whited-out name replaces the whiteout',
   t.is(ov.readlink(`/${s}`), 'target');
 });
 
+test('overlay: a whiteout stays when what was to replace it cannot be made', async (t) => {
+  const l = await layout(t);
+  const { ov, added } = overlay(l);
+  const tooLong = 'x'.repeat(5000); // a symlink target over PATH_MAX: the symlink fails
+  for (const n of [WH1, WH2]) {
+    t.is(ov.symlink(tooLong, `/${n}`), E.ENAMETOOLONG, `symlink over the whiteout of ${n}`);
+    t.is(ov.getattr(`/${n}`), E.ENOENT, `${n} stays hidden`);
+    t.is(ov.index.reason(n), 'whiteout');
+  }
+  t.true(fs.existsSync(path.join(l.upper, `.wh.${WH2}`)), 'the char device gave way to a .wh. file (Node has no mknod)');
+  ov.refresh();
+  for (const n of [WH1, WH2]) t.is(ov.getattr(`/${n}`), E.ENOENT, `${n} hidden after the upper dir is read again`);
+  t.deepEqual(added, []);
+});
+
 test('overlay: the root, statfs and inode numbers', async (t) => {
   const l = await layout(t);
   const { ov } = overlay(l);
