@@ -851,6 +851,15 @@ typedef struct {
 
 static __thread lo_request lo_current;
 
+// lo_current.plain is a thread's own buffer, kept across requests. __thread storage is not
+// freed when a thread ends, and libfuse ends idle workers beyond its tenth: a key's destructor
+// frees it then (also when the thread is cancelled at the end of the loop).
+static pthread_key_t lo_plain_key;
+static pthread_once_t lo_plain_once = PTHREAD_ONCE_INIT;
+static void lo_plain_key_make(void) {
+  pthread_key_create(&lo_plain_key, free);
+}
+
 static lo_fast *lo_chan_fast(lo_chan *c) {
   return __atomic_load_n(&c->ft->fast, __ATOMIC_ACQUIRE);
 }
@@ -1391,7 +1400,13 @@ static void lo_readdirplus(lo_chan *c, struct fuse_chan *ch, int devfd, const lo
   lo_request *r = &lo_current;
   uint64_t unique = in->unique, nodeid = in->nodeid, off = rd->offset;
   size_t size = rd->size < LO_PLUS_MAX ? rd->size : LO_PLUS_MAX;
-  if (r->plain == NULL) r->plain = malloc(LO_PLUS_MAX);
+  if (r->plain == NULL) {
+    r->plain = malloc(LO_PLUS_MAX);
+    if (r->plain != NULL) {
+      pthread_once(&lo_plain_once, lo_plain_key_make);
+      pthread_setspecific(lo_plain_key, r->plain);
+    }
+  }
   char *reply = malloc(sizeof(lo_out_header) + size);
   if (r->plain == NULL || reply == NULL) {
     free(reply);
