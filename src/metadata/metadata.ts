@@ -78,6 +78,11 @@ export class Metadata {
   /** Since when the follower has waited for a GC to end (0: not waiting), for the log. */
   private waitingForGcSince = 0;
 
+  /** Whether the last check found new lower rows and left them for a GC to end (gcLockFile). */
+  get waitingForGc(): boolean {
+    return this.waitingForGcSince > 0;
+  }
+
   constructor(
     readonly upper: UpperDb,
     readonly lower: LowerDb,

@@ -348,7 +348,11 @@ export class Daemon {
     const deadline = Date.now() + REFRESH_BUSY_MS;
     for (;;) {
       try {
-        return await this.metadata.follow();
+        await this.metadata.follow();
+        if (this.metadata.waitingForGc) {
+          throw new Error('a garbage collection holds Nix\'s GC lock: the new lower paths are imported (and shown) when it ends');
+        }
+        return;
       } catch (err) {
         if (!isBusy(err)) throw err;
         if (Date.now() > deadline) {

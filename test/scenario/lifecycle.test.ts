@@ -397,6 +397,9 @@ test('lower growth during a GC: new lower paths wait, unseen, until the GC ends,
   await new Promise((r) => setTimeout(r, 1000)); // ten follower ticks
   t.false(await valid(m, added), 'not imported while a GC runs (its roots could not cover it)');
   await t.throwsAsync(fs.promises.lstat(path.join(m.store, rel(added))), { code: 'ENOENT' }, 'and not shown: a GC would take it for invalid and try to delete it');
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 1, `refresh cannot import it either, and says so: ${r.stdout}${r.stderr}`);
+  t.regex(r.stderr, /a garbage collection holds Nix's GC lock/);
   gc.stdin.end();
   t.true(await eventually(() => valid(m, added)), 'imported once the GC lock is free');
   t.true(rooted(m, added), 'and rooted');
