@@ -468,3 +468,25 @@ test('mount: an upper copy the merged DB does not list of a lower object is drop
   const kinds = (JSON.parse(v.stdout) as { problems: { kind: string; path: string }[] }).problems.map((p) => `${p.kind} ${p.path}`);
   t.deepEqual(kinds, [`object-without-row ${stray}`]);
 });
+
+test('verify --repair copies back a lower row the merged DB lost, and roots it: a GC keeps it', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  let m = await mountMerged(t, lower.root, { dir });
+  await m.unmount();
+  const top = lower.manifest.paths.appOut; // no lower path refers to it: it has a root of its own
+  t.true(rooted(m, top), 'rooted by the mount');
+  const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
+  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
+  t.is(del.code, 0, del.stderr);
+  fs.rmSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(top)));
+  const fix = await cli(['verify', m.root, '--repair', '--json']);
+  t.true((JSON.parse(fix.stdout) as { problems: { kind: string; path: string; repaired: boolean }[] }).problems
+    .some((p) => p.kind === 'missing-row' && p.path === top && p.repaired), fix.stdout + fix.stderr);
+  t.true(rooted(m, top), 'rooted again by the repair');
+  // A mount whose GC-roots stamp still matches would not sync them: the repair must root it itself.
+  m = await mountMerged(t, lower.root, { dir });
+  const gc = await nix('nix-collect-garbage', ['--store', m.root]);
+  t.is(gc.code, 0, gc.stderr);
+  t.true(await valid(m, top), 'still valid after a GC');
+});
