@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { Db, isTornRead, lowerDbUri, openDb, Statement } from './sqlite';
-import { OutputRow, PathRow } from './rows';
+import { OutputRow, PathRow, pagedValidNames, VALID_PAGE_SQL } from './rows';
 
 /**
  * Read-only access to the lower store's DB.
@@ -124,23 +124,9 @@ export class LowerDb {
     return this.read(() => this.stmt('SELECT 1 FROM ValidPaths WHERE path = ?').pluck().get(path)) !== undefined;
   }
 
-  /**
-   * The names (`storeDir/` stripped) of every valid path, in the path index's bytewise order;
-   * read in pages, so a million paths are never in memory at once and a snapshot that changes
-   * between pages only adds names.
-   */
-  *validNames(storeDir: string): Generator<string> {
-    const prefix = `${storeDir}/`;
-    let after = prefix;
-    for (;;) {
-      const page = this.read(() => this.stmt('SELECT path FROM ValidPaths WHERE path > ? ORDER BY path LIMIT 4096').pluck().all(after) as string[]);
-      for (const p of page) {
-        if (!p.startsWith(prefix)) return;
-        yield p.slice(prefix.length);
-      }
-      if (page.length < 4096) return;
-      after = page[page.length - 1];
-    }
+  /** The names of every valid path, in bytewise order (pagedValidNames; each page on a current connection). */
+  validNames(storeDir: string): Generator<string> {
+    return pagedValidNames(storeDir, (after) => this.read(() => this.stmt(VALID_PAGE_SQL).pluck().all(after) as string[]));
   }
 
   /** Store paths with ids up to `maxId`, newest first, at most `limit` of them. */

@@ -14,3 +14,26 @@ export interface PathRow {
 export const PATH_COLUMNS = 'path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca';
 
 export interface OutputRow { drv: number; id: string; path: string }
+
+const VALID_PAGE = 4096;
+/** One page of a DB's valid paths: those after `?`, in path order, at most VALID_PAGE. */
+export const VALID_PAGE_SQL = `SELECT path FROM ValidPaths WHERE path > ? ORDER BY path LIMIT ${VALID_PAGE}`;
+
+/**
+ * The names (`storeDir/` stripped) of a DB's valid paths, in the path index's bytewise order,
+ * read a page at a time (`page` runs VALID_PAGE_SQL): a million paths are never in memory at
+ * once, and a DB that grows between pages only adds names.
+ */
+export function* pagedValidNames(storeDir: string, page: (after: string) => string[]): Generator<string> {
+  const prefix = `${storeDir}/`;
+  let after = prefix;
+  for (;;) {
+    const paths = page(after);
+    for (const p of paths) {
+      if (!p.startsWith(prefix)) return;
+      yield p.slice(prefix.length);
+    }
+    if (paths.length < VALID_PAGE) return;
+    after = paths[paths.length - 1];
+  }
+}

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Db, openDb, readOnlyUri, Statement } from './sqlite';
 import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
-import { PathRow, PATH_COLUMNS } from './rows';
+import { PathRow, PATH_COLUMNS, pagedValidNames, VALID_PAGE_SQL } from './rows';
 import { DIR_MODE, FILE_MODE } from '../util/own-files';
 
 /**
@@ -72,19 +72,9 @@ export class UpperDb {
     return this.hasPathStmt.get(storePath) as number | undefined;
   }
 
-  /** The names (`storeDir/` stripped) of every valid path, in bytewise order, read in pages (LowerDb.validNames). */
-  *validNames(storeDir: string): Generator<string> {
-    const prefix = `${storeDir}/`;
-    let after = prefix;
-    for (;;) {
-      const page = this.stmt('SELECT path FROM ValidPaths WHERE path > ? ORDER BY path LIMIT 4096').pluck().all(after) as string[];
-      for (const p of page) {
-        if (!p.startsWith(prefix)) return;
-        yield p.slice(prefix.length);
-      }
-      if (page.length < 4096) return;
-      after = page[page.length - 1];
-    }
+  /** The names of every valid path, in bytewise order (pagedValidNames). */
+  validNames(storeDir: string): Generator<string> {
+    return pagedValidNames(storeDir, (after) => this.stmt(VALID_PAGE_SQL).pluck().all(after) as string[]);
   }
 
   pathRow(storePath: string): PathRow | undefined {

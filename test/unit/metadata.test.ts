@@ -8,6 +8,7 @@ import { copyClosure } from '../../src/metadata/closure';
 import { LowerDb } from '../../src/metadata/lower-db';
 import { Metadata } from '../../src/metadata/metadata';
 import { Mirror } from '../../src/metadata/mirror';
+import { pagedValidNames, VALID_PAGE_SQL } from '../../src/metadata/rows';
 import { withBusyRetry } from '../../src/metadata/sqlite';
 import { UpperDb } from '../../src/metadata/upper-db';
 import { OverlayStats } from '../../src/overlay/stats';
@@ -319,4 +320,20 @@ test('Checkpointer: a worker checkpoints the WAL once it passes 1000 pages; the 
     after = fs.statSync(file).size;
   }
   t.true(after > before * 4, `the DB file took the WAL's pages (${before} → ${after} bytes)`);
+});
+
+test('pagedValidNames reads a DB\'s valid paths page by page, in order, only those under the store dir', (t) => {
+  const db = new Database(':memory:');
+  t.teardown(() => db.close());
+  db.exec('CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL)');
+  const names = Array.from({ length: 10_000 }, (_, i) => `${String(i).padStart(32, '0')}-n${i}`);
+  const insert = db.prepare('INSERT INTO ValidPaths (path) VALUES (?)');
+  for (const n of [...names].reverse()) insert.run(`/nix/store/${n}`);
+  insert.run('/nix/storeX/not-this'); // sorts after the store dir's paths
+  insert.run('/another/store/nor-this');
+  const page = db.prepare(VALID_PAGE_SQL).pluck();
+  let pages = 0;
+  const got = [...pagedValidNames('/nix/store', (after) => { pages++; return page.all(after) as string[]; })];
+  t.deepEqual(got, names, 'every name once, in order');
+  t.is(pages, 3, '10,000 names in pages of 4,096');
 });
