@@ -406,7 +406,7 @@ export class Metadata {
    */
   followerState(): {
     mode: MetadataMode; lastTickAt: string | null; lastLowerId: number; lowerMaxId: number; pendingRows: number; lagMs: number; checkWaitingMs: number;
-    failing: { count: number; message: string };
+    failing: { count: number; message: string }; waitingForGcMs: number;
   } {
     const lowerMaxId = this.lower.snapshotMaxId;
     const pending = this.mode === 'mirror' ? Math.max(0, lowerMaxId - this.mirror.lastLowerId) : 0;
@@ -418,6 +418,7 @@ export class Metadata {
       lagMs: this.behindSince === null ? 0 : Date.now() - this.behindSince,
       checkWaitingMs: this.checkingSince === null ? 0 : Date.now() - this.checkingSince,
       failing: { ...this.failing },
+      waitingForGcMs: this.waitingForGcSince === 0 ? 0 : Date.now() - this.waitingForGcSince,
     };
   }
 

@@ -400,6 +400,8 @@ test('lower growth during a GC: new lower paths wait, unseen, until the GC ends,
   const r = await cli(['refresh', m.root]);
   t.is(r.code, 1, `refresh cannot import it either, and says so: ${r.stdout}${r.stderr}`);
   t.regex(r.stderr, /a garbage collection holds Nix's GC lock/);
+  const st = await cli(['status', m.root]);
+  t.regex(st.stdout, /new lower paths wait for a garbage collection, for \d+\.\d s now/, st.stdout);
   gc.stdin.end();
   t.true(await eventually(() => valid(m, added)), 'imported once the GC lock is free');
   t.true(rooted(m, added), 'and rooted');

@@ -89,6 +89,11 @@ function followerWait(ms: unknown): string {
   return typeof ms === 'number' && ms >= 1000 ? ` (its check of the lower DB has waited ${(ms / 1000).toFixed(1)} s)` : '';
 }
 
+/** New lower paths waiting for a garbage collection to end (it holds Nix's GC lock). */
+function followerGc(ms: unknown): string {
+  return typeof ms === 'number' && ms > 0 ? ` (new lower paths wait for a garbage collection, for ${(ms / 1000).toFixed(1)} s now)` : '';
+}
+
 /** The follower's checks that failed in a row (the merged DB locked by Nix, say), if any. */
 function followerFailing(f: { count?: unknown; message?: unknown } | undefined): string {
   return typeof f?.count === 'number' && f.count > 0 ? ` (its last ${f.count} checks failed: ${String(f.message)})` : '';
@@ -101,7 +106,7 @@ function formatStatus(s: Record<string, any>): string {
     `  lower      ${s.config?.lowerRoot}    upper ${s.config?.upperDir}    metadata ${s.config?.metadata}`,
     `  upper      ${s.upper.objects} objects, ${(s.upper.bytes / 1048576).toFixed(1)} MiB`,
     `  lookups    upper ${c.upper ?? 0}  lower ${c.lower ?? 0}  missing ${c.miss ?? 0}  refused writes ${c.refused ?? 0}`,
-    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerFailing(s.follower?.failing)}`,
+    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerGc(s.follower?.waitingForGcMs)}${followerFailing(s.follower?.failing)}`,
   ];
   if (s.fastPath) lines.push(`  fast path  ${fastPathLine(s.fastPath)}`);
   if (s.error) lines.push(`  error      ${s.error}`);
