@@ -210,7 +210,12 @@ export class Metadata {
     const timer = setTimeout(() => {
       this.reconcileTimers.delete(name);
       const storePath = `${this.storeDir}/${name}`;
-      if (this.upper.idOf(storePath) !== undefined || !this.lower.pathRow(storePath)) return;
+      try {
+        if (this.upper.idOf(storePath) !== undefined || !this.lower.isValid(storePath)) return;
+      } catch (err) {
+        log.warn(`could not restore the row of ${storePath}: ${String(err)}`); // a timer's throw would escape
+        return;
+      }
       withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
         this.stats.count('rowsCopied', n);
         this.stats.trace?.('closure', storePath, `restored ${n} rows`);

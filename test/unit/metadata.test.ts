@@ -148,10 +148,14 @@ test('withBusyRetry tries a torn read again a few times, and gives up on other e
       return `ok after ${times}`;
     };
   };
-  t.is(await withBusyRetry(failing('SQLITE_CORRUPT', 2)), 'ok after 2', 'a checkpoint that tore two reads');
-  await t.throwsAsync(withBusyRetry(failing('SQLITE_CORRUPT', 10)), { message: 'SQLITE_CORRUPT' }, 'a DB that stays corrupt is an error');
-  await t.throwsAsync(withBusyRetry(failing('SQLITE_CONSTRAINT', 1)), { message: 'SQLITE_CONSTRAINT' });
-  t.is(await withBusyRetry(failing('SQLITE_BUSY', 6)), 'ok after 6');
+  // A long deadline: this file's other tests block the event loop with synchronous SQLite
+  // waits; on a loaded machine (its lazy test took 17 s instead of 1) this test failed once,
+  // its error not kept: retries timed by the default 10 s deadline are the likely cause.
+  const deadline = 120_000;
+  t.is(await withBusyRetry(failing('SQLITE_CORRUPT', 2), deadline), 'ok after 2', 'a checkpoint that tore two reads');
+  await t.throwsAsync(withBusyRetry(failing('SQLITE_CORRUPT', 10), deadline), { message: 'SQLITE_CORRUPT' }, 'a DB that stays corrupt is an error');
+  await t.throwsAsync(withBusyRetry(failing('SQLITE_CONSTRAINT', 1), deadline), { message: 'SQLITE_CONSTRAINT' });
+  t.is(await withBusyRetry(failing('SQLITE_BUSY', 6), deadline), 'ok after 6');
 });
 
 test('mirror: imports every lower row once, then only new ones, and leaves no files beside the lower DB', async (t) => {
