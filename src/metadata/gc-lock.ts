@@ -14,8 +14,9 @@ export interface GcLock {
  *
  * Node has no flock(2), so a `flock` child (util-linux) holds it and waits on a pipe from this
  * process: the lock goes when release() closes the pipe, or when this process dies in any way.
- * Resolves to null (after logging why, unless `quiet`) if the lock cannot be had within
- * `timeoutS` (0: at once), e.g. a GC is running, or `flock` is missing.
+ * Resolves to null (after logging why) if the lock cannot be had within `timeoutS` (0: at
+ * once), e.g. a GC is running, or `flock` is missing. `quiet`: a lock that is merely taken
+ * (a GC runs) is not logged; anything else still is.
  */
 export function holdGcLockShared(lockFile: string, timeoutS = 10, opts: { quiet?: boolean } = {}): Promise<GcLock | null> {
   // As Nix makes it (0600); flock, which inherits the daemon's umask 0, would make it 0666.
@@ -26,10 +27,10 @@ export function holdGcLockShared(lockFile: string, timeoutS = 10, opts: { quiet?
       { stdio: ['pipe', 'pipe', 'pipe'] });
     let settled = false;
     let stderr = '';
-    const give = (lock: GcLock | null, why?: string): void => {
+    const give = (lock: GcLock | null, why?: string, busy = false): void => {
       if (settled) return;
       settled = true;
-      if (why && !opts.quiet) log.warn(`gc lock: ${why}`);
+      if (why && !(opts.quiet && busy)) log.warn(`gc lock: ${why}`);
       resolve(lock);
     };
     child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
@@ -43,7 +44,8 @@ export function holdGcLockShared(lockFile: string, timeoutS = 10, opts: { quiet?
       });
     });
     child.on('error', (err) => give(null, `cannot run flock: ${err.message}`));
-    child.on('exit', (code) => give(null, `flock exited (${String(code)}) before taking ${lockFile}: ${stderr.trim() || 'timed out'}`));
+    // flock exits 1, saying nothing, when the lock stays taken (timeout or --nonblock).
+    child.on('exit', (code) => give(null, `flock exited (${String(code)}) before taking ${lockFile}: ${stderr.trim() || 'timed out'}`, code === 1 && stderr.trim() === ''));
     child.stdin.on('error', () => { /* the child is gone: nothing to release */ });
   });
 }
