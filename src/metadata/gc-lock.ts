@@ -14,11 +14,28 @@ export interface GcLock {
  *
  * Node has no flock(2), so a `flock` child (util-linux) holds it and waits on a pipe from this
  * process: the lock goes when release() closes the pipe, or when this process dies in any way.
- * Resolves to null (after logging why) if the lock cannot be had within `timeoutS` (0: at
- * once), e.g. a GC is running, or `flock` is missing. `quiet`: a lock that is merely taken
- * (a GC runs) is not logged; anything else still is.
+ * Resolves to null (after logging why) if the lock cannot be had within `timeoutS`, e.g. a GC
+ * is running, or `flock` is missing.
  */
-export function holdGcLockShared(lockFile: string, timeoutS = 10, opts: { quiet?: boolean } = {}): Promise<GcLock | null> {
+export async function holdGcLockShared(lockFile: string, timeoutS = 10): Promise<GcLock | null> {
+  const r = await takeGcLockShared(lockFile, timeoutS);
+  if (r.lock === null) log.warn(`gc lock: ${r.why}`);
+  return r.lock;
+}
+
+/**
+ * The lock at once if it is free (`flock --nonblock`): the lock; `busy` when it is taken (a GC
+ * runs); null when it could not even be asked for (logged: flock missing or failing).
+ */
+export async function tryGcLockShared(lockFile: string): Promise<GcLock | 'busy' | null> {
+  const r = await takeGcLockShared(lockFile, 0);
+  if (r.lock !== null) return r.lock;
+  if (r.busy) return 'busy';
+  log.warn(`gc lock: ${r.why}`);
+  return null;
+}
+
+function takeGcLockShared(lockFile: string, timeoutS: number): Promise<{ lock: GcLock; busy?: undefined; why?: undefined } | { lock: null; busy: boolean; why: string }> {
   // As Nix makes it (0600); flock, which inherits the daemon's umask 0, would make it 0666.
   try { touchFile(lockFile, LOCK_MODE); } catch { /* flock says what is wrong */ }
   return new Promise((resolve) => {
@@ -27,25 +44,29 @@ export function holdGcLockShared(lockFile: string, timeoutS = 10, opts: { quiet?
       { stdio: ['pipe', 'pipe', 'pipe'] });
     let settled = false;
     let stderr = '';
-    const give = (lock: GcLock | null, why?: string, busy = false): void => {
+    const give = (r: { lock: GcLock } | { lock: null; busy: boolean; why: string }): void => {
       if (settled) return;
       settled = true;
-      if (why && !(opts.quiet && busy)) log.warn(`gc lock: ${why}`);
-      resolve(lock);
+      resolve(r);
     };
     child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
     child.stdout.on('data', (d: Buffer) => {
       if (!d.toString().includes('locked')) return;
       give({
-        release: () => {
-          child.stdin.end();
-          setTimeout(() => child.kill(), 1000).unref();
+        lock: {
+          release: () => {
+            child.stdin.end();
+            setTimeout(() => child.kill(), 1000).unref();
+          },
         },
       });
     });
-    child.on('error', (err) => give(null, `cannot run flock: ${err.message}`));
+    child.on('error', (err) => give({ lock: null, busy: false, why: `cannot run flock: ${err.message}` }));
     // flock exits 1, saying nothing, when the lock stays taken (timeout or --nonblock).
-    child.on('exit', (code) => give(null, `flock exited (${String(code)}) before taking ${lockFile}: ${stderr.trim() || 'timed out'}`, code === 1 && stderr.trim() === ''));
+    child.on('exit', (code) => give({
+      lock: null, busy: code === 1 && stderr.trim() === '',
+      why: `flock exited (${String(code)}) before taking ${lockFile}: ${stderr.trim() || 'timed out'}`,
+    }));
     child.stdin.on('error', () => { /* the child is gone: nothing to release */ });
   });
 }

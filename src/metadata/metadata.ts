@@ -6,7 +6,7 @@ import { OverlayStats } from '../overlay/stats';
 import { log } from '../util/log';
 import { Checkpointer } from './checkpointer';
 import { copyClosure } from './closure';
-import { GcLock, holdGcLockShared } from './gc-lock';
+import { GcLock, tryGcLockShared } from './gc-lock';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
@@ -336,8 +336,9 @@ export class Metadata {
       if (signature !== this.lower.openedSignature) this.lower.reopen(signature);
       // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too.
       if (this.lower.snapshotMaxId > this.reportedMaxId) {
-        const lock = this.gcLockFile === null ? null : await holdGcLockShared(this.gcLockFile, 0, { quiet: true });
-        if (this.gcLockFile !== null && lock === null) {
+        // Without flock (null, logged) the import goes on unlocked: better than no import at all.
+        const lock = this.gcLockFile === null ? null : await tryGcLockShared(this.gcLockFile);
+        if (lock === 'busy') {
           if (this.waitingForGcSince === 0) log.info('follower: a garbage collection holds Nix\'s GC lock; new lower paths are imported once it ends');
           this.waitingForGcSince ||= Date.now();
           return;
@@ -347,7 +348,7 @@ export class Metadata {
         try {
           if (this.timer !== null) this.lowerGrew();
         } finally {
-          lock?.release();
+          if (lock !== null) lock.release();
         }
       }
       this.lastFollow = { at: Date.now() };
