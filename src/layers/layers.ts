@@ -26,7 +26,8 @@ export interface LayerDirs {
   readonly workDir: string;
 }
 
-const WHITEOUT_PREFIX = '.wh.';
+/** The file form of a whiteout: `.wh.NAME` hides lower object NAME. */
+export const WHITEOUT_PREFIX = '.wh.';
 
 type UpperKind = 'object' | 'whiteout';
 

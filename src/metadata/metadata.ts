@@ -161,7 +161,8 @@ export class Metadata {
 
   /**
    * Copies the row (and closure) of lower object `name` back when the merged DB lacks it, on
-   * this thread. False when that must be tried again later (another writer holds the DB).
+   * this thread. False when that must be tried again later (another writer holds the DB, or a
+   * read was torn); any other failure is logged and not retried.
    */
   private restoreRow(name: string): boolean {
     const storePath = `${this.storeDir}/${name}`;
@@ -173,8 +174,9 @@ export class Metadata {
       log.info(`restored the DB row of ${storePath} (its lower copy is visible again)`);
       return true;
     } catch (err) {
-      if (!isBusy(err) && !isTornRead(err)) log.warn(`could not restore the row of ${storePath} at once: ${String(err)}`);
-      return false;
+      if (isBusy(err) || isTornRead(err)) return false;
+      log.warn(`could not restore the row of ${storePath}: ${String(err)}`);
+      return true;
     }
   }
 
@@ -209,18 +211,7 @@ export class Metadata {
     if (this.reconcileTimers.has(name)) return;
     const timer = setTimeout(() => {
       this.reconcileTimers.delete(name);
-      const storePath = `${this.storeDir}/${name}`;
-      try {
-        if (this.upper.idOf(storePath) !== undefined || !this.lower.isValid(storePath)) return;
-      } catch (err) {
-        log.warn(`could not restore the row of ${storePath}: ${String(err)}`); // a timer's throw would escape
-        return;
-      }
-      withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
-        this.stats.count('rowsCopied', n);
-        this.stats.trace?.('closure', storePath, `restored ${n} rows`);
-        log.info(`restored the DB row of ${storePath} (its lower copy is visible again)`);
-      }, (err) => log.warn(`could not restore the row of ${storePath}: ${String(err)}`));
+      if (!this.restoreRow(name)) this.reconcileSoon(name); // held up: again in 100 ms, until stop()
     }, 100);
     timer.unref();
     this.reconcileTimers.set(name, timer);

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { E, Errno, toErrno } from '../util/errno';
 import { InodeMap, ROOT_INO } from '../layers/inodes';
-import { Layer, LayerDirs, TopLevelIndex } from '../layers/layers';
+import { Layer, LayerDirs, TopLevelIndex, WHITEOUT_PREFIX } from '../layers/layers';
 import { OverlayStats } from './stats';
 
 /** The attributes the FUSE adapter hands to the kernel (times in ms since the epoch). */
@@ -43,7 +43,6 @@ const { O_RDONLY, O_TRUNC, O_CREAT, O_RDWR, O_NOFOLLOW, O_EXCL } = fs.constants;
 const NAME_MAX = 255;
 /** libfuse 2.9's name for an unlinked-but-open file: `.fuse_hidden` + node id and counter in hex. */
 const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/;
-const WHITEOUT_PREFIX = '.wh.';
 const UINT32 = 2 ** 32;
 const MS = 1_000_000n;
 
