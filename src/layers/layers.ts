@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
 import { isBookkeepingName, isStoreObjectName } from '../store/store-path';
+import { growingCache } from '../util/cache';
 
 /** Which layer a merged top-level name resolves to. */
 export const enum Layer {
@@ -83,7 +84,7 @@ export class TopLevelIndex {
   private sink: TopLevelSink | undefined;
 
   constructor(readonly dirs: LayerDirs, private readonly negativeTtlMs = 1000, cacheSize = 200_000) {
-    this.lower = new LRUCache<string, boolean>({ max: cacheSize, ttlResolution: 100 });
+    this.lower = growingCache<string, boolean>(cacheSize, { ttlResolution: 100 });
     this.scanUpper();
   }
 

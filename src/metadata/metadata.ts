@@ -1,8 +1,8 @@
-import { LRUCache } from 'lru-cache';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { OverlayStats } from '../overlay/stats';
+import { growingCache } from '../util/cache';
 import { log } from '../util/log';
 import { Checkpointer } from './checkpointer';
 import { copyClosure } from './closure';
@@ -29,14 +29,14 @@ export type MetadataMode = 'mirror' | 'lazy';
  */
 export class Metadata {
   readonly mirror: Mirror;
-  private readonly known = new LRUCache<string, true>({ max: 100_000 });
+  private readonly known = growingCache<string, true>(100_000);
   private readonly inflight = new Map<string, Promise<void>>();
   /**
    * Lazy mode: lower objects served whose closure copy failed or found no row (the lower DB
    * changed between the lookup's check and the copy). The kernel keeps the answer for a day,
    * so no lookup copies the closure later: the follower does, when the lower DB grows.
    */
-  private readonly awaitingRow = new LRUCache<string, true>({ max: 10_000 });
+  private readonly awaitingRow = growingCache<string, true>(10_000);
   private timer: NodeJS.Timeout | null = null;
   private lastFollow = { at: 0 };
   /** The follower's check under way (follow). */
