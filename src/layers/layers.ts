@@ -245,23 +245,29 @@ export class TopLevelIndex {
     for (const [name, kind] of this.upper) if (kind === 'object') names.push(name);
     let lowerNames: string[];
     try { lowerNames = fs.readdirSync(this.dirs.lowerDir); } catch { lowerNames = []; }
-    lowerNames = lowerNames.filter((name) => !this.upper.has(name) && isStoreObjectName(name));
-    // Each name listed is known present (and registered): `ls -l` looks every one up next, and
-    // those lookups need neither an lstat nor a DB query.
+    // Without a fast path, `ls -l` looks every listed name up next, here: each name shown is
+    // remembered as present and registered, so those lookups need neither an lstat nor a DB
+    // query. With one, the fast path answers the lookups of settled lower objects (in mirror
+    // mode, all of them) and the memo would only cost the listing a cache entry per name.
+    const remember = this.sink === undefined;
     const shown = (name: string): void => {
+      if (this.upper.has(name)) return; // shadowed or whited out
       names.push(name);
-      this.lower.set(name, true);
+      if (remember) this.lower.set(name, true);
     };
     if (!this.registry) {
-      for (const name of lowerNames) if (!isBookkeepingName(name)) shown(name);
+      for (const name of lowerNames) if (isStoreObjectName(name) && !isBookkeepingName(name)) shown(name);
       return names;
     }
     lowerNames.sort(bytewise);
     let i = 0;
     for (const valid of this.registry.sortedNames()) {
-      while (i < lowerNames.length && bytewise(lowerNames[i], valid) < 0) i++;
+      while (i < lowerNames.length && lowerNames[i]! < valid) i++;
       if (i === lowerNames.length) break;
-      if (lowerNames[i] === valid) shown(lowerNames[i++]);
+      if (lowerNames[i] === valid) {
+        const name = lowerNames[i++]!;
+        if (isStoreObjectName(name)) shown(name); // as a lookup would judge it (lowerVisibleName)
+      }
     }
     return names;
   }
