@@ -38,6 +38,8 @@ export class Metadata {
    */
   private readonly awaitingRow = growingCache<string, true>(10_000);
   private timer: NodeJS.Timeout | null = null;
+  /** After close(): work still queued (roots changes, row restores) must not touch the DBs. */
+  private closed = false;
   private lastFollow = { at: 0 };
   /** The follower's check under way (follow). */
   private following: Promise<void> | null = null;
@@ -166,6 +168,7 @@ export class Metadata {
    */
   private restoreRow(name: string): boolean {
     const storePath = `${this.storeDir}/${name}`;
+    if (this.closed) return true;
     try {
       if (this.upper.idOf(storePath) !== undefined || !this.lower.isValid(storePath)) return true;
       const n = copyClosure(this.upper, this.lower, [storePath]);
@@ -187,6 +190,7 @@ export class Metadata {
 
   private rootsDo(f: () => void): void {
     const run = (): void => {
+      if (this.closed) return; // queued behind a sync that outlived drain(): the DBs are gone
       try {
         f();
       } catch (err) {
@@ -261,6 +265,7 @@ export class Metadata {
     const synced = (gate ? untilExists(gate) : Promise.resolve()).then(() => runRootsWorker(job)).then(
       (r) => { log.info(`gc roots: +${r.added} -${r.removed} in ${Date.now() - t0} ms (in the background)`); },
       (err) => {
+        if (this.closed) return;
         log.warn(`gc roots: background sync failed (${err instanceof Error ? err.message : String(err)}); syncing here`);
         try { roots.sync(this.duplicates()); } catch (e) { log.warn(`gc roots: ${e instanceof Error ? e.message : String(e)}`); }
       });
@@ -436,6 +441,7 @@ export class Metadata {
   }
 
   close(): void {
+    this.closed = true;
     void this.checkpointer?.close();
     this.stop();
     this.lower.close();

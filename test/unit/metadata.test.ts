@@ -12,6 +12,7 @@ import { pagedValidNames, VALID_PAGE_SQL } from '../../src/metadata/rows';
 import { withBusyRetry } from '../../src/metadata/sqlite';
 import { UpperDb } from '../../src/metadata/upper-db';
 import { OverlayStats } from '../../src/overlay/stats';
+import { log } from '../../src/util/log';
 import { freshLower, lowerAdd, LowerFixture, sharedLower } from '../helpers/fixture';
 import { tempDir } from '../helpers/mount';
 
@@ -340,4 +341,21 @@ test('pagedValidNames reads a DB\'s valid paths page by page, in order, only tho
   const got = [...pagedValidNames('/nix/store', (after) => { pages++; return page.all(after) as string[]; })];
   t.deepEqual(got, names, 'every name once, in order');
   t.is(pages, 3, '10,000 names in pages of 4,096');
+});
+
+test('after close, a row restore still queued touches no DB (it would only log that the connection is closed)', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  const md = new Metadata(up, lo, 'mirror', new OverlayStats());
+  md.importAll();
+  const logFile = path.join(dir, 'log');
+  log.setFile(logFile);
+  t.teardown(() => log.setFile(undefined));
+  md.close();
+  // What a restore queued before the unmount does when it runs after it.
+  md.upperRemoved(lower.manifest.paths.appOut.slice('/nix/store/'.length));
+  const logged = fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '';
+  t.false(/could not restore/.test(logged), logged);
 });
