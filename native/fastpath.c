@@ -736,8 +736,11 @@ typedef struct {
 } lo_dirent;
 #define LO_DIRENT_ALIGN(x) (((x) + 7) & ~(size_t) 7)
 
-// fuse_entry_out: nodeid, generation, entry_valid, attr_valid, their nsecs, then fuse_attr.
+// fuse_entry_out: nodeid, generation, entry_valid, attr_valid, their nsecs, then fuse_attr
+// (ino at its start, mode after the three times and their nsecs).
 #define LO_ENTRY_OUT 128
+#define LO_ENTRY_INO 40
+#define LO_ENTRY_MODE 100
 
 typedef struct {
   uint64_t fh;
@@ -1453,7 +1456,18 @@ static void lo_readdirplus(lo_chan *c, struct fuse_chan *ch, int devfd, const lo
       lo_own_request(c, ch, LO_FUSE_LOOKUP, nodeid, name, d->namelen + 1);
       memcpy(e, r->entry, LO_ENTRY_OUT); // zero (no entry) if the lookup failed
     }
-    memcpy(e + LO_ENTRY_OUT, d, sizeof(lo_dirent) + d->namelen);
+    lo_dirent *plus = (lo_dirent *) (e + LO_ENTRY_OUT);
+    memcpy(plus, d, sizeof(lo_dirent) + d->namelen);
+    uint64_t looked_up;
+    memcpy(&looked_up, e, sizeof(looked_up));
+    if (looked_up != 0) {
+      // libfuse's readdir knows no inode or type at the root (JS lists names only): the
+      // kernel hands the dirent's to readdir(3), so they are the lookup's, as lstat gives them.
+      uint32_t mode;
+      memcpy(&plus->ino, e + LO_ENTRY_INO, sizeof(plus->ino));
+      memcpy(&mode, e + LO_ENTRY_MODE, sizeof(mode));
+      plus->type = (mode & S_IFMT) >> 12;
+    }
     used += plus_rec;
     at += plain_rec;
   }

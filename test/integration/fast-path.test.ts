@@ -175,6 +175,26 @@ test('readdir gives the d_ino and d_type that lstat gives, in both layers', asyn
   }
 });
 
+test('the root listing gives the d_ino and d_type that lstat gives', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  await fs.promises.mkdir(path.join(m.store, '0000000000000000000000000000000d-fast-root-dino'));
+  await fs.promises.writeFile(path.join(m.store, '0000000000000000000000000000000d-fast-root-dino.lock'), '');
+  // Every lower object looked up first, by path: all are then settled, and the listing's
+  // entries come with the fast path's lookups (a name never looked up may not be yet).
+  for (const name of await fs.promises.readdir(m.lowerStore)) await fs.promises.lstat(path.join(m.store, name)).catch(() => undefined);
+  const listed = (await check('python3', ['-c', `
+import os, sys
+with os.scandir(sys.argv[1]) as it:
+    for e in it:
+        t = 'd' if e.is_dir(follow_symlinks=False) else 'l' if e.is_symlink() else 'f'
+        print(e.name, e.inode(), t)
+`, m.store])).trim().split('\n').sort();
+  const stated = (await check('find', [m.store, '-mindepth', '1', '-maxdepth', '1', '-printf', '%P %i %y\n'])).trim().split('\n').sort();
+  t.true(listed.length >= 4, `entries listed: ${listed.join(', ')}`);
+  t.deepEqual(listed, stated, 'readdir and lstat agree at the root');
+});
+
 test('refresh: upper names never go missing while the fast path\'s table is rebuilt', async (t) => {
   const dir = tempDir(t);
   const lower = await sharedLower();
