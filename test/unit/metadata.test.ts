@@ -305,26 +305,36 @@ test('reading the lower DB while a writer has its WAL open leaves nothing behind
   t.true(n > 0);
 });
 
-test('Checkpointer: a worker checkpoints the WAL once it passes 1000 pages; the writer does not', async (t) => {
+test('Checkpointer: a worker checkpoints the WAL once it passes 1000 pages; the writer does not; the worker ends when idle', async (t) => {
   const dir = tempDir(t);
   const up = UpperDb.open(path.join(dir, 'db'));
   const file = path.join(dir, 'db', 'db.sqlite');
   up.db.pragma('wal_autocheckpoint = 0');
-  const cp = new Checkpointer(file);
+  const cp = new Checkpointer(file, 300);
   t.teardown(async () => { await cp.close(); up.close(); });
   const ins = up.db.prepare('INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 1)');
-  up.db.transaction(() => {
-    for (let i = 0; i < 30_000; i++) ins.run(`/nix/store/${String(i).padStart(32, '0')}-checkpoint-test-${'x'.repeat(60)}`, `sha256:${i}`);
+  let next = 0;
+  const fill = (): void => up.db.transaction(() => {
+    for (const end = next + 30_000; next < end; next++) ins.run(`/nix/store/${String(next).padStart(32, '0')}-checkpoint-test-${'x'.repeat(60)}`, `sha256:${next}`);
   })();
+  const until = async (what: string, ok: () => boolean): Promise<void> => {
+    for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 50));
+    t.true(ok(), what);
+  };
+  cp.wrote();
+  t.false(cp.running(), 'no worker while the WAL is small');
+  fill();
   const before = fs.statSync(file).size;
   t.true(fs.statSync(`${file}-wal`).size > 4096 * 1000, 'the WAL is past the threshold');
   cp.wrote();
-  let after = before;
-  for (let i = 0; i < 100 && after <= before; i++) {
-    await new Promise((r) => setTimeout(r, 50));
-    after = fs.statSync(file).size;
-  }
-  t.true(after > before * 4, `the DB file took the WAL's pages (${before} → ${after} bytes)`);
+  t.true(cp.running(), 'a worker once it is past');
+  await until('the DB file took the WAL\'s pages', () => fs.statSync(file).size > before * 4);
+  await until('the worker ended once idle', () => !cp.running());
+  fill();
+  const second = fs.statSync(file).size;
+  cp.wrote();
+  t.true(cp.running(), 'the next checkpoint starts another');
+  await until('and it checkpoints too', () => fs.statSync(file).size > second * 1.5);
 });
 
 test('pagedValidNames reads a DB\'s valid paths page by page, in order, only those under the store dir', (t) => {
