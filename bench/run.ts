@@ -11,6 +11,7 @@
  * This process never serves a mount: local-overlay runs as its own daemon (the CLI), and
  * every mount made here is unmounted on every exit path (mounts.ts).
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import yargs from 'yargs';
@@ -86,6 +87,7 @@ async function main(): Promise<number> {
   const cacheRoot = path.resolve(argv['cache-dir']);
   fs.mkdirSync(cacheRoot, { recursive: true });
   const startedAt = new Date();
+  const productAtStart = productDigest();
   const store = await benchStore(profile.storeProfile, cacheRoot);
   const runDir = fs.mkdtempSync(path.join(cacheRoot, 'run-'));
   const env = nixEnv(path.join(runDir, 'nix-env'));
@@ -141,8 +143,8 @@ async function main(): Promise<number> {
   // dist/ is shared with whoever builds the product: say so if it was rebuilt under the run.
   const commitAfter = (await machineInfo(cacheRoot, REPO)).commit;
   if (commitAfter !== results.machine.commit) results.machine.commit += ` (${commitAfter} at the end)`;
-  if (newestMtime(path.join(REPO, 'dist/src')) > startedAt.getTime()) {
-    results.warnings.push('dist/src was rebuilt during the run: later measurements ran newer product code');
+  if (productDigest() !== productAtStart) {
+    results.warnings.push('dist/src or the native addon changed during the run: later measurements ran other product code');
   }
   const finishedAt = new Date();
   results.finishedAt = finishedAt.toISOString();
@@ -236,14 +238,20 @@ function updateReadme(file: string, profile: string, md: string): void {
 }
 
 /** The newest mtime (ms) of the files below `dir`. */
-function newestMtime(dir: string): number {
-  let newest = 0;
-  for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (!e.isFile()) continue;
-    const m = fs.statSync(path.join(e.parentPath ?? e.path, e.name), { throwIfNoEntry: false })?.mtimeMs ?? 0;
-    if (m > newest) newest = m;
+/**
+ * What the daemons started during the run execute: the compiled product and the native addon,
+ * by content (a rebuild that writes the same files changes nothing measured).
+ */
+function productDigest(): string {
+  const h = createHash('sha256');
+  const dist = path.join(REPO, 'dist/src');
+  const files = fs.readdirSync(dist, { recursive: true, encoding: 'utf8' }).sort();
+  for (const f of [...files.map((f) => path.join(dist, f)), path.join(REPO, 'node_modules/fuse-native/build/Release/fuse.node')]) {
+    const st = fs.statSync(f, { throwIfNoEntry: false });
+    if (!st?.isFile()) continue;
+    h.update(f).update('\0').update(fs.readFileSync(f)).update('\0');
   }
-  return newest;
+  return h.digest('hex');
 }
 
 /** Removes the scratch dir, unless something is still mounted below it (never recurse into a mount). */
