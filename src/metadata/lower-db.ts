@@ -99,6 +99,15 @@ export class LowerDb {
   }
 
   /**
+   * The DB file's own identity (inode, times, size), not its WAL's: what changes when a writer
+   * checkpoints into it, which is what can tear a read of it. A commit to the WAL does not.
+   */
+  fileIdentity(): string {
+    const st = fs.statSync(this.dbFile, { bigint: true, throwIfNoEntry: false });
+    return st === undefined ? 'absent' : `${st.ino}:${st.mtimeNs}:${st.ctimeNs}:${st.size}`;
+  }
+
+  /**
    * signature(), without blocking the calling thread: on a lower DB whose server stops
    * answering (a hung NFS mount), only this promise waits.
    */

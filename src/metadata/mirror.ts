@@ -7,6 +7,15 @@ import { UpperDb } from './upper-db';
 const BULK_ROWS = 10_000;
 /** Above this many new rows an import does not list them (callers then drop whole caches). */
 export const LIST_LIMIT = 10_000;
+/** How many times importNew reads the lower DB before it gives up on one that keeps changing. */
+const IMPORT_TRIES = 3;
+
+/** The lower DB file changed while an import read it (see importOnce): nothing was imported. */
+export class LowerFileChanged extends Error {
+  constructor() {
+    super('the lower DB file changed while its new rows were read (a writer checkpointing into it); nothing was imported, and the next check tries again');
+  }
+}
 
 export interface ImportResult {
   /** ValidPaths rows added. */
@@ -36,8 +45,19 @@ export class Mirror {
   seeded(id: number): void { this.lastId = id; }
 
   importNew(): ImportResult {
+    for (let tries = 1; ; tries++) {
+      try {
+        return this.importOnce();
+      } catch (err) {
+        if (!(err instanceof LowerFileChanged) || tries >= IMPORT_TRIES) throw err;
+      }
+    }
+  }
+
+  private importOnce(): ImportResult {
     const db = this.upper.db;
     const since = this.lastId;
+    const file = this.lower.fileIdentity();
     const maxId = this.lower.maxId();
     if (maxId <= since) return { count: 0, paths: [] };
     const newPaths = (before: number, count: number): string[] | null => (count <= LIST_LIMIT
@@ -50,6 +70,11 @@ export class Mirror {
           where: 'l.id > ? AND l.id <= ?', params: [since, maxId], order: 'path',
           rebuildRefIndexes: (n) => n >= BULK_ROWS,
         });
+        // A writer that checkpoints into the lower DB file while it is read can tear the read
+        // without an error: the pages come from two versions of its B-trees, and a row that a
+        // page held in neither would be missed, for good, since lastId moves past it. Such an
+        // import is rolled back and done again.
+        if (this.lower.fileIdentity() !== file) throw new LowerFileChanged();
         return count === 0 ? { count: 0, paths: [] } : { count, paths: newPaths(before, count) };
       }).immediate());
     } catch (err) {

@@ -12,30 +12,43 @@ function master(db: Db): string {
   return JSON.stringify(rows);
 }
 
+/** seedFromLower's answer: the highest lower id copied, or why rows must be imported one by one. */
+export type SeedResult = { maxId: number } | { unseeded: string };
+
+/** How many copies seedFromLower makes of a lower DB file that a writer changes meanwhile. */
+const SEED_TRIES = 3;
+
 /**
  * The first mount of a mirror-mode merged root needs every lower row in a new upper DB. When
  * the lower DB has exactly the schema the upper DB must have (Nix 2.8's, nothing more), the
  * fastest faithful copy is SQLite's own: `VACUUM INTO` from the read-only lower snapshot
  * writes a new file page by page (rows, ids, references, derivation outputs all identical),
- * which is then renamed into place. Returns the highest lower id copied, or null when the
- * schemas differ (e.g. a newer Nix's extra tables) and rows must be imported one by one.
+ * which is then renamed into place. Not when the schemas differ (e.g. a newer Nix's extra
+ * tables), nor when the lower DB file changed during each copy: a writer checkpointing into
+ * it can tear the immutable read without an error (mirror.ts, importOnce).
  */
-export function seedFromLower(lower: LowerDb, dbDir: string): number | null {
+export function seedFromLower(lower: LowerDb, dbDir: string): SeedResult {
   const ref = openDb(':memory:');
   ref.exec(NIX_SCHEMA_SQL);
   const want = master(ref);
   ref.close();
-  if (master(lower.conn()) !== want) return null;
+  if (master(lower.conn()) !== want) return { unseeded: 'the lower DB\'s schema differs from Nix 2.8\'s' };
 
   fs.mkdirSync(dbDir, { recursive: true, mode: 0o755 });
   const file = path.join(dbDir, 'db.sqlite');
   const tmp = `${file}.seed`;
+  for (let tries = 0; tries < SEED_TRIES; tries++) {
+    fs.rmSync(tmp, { force: true });
+    const before = lower.fileIdentity();
+    lower.conn().exec(`VACUUM INTO '${tmp.replace(/'/g, "''")}'`);
+    if (lower.fileIdentity() !== before) continue;
+    const copy = openDb(tmp);
+    const maxId = copy.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
+    copy.close();
+    fs.renameSync(tmp, file);
+    fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION), { mode: FILE_MODE });
+    return { maxId };
+  }
   fs.rmSync(tmp, { force: true });
-  lower.conn().exec(`VACUUM INTO '${tmp.replace(/'/g, "''")}'`);
-  const copy = openDb(tmp);
-  const maxId = copy.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
-  copy.close();
-  fs.renameSync(tmp, file);
-  fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION), { mode: FILE_MODE });
-  return maxId;
+  return { unseeded: `the lower DB file changed during each of ${SEED_TRIES} copies` };
 }

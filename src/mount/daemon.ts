@@ -230,10 +230,13 @@ export class Daemon {
   /** A new mirror DB copied whole from the lower DB (seed.ts); null when it cannot be. */
   private seed(lowerDb: LowerDb, dbDir: string): number | null {
     const t0 = Date.now();
-    const to = seedFromLower(lowerDb, dbDir);
-    if (to === null) log.info('mirror: the lower DB\'s schema differs from Nix 2.8\'s; importing row by row');
-    else log.info(`mirror: seeded the upper DB from the lower DB (ids up to ${to}) in ${Date.now() - t0} ms`);
-    return to;
+    const r = seedFromLower(lowerDb, dbDir);
+    if ('unseeded' in r) {
+      log.info(`mirror: ${r.unseeded}; importing row by row`);
+      return null;
+    }
+    log.info(`mirror: seeded the upper DB from the lower DB (ids up to ${r.maxId}) in ${Date.now() - t0} ms`);
+    return r.maxId;
   }
 
   /** Top-level upper store objects (not bookkeeping names, not whiteouts). */

@@ -7,8 +7,9 @@ import { Checkpointer } from '../../src/metadata/checkpointer';
 import { copyClosure } from '../../src/metadata/closure';
 import { LowerDb } from '../../src/metadata/lower-db';
 import { Metadata } from '../../src/metadata/metadata';
-import { Mirror } from '../../src/metadata/mirror';
+import { LowerFileChanged, Mirror } from '../../src/metadata/mirror';
 import { pagedValidNames, VALID_PAGE_SQL } from '../../src/metadata/rows';
+import { seedFromLower } from '../../src/metadata/seed';
 import { withBusyRetry } from '../../src/metadata/sqlite';
 import { UpperDb } from '../../src/metadata/upper-db';
 import { OverlayStats } from '../../src/overlay/stats';
@@ -368,4 +369,71 @@ test('after close, a row restore still queued touches no DB (it would only log t
   md.upperRemoved(lower.manifest.paths.appOut.slice('/nix/store/'.length));
   const logged = fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '';
   t.false(/could not restore/.test(logged), logged);
+});
+
+test('mirror: an import during which the lower DB file changed is not taken as done: rolled back, read again, and after three such reads refused', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const file = dbFile(lower.root);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(file);
+  t.teardown(() => { lo.close(); up.close(); });
+  const rowsThere = (up.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number);
+  // The first row each read of the import inserts makes the lower DB file look rewritten (new
+  // times), as a writer checkpointing into it meanwhile would, in the first `changes` reads. A
+  // read again inserts the same ids from the start (the first was rolled back).
+  let changes = 0, touched = 0, lastId = Number.MAX_SAFE_INTEGER;
+  up.db.function('lower_touched', (id: unknown) => {
+    const first = Number(id) <= lastId;
+    lastId = Number(id);
+    if (first && changes > 0) {
+      changes--;
+      touched++;
+      const at = new Date(Date.now() + touched * 1000);
+      fs.utimesSync(file, at, at);
+    }
+    return 0;
+  });
+  up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(NEW.id); END');
+  const mirror = new Mirror(up, lo);
+
+  changes = Number.MAX_SAFE_INTEGER;
+  t.throws(() => mirror.importNew(), { instanceOf: LowerFileChanged });
+  t.is(touched, 3, 'read three times');
+  t.is(mirror.lastLowerId, 0, 'nothing taken as imported');
+  t.is(up.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get(), rowsThere, 'nothing committed');
+
+  changes = 1;
+  touched = 0;
+  lastId = Number.MAX_SAFE_INTEGER;
+  const r = mirror.importNew();
+  t.is(touched, 1, 'the file changed during the first read only');
+  t.is(r.count, lo.conn().prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number, 'the second read imported every row');
+  t.is(mirror.lastLowerId, lo.maxId());
+});
+
+test('seed: the lower DB copied whole, unless its file changes during every copy (then rows are imported one by one)', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => lo.close());
+  const lowerRows = lo.conn().prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number;
+
+  const seeded = seedFromLower(lo, path.join(dir, 'db'));
+  t.deepEqual(seeded, { maxId: lo.maxId() });
+  const copy = new Database(path.join(dir, 'db', 'db.sqlite'), { readonly: true });
+  t.is(copy.prepare('SELECT count(*) FROM ValidPaths').pluck().get(), lowerRows, 'every row');
+  copy.close();
+
+  // A lower DB whose file a writer keeps rewriting (its identity differs at every look).
+  class Rewritten extends LowerDb {
+    private n = 0;
+    override fileIdentity(): string { return String(this.n++); }
+  }
+  const busy = new Rewritten(dbFile(lower.root));
+  t.teardown(() => busy.close());
+  const r = seedFromLower(busy, path.join(dir, 'db2'));
+  t.true('unseeded' in r && /changed during each of 3 copies/.test(r.unseeded), JSON.stringify(r));
+  t.false(fs.existsSync(path.join(dir, 'db2', 'db.sqlite')), 'no DB put in place');
+  t.deepEqual(fs.readdirSync(path.join(dir, 'db2')), [], 'and no copy left behind');
 });
