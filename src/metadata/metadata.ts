@@ -10,7 +10,7 @@ import { GcLock, tryGcLockShared } from './gc-lock';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
-import { LIST_LIMIT, Mirror } from './mirror';
+import { LIST_LIMIT, LowerFileChanged, Mirror } from './mirror';
 import { isBusy, isTornRead, withBusyRetry } from './sqlite';
 import { UpperDb } from './upper-db';
 
@@ -101,7 +101,15 @@ export class Metadata {
   /** The mirror's first import; returns the number of rows added. */
   importAll(): number {
     const t0 = Date.now();
-    const { count } = this.mirror.importNew();
+    let count: number;
+    try {
+      count = this.mirror.importNew().count;
+    } catch (err) {
+      if (!(err instanceof LowerFileChanged)) throw err;
+      // The rows wait for the follower; until then their objects are not shown (layers.ts).
+      log.warn(`mirror: ${err.message}`);
+      return 0;
+    }
     this.importedSignature = this.lower.openedSignature;
     this.stats.count('rowsMirrored', count);
     log.info(`mirror: imported ${count} lower paths in ${Date.now() - t0} ms`);

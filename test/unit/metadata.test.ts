@@ -437,3 +437,28 @@ test('seed: the lower DB copied whole, unless its file changes during every copy
   t.false(fs.existsSync(path.join(dir, 'db2', 'db.sqlite')), 'no DB put in place');
   t.deepEqual(fs.readdirSync(path.join(dir, 'db2')), [], 'and no copy left behind');
 });
+
+test('mirror: a mount whose first import keeps meeting a changing lower DB file goes on, and the follower imports the rows', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const file = dbFile(lower.root);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(file);
+  const md = new Metadata(up, lo, 'mirror', new OverlayStats());
+  t.teardown(() => md.close());
+  let touched = 0;
+  up.db.function('lower_touched', () => {
+    const at = new Date(Date.now() + ++touched * 1000);
+    fs.utimesSync(file, at, at);
+    return 0;
+  });
+  up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(); END');
+  t.is(md.importAll(), 0, 'nothing imported, and no error');
+  up.db.exec('DROP TRIGGER temp.touch');
+  const target = lower.manifest.paths.appOut;
+  t.is(up.idOf(target), undefined);
+  md.startFollower(50, () => undefined);
+  const deadline = Date.now() + 5000;
+  while (up.idOf(target) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.not(up.idOf(target), undefined, 'imported by the follower');
+});
