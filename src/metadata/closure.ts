@@ -1,6 +1,7 @@
 import { copyLowerRows, withLowerAttached } from './copy-rows';
 import { LowerDb } from './lower-db';
 import { OutputRow, PathRow } from './rows';
+import { LowerFileChanged } from './sqlite';
 import { UpperDb } from './upper-db';
 
 /**
@@ -8,7 +9,8 @@ import { UpperDb } from './upper-db';
  * references before referrers, in one transaction, exactly as the lower DB has them (hash,
  * narSize, registrationTime, deriver, ultimate, sigs, ca, references, derivation outputs).
  * Rows the upper DB already has are left alone: for them the upper DB is authoritative.
- * Returns the number of ValidPaths rows added. Throws SQLITE_BUSY for the caller to retry.
+ * Returns the number of ValidPaths rows added. Throws SQLITE_BUSY, or LowerFileChanged when the
+ * lower DB file changed while it was read, for the caller to retry (withBusyRetry retries both).
  *
  * The copy runs inside SQLite with the lower DB attached (copy-rows.ts), in lower id order:
  * Nix registers references before referrers, so that order is references first. A lower DB
@@ -21,6 +23,7 @@ export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly stri
   const todo = paths.filter((p) => upper.idOf(p) === undefined && lower.pathRow(p) !== undefined);
   if (todo.length === 0) return 0;
   const db = upper.db;
+  const file = lower.fileIdentity();
   try {
     return withLowerAttached(db, lower, () => db.transaction((): number => {
       db.exec('CREATE TEMP TABLE IF NOT EXISTS lower_ids (id INTEGER PRIMARY KEY)');
@@ -37,6 +40,8 @@ export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly stri
       const { count, before } = copyLowerRows(db, { where: 'l.id IN (SELECT id FROM temp.lower_ids)', params: [], order: 'id' });
       db.exec('DELETE FROM temp.lower_ids');
       const late = db.prepare('SELECT count(*) FROM main.Refs WHERE referrer > ? AND reference > referrer').pluck().get(before) as number;
+      // A closure a torn read cut short would be copied as whole (sqlite.ts, LowerFileChanged).
+      if (lower.fileIdentity() !== file) throw new LowerFileChanged('a closure copy');
       if (late > 0) throw new ReferencesAfterReferrers();
       return count;
     }).immediate());

@@ -10,8 +10,8 @@ import { GcLock, tryGcLockShared } from './gc-lock';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
-import { LIST_LIMIT, LowerFileChanged, Mirror } from './mirror';
-import { isBusy, isTornRead, withBusyRetry } from './sqlite';
+import { LIST_LIMIT, Mirror } from './mirror';
+import { isBusy, isTornRead, LowerFileChanged, withBusyRetry } from './sqlite';
 import { UpperDb } from './upper-db';
 
 export type MetadataMode = 'mirror' | 'lazy';

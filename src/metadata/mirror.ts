@@ -1,6 +1,7 @@
 import { copyClosure } from './closure';
 import { copyLowerRows, IncompleteClosure, withLowerAttached } from './copy-rows';
 import { LowerDb } from './lower-db';
+import { LowerFileChanged } from './sqlite';
 import { UpperDb } from './upper-db';
 
 /** Above this many new rows an import rebuilds the Refs indexes instead of updating them. */
@@ -9,13 +10,6 @@ const BULK_ROWS = 10_000;
 export const LIST_LIMIT = 10_000;
 /** How many times importNew reads the lower DB before it gives up on one that keeps changing. */
 const IMPORT_TRIES = 3;
-
-/** The lower DB file changed while an import read it (see importOnce): nothing was imported. */
-export class LowerFileChanged extends Error {
-  constructor() {
-    super('the lower DB file changed while its new rows were read (a writer checkpointing into it); nothing was imported, and the next check tries again');
-  }
-}
 
 export interface ImportResult {
   /** ValidPaths rows added. */
@@ -49,7 +43,7 @@ export class Mirror {
       try {
         return this.importOnce();
       } catch (err) {
-        if (!(err instanceof LowerFileChanged) || tries >= IMPORT_TRIES) throw err;
+        if (!(err instanceof LowerFileChanged) || tries >= IMPORT_TRIES) throw err; // then the next check tries
       }
     }
   }
@@ -70,11 +64,8 @@ export class Mirror {
           where: 'l.id > ? AND l.id <= ?', params: [since, maxId], order: 'path',
           rebuildRefIndexes: (n) => n >= BULK_ROWS,
         });
-        // A writer that checkpoints into the lower DB file while it is read can tear the read
-        // without an error: the pages come from two versions of its B-trees, and a row that a
-        // page held in neither would be missed, for good, since lastId moves past it. Such an
-        // import is rolled back and done again.
-        if (this.lower.fileIdentity() !== file) throw new LowerFileChanged();
+        // A row a torn read missed would be missed for good: lastId moves past it.
+        if (this.lower.fileIdentity() !== file) throw new LowerFileChanged('the mirror\'s import');
         return count === 0 ? { count: 0, paths: [] } : { count, paths: newPaths(before, count) };
       }).immediate());
     } catch (err) {

@@ -25,7 +25,7 @@ const SEED_TRIES = 3;
  * writes a new file page by page (rows, ids, references, derivation outputs all identical),
  * which is then renamed into place. Not when the schemas differ (e.g. a newer Nix's extra
  * tables), nor when the lower DB file changed during each copy: a writer checkpointing into
- * it can tear the immutable read without an error (mirror.ts, importOnce).
+ * it can tear the immutable read without an error (sqlite.ts, LowerFileChanged).
  */
 export function seedFromLower(lower: LowerDb, dbDir: string): SeedResult {
   const ref = openDb(':memory:');

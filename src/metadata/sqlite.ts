@@ -41,10 +41,23 @@ export function isBusy(err: unknown): boolean {
 }
 
 /**
+ * The lower DB file changed while a copy read it: a writer checkpointing into it can tear an
+ * `immutable` read without any error (pages from two versions of its B-trees, rows that a page
+ * held in neither missed). Thrown by the copies that check (mirror.ts, closure.ts) after their
+ * transaction's reads; nothing was written.
+ */
+export class LowerFileChanged extends Error {
+  constructor(what: string) {
+    super(`the lower DB file changed while ${what} read it (a writer checkpointing into it); nothing was copied`);
+  }
+}
+
+/**
  * An error from reading a DB file that changed under the connection or during the read: the
  * lower DB, opened `immutable`, while a Nix client checkpoints into it.
  */
 export function isTornRead(err: unknown): boolean {
+  if (err instanceof LowerFileChanged) return true;
   const code = String((err as { code?: unknown } | null)?.code ?? '');
   return code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB' || code === 'SQLITE_IOERR_SHORT_READ';
 }

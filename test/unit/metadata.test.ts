@@ -7,10 +7,10 @@ import { Checkpointer } from '../../src/metadata/checkpointer';
 import { copyClosure } from '../../src/metadata/closure';
 import { LowerDb } from '../../src/metadata/lower-db';
 import { Metadata } from '../../src/metadata/metadata';
-import { LowerFileChanged, Mirror } from '../../src/metadata/mirror';
+import { Mirror } from '../../src/metadata/mirror';
 import { pagedValidNames, VALID_PAGE_SQL } from '../../src/metadata/rows';
 import { seedFromLower } from '../../src/metadata/seed';
-import { withBusyRetry } from '../../src/metadata/sqlite';
+import { isTornRead, LowerFileChanged, withBusyRetry } from '../../src/metadata/sqlite';
 import { UpperDb } from '../../src/metadata/upper-db';
 import { OverlayStats } from '../../src/overlay/stats';
 import { log } from '../../src/util/log';
@@ -461,4 +461,29 @@ test('mirror: a mount whose first import keeps meeting a changing lower DB file 
   const deadline = Date.now() + 5000;
   while (up.idOf(target) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   t.not(up.idOf(target), undefined, 'imported by the follower');
+});
+
+test('closure copy: one during which the lower DB file changed throws a torn read (withBusyRetry tries it again) and copies nothing', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const file = dbFile(lower.root);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(file);
+  t.teardown(() => { lo.close(); up.close(); });
+  let touch = true;
+  up.db.function('lower_touched', () => {
+    if (touch) {
+      const at = new Date(Date.now() + 5000);
+      fs.utimesSync(file, at, at);
+      touch = false;
+    }
+    return 0;
+  });
+  up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(); END');
+  const target = lower.manifest.paths.appOut;
+  const err = t.throws(() => copyClosure(up, lo, [target]), { instanceOf: LowerFileChanged });
+  t.true(isTornRead(err));
+  t.is(up.idOf(target), undefined, 'nothing copied');
+  t.true(await withBusyRetry(() => copyClosure(up, lo, [target])) > 0, 'copied when read again');
+  t.not(up.idOf(target), undefined);
 });
