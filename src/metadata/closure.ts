@@ -40,7 +40,7 @@ export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly stri
       const { count, before } = copyLowerRows(db, { where: 'l.id IN (SELECT id FROM temp.lower_ids)', params: [], order: 'id' });
       db.exec('DELETE FROM temp.lower_ids');
       const late = db.prepare('SELECT count(*) FROM main.Refs WHERE referrer > ? AND reference > referrer').pluck().get(before) as number;
-      // A closure a torn read cut short would be copied as whole (sqlite.ts, LowerFileChanged).
+      // A closure that a torn read cut short must not pass for whole (sqlite.ts, LowerFileChanged).
       if (lower.fileIdentity() !== file) throw new LowerFileChanged('a closure copy');
       if (late > 0) throw new ReferencesAfterReferrers();
       return count;
