@@ -64,6 +64,11 @@ export class FastPath implements TopLevelSink {
     Fuse.fastPath.poll(this.thread, us);
   }
 
+  /** Whether it answers lookups of the names it holds (it was switched on). */
+  answering(): boolean {
+    return this.on;
+  }
+
   enable(on: boolean): void {
     this.on = on;
     Fuse.fastPath.enable(this.thread, on);

@@ -57,6 +57,8 @@ export interface TopLevelSink {
   set(name: string, kind: 'upper' | 'lower' | 'whiteout'): void;
   delete(name: string): void;
   rebuild(fill: () => void): void;
+  /** Whether it answers lookups of the names it holds now (off: `--no-fast-path`, tracing). */
+  answering(): boolean;
 }
 
 /**
@@ -249,7 +251,7 @@ export class TopLevelIndex {
     // remembered as present and registered, so those lookups need neither an lstat nor a DB
     // query. With one, the fast path answers the lookups of settled lower objects (in mirror
     // mode, all of them) and the memo would only cost the listing a cache entry per name.
-    const remember = this.sink === undefined;
+    const remember = !this.sink?.answering();
     const shown = (name: string): void => {
       if (this.upper.has(name)) return; // shadowed or whited out
       names.push(name);

@@ -7,6 +7,8 @@ import { log } from '../util/log';
 const CHECKPOINT_WAL_BYTES = 1000 * 4096;
 /** How long the worker outlives its last checkpoint. */
 const IDLE_MS = 10_000;
+/** How long after a worker failed no other is started (each costs an isolate). */
+const RESTART_MS = 10_000;
 
 /**
  * Moves the upper DB's checkpoints off the daemon's thread. With SQLite's automatic
@@ -28,6 +30,8 @@ export class Checkpointer {
   private again = false;
   private idle: NodeJS.Timeout | null = null;
   private closed = false;
+  /** When a worker last failed (its 'error' event). */
+  private failedAt = 0;
 
   constructor(private readonly dbFile: string, private readonly idleMs = IDLE_MS) {
     this.wal = `${dbFile}-wal`;
@@ -42,6 +46,7 @@ export class Checkpointer {
       this.again = true;
       return;
     }
+    if (this.worker === null && Date.now() - this.failedAt < RESTART_MS) return; // the daemon's connection keeps the WAL meanwhile
     this.busy = true;
     if (this.idle) clearTimeout(this.idle);
     this.idle = null;
@@ -68,12 +73,20 @@ export class Checkpointer {
         this.idle.unref();
       }
     });
-    w.on('error', (err) => log.warn(`checkpoint worker: ${err.message}`));
-    // Ended (idle, closed, or it failed): the next checkpoint starts another.
+    w.on('error', (err) => {
+      log.warn(`checkpoint worker: ${err.message}`);
+      this.failedAt = Date.now();
+    });
+    // Ended (idle, closed, or it failed): the next checkpoint starts another, and one asked
+    // for meanwhile is not lost. One that failed is not started again for RESTART_MS.
     w.on('exit', () => {
       if (this.worker !== w) return;
       this.worker = null;
       this.busy = false;
+      if (this.again) {
+        this.again = false;
+        this.wrote();
+      }
     });
     return w;
   }

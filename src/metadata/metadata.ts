@@ -11,7 +11,7 @@ import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
 import { LIST_LIMIT, Mirror } from './mirror';
-import { isBusy, isTornRead, LowerFileChanged, withBusyRetry } from './sqlite';
+import { isBusy, isTornRead, withBusyRetry } from './sqlite';
 import { UpperDb } from './upper-db';
 
 export type MetadataMode = 'mirror' | 'lazy';
@@ -49,6 +49,12 @@ export class Metadata {
   private reportedMaxId = 0;
   /** The lower DB files' identity when the mount's import read them (importAll). */
   private importedSignature = '';
+  /**
+   * The mount's first import was refused (importAll): the roots are left as the last sync
+   * made them (the lower store only grows, so they still keep what they kept) until the
+   * follower's first import, which then syncs them in full.
+   */
+  private rootsAfterImport = false;
   /** Checks that failed in a row, and the last one's error (logged when it changes). */
   private failing = { count: 0, message: '' };
   /** When the follower's check of the lower DB files began, while it waits for the answer. */
@@ -105,9 +111,11 @@ export class Metadata {
     try {
       count = this.mirror.importNew().count;
     } catch (err) {
-      if (!(err instanceof LowerFileChanged)) throw err;
+      if (!isTornRead(err)) throw err;
       // The rows wait for the follower; until then their objects are not shown (layers.ts).
-      log.warn(`mirror: ${err.message}`);
+      // The GC roots wait too: synced now, they would follow an import that did not happen.
+      log.warn(`mirror: the first import met a lower DB that changed under it (${err instanceof Error ? err.message : String(err)}); the follower imports the rows`);
+      this.rootsAfterImport = true;
       return 0;
     }
     this.importedSignature = this.lower.openedSignature;
@@ -253,6 +261,11 @@ export class Metadata {
       gcLock?.release();
       return;
     }
+    if (this.rootsAfterImport) {
+      log.info('gc roots: left as the last sync made them until the follower has imported the lower rows');
+      gcLock?.release();
+      return;
+    }
     if (!gcLock) {
       this.syncRoots();
       return;
@@ -382,7 +395,10 @@ export class Metadata {
     if (mirrored) {
       const added = this.mirror.importNew();
       this.stats.count('rowsMirrored', added.count);
-      if (added.paths) {
+      if (this.rootsAfterImport) {
+        this.rootsAfterImport = false;
+        this.syncRoots();
+      } else if (added.paths) {
         if (added.paths.length > 0) this.rootsDo(() => this.roots?.added(added.paths!));
       } else {
         this.syncRoots();

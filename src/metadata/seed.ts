@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LowerDb } from './lower-db';
 import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
-import { Db, openDb } from './sqlite';
+import { Db, isTornRead, openDb } from './sqlite';
 import { FILE_MODE } from '../util/own-files';
 
 type MasterRow = { type: string; name: string; tbl_name: string; sql: string | null };
@@ -40,7 +40,12 @@ export function seedFromLower(lower: LowerDb, dbDir: string): SeedResult {
   for (let tries = 0; tries < SEED_TRIES; tries++) {
     fs.rmSync(tmp, { force: true });
     const before = lower.fileIdentity();
-    lower.conn().exec(`VACUUM INTO '${tmp.replace(/'/g, "''")}'`);
+    try {
+      lower.conn().exec(`VACUUM INTO '${tmp.replace(/'/g, "''")}'`);
+    } catch (err) {
+      if (isTornRead(err)) continue; // torn with an error: as when the identity changes
+      throw err;
+    }
     if (lower.fileIdentity() !== before) continue;
     const copy = openDb(tmp);
     const maxId = copy.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;

@@ -5,7 +5,7 @@ import test, { ExecutionContext } from 'ava';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Layer, LayerDirs, TopLevelIndex, TopReason } from '../../src/layers/layers';
+import { Layer, LayerDirs, TopLevelIndex, TopLevelSink, TopReason } from '../../src/layers/layers';
 import { ROOT_INO } from '../../src/layers/inodes';
 import { Attr, Overlay } from '../../src/overlay/overlay';
 import { E } from '../../src/util/errno';
@@ -199,6 +199,20 @@ test('index: listRoot matches the lower dir against the registry in bytewise ord
   t.deepEqual(lowerShown.sort(), [LF, ...extra.filter((_, i) => i % 2 === 0)].sort());
   for (const n of lowerShown) t.is(ix.resolve(n), Layer.Lower);
   t.deepEqual(reg.asked, [], 'a listed name is known registered: `ls -l` after it asks the DB nothing');
+});
+
+test('index: listRoot remembers the lower names it shows unless a fast path answers their lookups', async (t) => {
+  const l = await layout(t);
+  const sink = (answering: boolean): TopLevelSink => ({ set: () => undefined, delete: () => undefined, rebuild: (fill) => fill(), answering: () => answering });
+  for (const answering of [false, true]) {
+    const ix = new TopLevelIndex(l.dirs, 1000);
+    const reg = registry(new Set([LF]));
+    ix.registry = reg;
+    ix.attach(sink(answering));
+    t.true(ix.listRoot().includes(LF));
+    t.is(ix.resolve(LF), Layer.Lower);
+    t.deepEqual(reg.asked, answering ? [LF] : [], answering ? 'with a fast path on, a lookup asks as before' : 'with one off (--no-fast-path, tracing), not at all');
+  }
 });
 
 test('index: a negative lower answer expires after negativeTtlMs; a positive one stays until forgotten or refreshed', async (t) => {

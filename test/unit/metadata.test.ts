@@ -3,8 +3,10 @@ import type { ExecutionContext } from 'ava';
 import Database = require('better-sqlite3');
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { mirrorRoot } from '../../bench/synth';
 import { Checkpointer } from '../../src/metadata/checkpointer';
 import { copyClosure } from '../../src/metadata/closure';
+import { LowerRoots } from '../../src/metadata/gc-roots';
 import { LowerDb } from '../../src/metadata/lower-db';
 import { Metadata } from '../../src/metadata/metadata';
 import { Mirror } from '../../src/metadata/mirror';
@@ -486,4 +488,80 @@ test('closure copy: one during which the lower DB file changed throws a torn rea
   t.is(up.idOf(target), undefined, 'nothing copied');
   t.true(await withBusyRetry(() => copyClosure(up, lo, [target])) > 0, 'copied when read again');
   t.not(up.idOf(target), undefined);
+});
+
+test('mirror: an import longer than the gaps between a writer\'s checkpoints gets done in smaller transactions', async (t) => {
+  const dir = tempDir(t);
+  const root = await mirrorRoot(dir, 5000);
+  const file = dbFile(path.join(root, 'root'));
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(file);
+  t.teardown(() => { lo.close(); up.close(); });
+  // A writer that checkpoints into the lower DB file after every 1,500 rows the import
+  // inserts (rolled back or not): an import of all 5,000 at once never reads it whole.
+  let sinceCheckpoint = 0, checkpoints = 0;
+  up.db.function('lower_touched', () => {
+    if (++sinceCheckpoint >= 1500) {
+      sinceCheckpoint = 0;
+      const at = new Date(Date.now() + ++checkpoints * 1000);
+      fs.utimesSync(file, at, at);
+    }
+    return 0;
+  });
+  up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(); END');
+  const mirror = new Mirror(up, lo);
+  const r = mirror.importNew();
+  t.true(checkpoints >= 2, `the writer checkpointed during the import (${checkpoints} times)`);
+  t.is(r.count, 5000, 'every row imported');
+  t.is(mirror.lastLowerId, lo.maxId());
+  t.is(up.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get(), 5000);
+  t.is(r.paths?.length, 5000, 'and listed, across the transactions');
+});
+
+test('mirror: a remount whose first import is refused leaves the GC roots as they were, and the follower\'s import syncs them', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const file = dbFile(lower.root);
+  const rootsDir = path.join(dir, 'roots');
+  const rootCount = (): number => (fs.existsSync(rootsDir) ? fs.readdirSync(rootsDir).length : 0);
+  const mount = (): { md: Metadata; up: UpperDb } => {
+    const up = UpperDb.open(path.join(dir, 'db'));
+    const lo = new LowerDb(file);
+    const md = new Metadata(up, lo, 'mirror', new OverlayStats());
+    md.roots = new LowerRoots(rootsDir, lo, path.join(dir, 'stamp'));
+    md.duplicates = () => new Set();
+    return { md, up };
+  };
+  const first = mount();
+  first.md.importAll();
+  first.md.syncRoots();
+  const rooted = rootCount();
+  t.true(rooted > 0, 'the first mount rooted the lower objects');
+  first.md.close();
+
+  // The remount's import meets a lower DB file that changes at every read.
+  const again = mount();
+  t.teardown(() => again.md.close());
+  let touched = 0;
+  again.up.db.function('lower_touched', () => {
+    const at = new Date(Date.now() + ++touched * 1000);
+    fs.utimesSync(file, at, at);
+    return 0;
+  });
+  again.up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(); END');
+  // The merged DB has every row already: the import inserts nothing, so make it insert one.
+  const added = await lowerAdd(lower.root, `refused-remount-${Date.now()}`);
+  t.is(again.md.importAll(), 0, 'refused');
+  let released = false;
+  again.md.syncRootsInBackground({ release: () => { released = true; } });
+  await new Promise((r) => setTimeout(r, 300));
+  t.true(released, 'the GC lock is not kept');
+  t.is(rootCount(), rooted, 'the roots are as the first mount left them');
+
+  again.up.db.exec('DROP TRIGGER temp.touch');
+  again.md.startFollower(50, () => undefined);
+  const deadline = Date.now() + 5000;
+  while (again.up.idOf(added) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.not(again.up.idOf(added), undefined, 'imported by the follower');
+  t.is(rootCount(), rooted + 1, 'and rooted, with the others kept');
 });
