@@ -225,7 +225,7 @@ export function formatExplanation(e: Explanation): string {
   if (e.storePath) {
     row('upper DB', db(e.upperDb) + (e.dbRowsEqual === true ? ' (equal to the lower row)' : e.dbRowsEqual === false ? ' (DIFFERS from the lower row)' : ''));
     row('lower DB', db(e.lowerDb));
-    if (e.closure) row('closure', e.closure.complete ? `complete in the upper DB (${e.closure.size} paths)` : `INCOMPLETE in the upper DB: missing ${e.closure.missing.join(', ')}`);
+    if (e.closure) row('closure', e.closure.complete ? `complete in the upper DB (${e.closure.size} ${e.closure.size === 1 ? 'path' : 'paths'})` : `INCOMPLETE in the upper DB: missing ${e.closure.missing.join(', ')}`);
     for (const [i, r] of e.references.entries()) row(i === 0 ? 'references' : '', `${r.path} (${r.layer ?? 'missing'})`);
   }
   return lines.join('\n');
