@@ -565,3 +565,23 @@ test('mirror: a remount whose first import is refused leaves the GC roots as the
   t.not(again.up.idOf(added), undefined, 'imported by the follower');
   t.is(rootCount(), rooted + 1, 'and rooted, with the others kept');
 });
+
+test('mirror: a read torn with an error (SQLITE_CORRUPT) is read again, as one whose file changed', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => { lo.close(); up.close(); });
+  // SQLite reports a torn page as SQLITE_CORRUPT from the statement that read it: here, the
+  // import's first insert, once.
+  let thrown = 0;
+  up.db.function('torn_page', () => {
+    if (thrown++ === 0) throw Object.assign(new Error('database disk image is malformed'), { code: 'SQLITE_CORRUPT' });
+    return 0;
+  });
+  up.db.exec('CREATE TEMP TRIGGER torn AFTER INSERT ON main.ValidPaths BEGIN SELECT torn_page(); END');
+  const mirror = new Mirror(up, lo);
+  const r = mirror.importNew();
+  t.true(thrown > 1, 'the first read failed, and the import was read again');
+  t.is(r.count, lo.conn().prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number, 'every row imported');
+});
