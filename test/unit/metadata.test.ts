@@ -373,43 +373,56 @@ test('after close, a row restore still queued touches no DB (it would only log t
   t.false(/could not restore/.test(logged), logged);
 });
 
-test('mirror: an import during which the lower DB file changed is not taken as done: rolled back, read again, and after three such reads refused', async (t) => {
-  const dir = tempDir(t);
-  const lower = await freshLower(dir);
-  const file = dbFile(lower.root);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(file);
-  t.teardown(() => { lo.close(); up.close(); });
-  const rowsThere = (up.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number);
-  // The first row each read of the import inserts makes the lower DB file look rewritten (new
-  // times), as a writer checkpointing into it meanwhile would, in the first `changes` reads. A
-  // read again inserts the same ids from the start (the first was rolled back).
-  let changes = 0, touched = 0, lastId = Number.MAX_SAFE_INTEGER;
-  up.db.function('lower_touched', (id: unknown) => {
-    const first = Number(id) <= lastId;
-    lastId = Number(id);
-    if (first && changes > 0) {
-      changes--;
-      touched++;
-      const at = new Date(Date.now() + touched * 1000);
+/**
+ * Makes the lower DB file look rewritten (new times, as a writer's checkpoint into it would)
+ * from inside the copies that read it: after a row is inserted into `up`'s ValidPaths, when
+ * `when(its id)` says so. `times()`: how often it did; `stop()` removes the hook.
+ */
+function rewriteLowerDuringInserts(up: UpperDb, file: string, when: (id: number) => boolean): { times(): number; stop(): void } {
+  let times = 0;
+  up.db.function('lower_rewritten', (id: unknown) => {
+    if (when(Number(id))) {
+      const at = new Date(Date.now() + ++times * 1000);
       fs.utimesSync(file, at, at);
     }
     return 0;
   });
-  up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(NEW.id); END');
+  up.db.exec('CREATE TEMP TRIGGER rewrite AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_rewritten(NEW.id); END');
+  return { times: () => times, stop: () => up.db.exec('DROP TRIGGER temp.rewrite') };
+}
+
+/** A fresh lower store, with a new upper DB and a LowerDb over it (the caller closes them). */
+async function freshDbs(t: ExecutionContext): Promise<{ dir: string; lower: LowerFixture; file: string; up: UpperDb; lo: LowerDb }> {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const file = dbFile(lower.root);
+  return { dir, lower, file, up: UpperDb.open(path.join(dir, 'db')), lo: new LowerDb(file) };
+}
+
+test('mirror: an import during which the lower DB file changed is not taken as done: rolled back, read again, and after three such reads refused', async (t) => {
+  const { file, up, lo } = await freshDbs(t);
+  t.teardown(() => { lo.close(); up.close(); });
+  const rowsThere = (up.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number);
+  // At the first row of each read of the import, in the first `changes` reads. A read again
+  // inserts the same ids from the start (the first was rolled back).
+  let changes = 0, lastId = Number.MAX_SAFE_INTEGER;
+  const rewrite = rewriteLowerDuringInserts(up, file, (id) => {
+    const first = id <= lastId;
+    lastId = id;
+    return first && changes-- > 0;
+  });
   const mirror = new Mirror(up, lo);
 
   changes = Number.MAX_SAFE_INTEGER;
   t.throws(() => mirror.importNew(), { instanceOf: LowerFileChanged });
-  t.is(touched, 3, 'read three times');
+  t.is(rewrite.times(), 3, 'read three times');
   t.is(mirror.lastLowerId, 0, 'nothing taken as imported');
   t.is(up.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get(), rowsThere, 'nothing committed');
 
   changes = 1;
-  touched = 0;
   lastId = Number.MAX_SAFE_INTEGER;
   const r = mirror.importNew();
-  t.is(touched, 1, 'the file changed during the first read only');
+  t.is(rewrite.times(), 4, 'the file changed during the first read only');
   t.is(r.count, lo.conn().prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number, 'the second read imported every row');
   t.is(mirror.lastLowerId, lo.maxId());
 });
@@ -441,22 +454,12 @@ test('seed: the lower DB copied whole, unless its file changes during every copy
 });
 
 test('mirror: a mount whose first import keeps meeting a changing lower DB file goes on, and the follower imports the rows', async (t) => {
-  const dir = tempDir(t);
-  const lower = await freshLower(dir);
-  const file = dbFile(lower.root);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(file);
+  const { lower, file, up, lo } = await freshDbs(t);
   const md = new Metadata(up, lo, 'mirror', new OverlayStats());
   t.teardown(() => md.close());
-  let touched = 0;
-  up.db.function('lower_touched', () => {
-    const at = new Date(Date.now() + ++touched * 1000);
-    fs.utimesSync(file, at, at);
-    return 0;
-  });
-  up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(); END');
+  const rewrite = rewriteLowerDuringInserts(up, file, () => true);
   t.is(md.importAll(), 0, 'nothing imported, and no error');
-  up.db.exec('DROP TRIGGER temp.touch');
+  rewrite.stop();
   const target = lower.manifest.paths.appOut;
   t.is(up.idOf(target), undefined);
   md.startFollower(50, () => undefined);
@@ -466,22 +469,10 @@ test('mirror: a mount whose first import keeps meeting a changing lower DB file 
 });
 
 test('closure copy: one during which the lower DB file changed throws a torn read (withBusyRetry tries it again) and copies nothing', async (t) => {
-  const dir = tempDir(t);
-  const lower = await freshLower(dir);
-  const file = dbFile(lower.root);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(file);
+  const { lower, file, up, lo } = await freshDbs(t);
   t.teardown(() => { lo.close(); up.close(); });
-  let touch = true;
-  up.db.function('lower_touched', () => {
-    if (touch) {
-      const at = new Date(Date.now() + 5000);
-      fs.utimesSync(file, at, at);
-      touch = false;
-    }
-    return 0;
-  });
-  up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(); END');
+  let once = true;
+  rewriteLowerDuringInserts(up, file, () => { const now = once; once = false; return now; });
   const target = lower.manifest.paths.appOut;
   const err = t.throws(() => copyClosure(up, lo, [target]), { instanceOf: LowerFileChanged });
   t.true(isTornRead(err));
@@ -499,19 +490,15 @@ test('mirror: an import longer than the gaps between a writer\'s checkpoints get
   t.teardown(() => { lo.close(); up.close(); });
   // A writer that checkpoints into the lower DB file after every 1,500 rows the import
   // inserts (rolled back or not): an import of all 5,000 at once never reads it whole.
-  let sinceCheckpoint = 0, checkpoints = 0;
-  up.db.function('lower_touched', () => {
-    if (++sinceCheckpoint >= 1500) {
-      sinceCheckpoint = 0;
-      const at = new Date(Date.now() + ++checkpoints * 1000);
-      fs.utimesSync(file, at, at);
-    }
-    return 0;
+  let sinceCheckpoint = 0;
+  const rewrite = rewriteLowerDuringInserts(up, file, () => {
+    if (++sinceCheckpoint < 1500) return false;
+    sinceCheckpoint = 0;
+    return true;
   });
-  up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(); END');
   const mirror = new Mirror(up, lo);
   const r = mirror.importNew();
-  t.true(checkpoints >= 2, `the writer checkpointed during the import (${checkpoints} times)`);
+  t.true(rewrite.times() >= 2, `the writer checkpointed during the import (${rewrite.times()} times)`);
   t.is(r.count, 5000, 'every row imported');
   t.is(mirror.lastLowerId, lo.maxId());
   t.is(up.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get(), 5000);
@@ -542,13 +529,7 @@ test('mirror: a remount whose first import is refused leaves the GC roots as the
   // The remount's import meets a lower DB file that changes at every read.
   const again = mount();
   t.teardown(() => again.md.close());
-  let touched = 0;
-  again.up.db.function('lower_touched', () => {
-    const at = new Date(Date.now() + ++touched * 1000);
-    fs.utimesSync(file, at, at);
-    return 0;
-  });
-  again.up.db.exec('CREATE TEMP TRIGGER touch AFTER INSERT ON main.ValidPaths BEGIN SELECT lower_touched(); END');
+  const rewrite = rewriteLowerDuringInserts(again.up, file, () => true);
   // The merged DB has every row already: the import inserts nothing, so make it insert one.
   const added = await lowerAdd(lower.root, `refused-remount-${Date.now()}`);
   t.is(again.md.importAll(), 0, 'refused');
@@ -558,7 +539,7 @@ test('mirror: a remount whose first import is refused leaves the GC roots as the
   t.true(released, 'the GC lock is not kept');
   t.is(rootCount(), rooted, 'the roots are as the first mount left them');
 
-  again.up.db.exec('DROP TRIGGER temp.touch');
+  rewrite.stop();
   again.md.startFollower(50, () => undefined);
   const deadline = Date.now() + 5000;
   while (again.up.idOf(added) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
