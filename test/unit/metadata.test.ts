@@ -189,10 +189,7 @@ test('mirror: imports every lower row once, then only new ones, and leaves no fi
 });
 
 test('mirror: new rows referring to a lower path whose merged row Nix deleted bring its closure along, references whole', async (t) => {
-  const dir = tempDir(t);
-  const lower = await freshLower(dir);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(dbFile(lower.root));
+  const { lower, up, lo } = await freshDbs(t);
   t.teardown(() => { up.close(); lo.close(); });
   const mirror = new Mirror(up, lo);
   mirror.importNew();
@@ -266,10 +263,7 @@ test('follower: an import that a writer of the upper DB holds up is retried unti
 });
 
 test('lazy: a closure copy that failed is tried again when the lower DB next grows, with no further lookup', async (t) => {
-  const dir = tempDir(t);
-  const lower = await freshLower(dir);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(dbFile(lower.root));
+  const { lower, up, lo } = await freshDbs(t);
   const md = new Metadata(up, lo, 'lazy', new OverlayStats());
   t.teardown(() => md.close());
   const target = lower.manifest.paths.appOut;
@@ -357,10 +351,7 @@ test('pagedValidNames reads a DB\'s valid paths page by page, in order, only tho
 });
 
 test('after close, a row restore still queued touches no DB (it would only log that the connection is closed)', async (t) => {
-  const dir = tempDir(t);
-  const lower = await freshLower(dir);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(dbFile(lower.root));
+  const { dir, lower, up, lo } = await freshDbs(t);
   const md = new Metadata(up, lo, 'mirror', new OverlayStats());
   md.importAll();
   const logFile = path.join(dir, 'log');
@@ -548,10 +539,7 @@ test('mirror: a remount whose first import is refused leaves the GC roots as the
 });
 
 test('mirror: a read torn with an error (SQLITE_CORRUPT) is read again, as one whose file changed', async (t) => {
-  const dir = tempDir(t);
-  const lower = await freshLower(dir);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(dbFile(lower.root));
+  const { up, lo } = await freshDbs(t);
   t.teardown(() => { lo.close(); up.close(); });
   // SQLite reports a torn page as SQLITE_CORRUPT from the statement that read it: here, the
   // import's first insert, once.
