@@ -116,6 +116,37 @@ test('copyClosure from a lower DB whose ids are not in dependency order still co
   t.deepEqual(up.db.prepare('SELECT path FROM ValidPaths ORDER BY id').pluck().all(), [leaf, mid, top]);
 });
 
+test('copyClosure stops at a path the upper DB has: that row\'s own references are already there', async (t) => {
+  const dir = tempDir(t);
+  const lowerDir = path.join(dir, 'lower-db');
+  UpperDb.open(lowerDir).close();
+  const lowerFile = path.join(lowerDir, 'db.sqlite');
+  const w = new Database(lowerFile);
+  const name = (c: string, n: string): string => `/nix/store/${c.repeat(32)}-${n}`;
+  const [leaf, mid, top, side] = [name('a', 'leaf'), name('b', 'mid'), name('c', 'top'), name('d', 'side')];
+  const ins = w.prepare('INSERT INTO ValidPaths (id, path, hash, registrationTime, narSize) VALUES (?, ?, ?, 1, 8)');
+  ins.run(1, leaf, 'sha256:1');
+  ins.run(2, mid, 'sha256:2');
+  ins.run(3, top, 'sha256:3');
+  ins.run(4, side, 'sha256:4');
+  // top -> mid -> leaf; side -> leaf and mid
+  w.exec('INSERT INTO Refs (referrer, reference) VALUES (2, 1), (3, 2), (4, 1), (4, 2)');
+  w.pragma('journal_mode = DELETE');
+  w.close();
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(lowerFile);
+  t.teardown(() => { up.close(); lo.close(); });
+  // The upper DB has mid as a build of its own registered it: without a reference to leaf.
+  up.insertPath({ id: 0, path: mid, hash: 'sha256:2', registrationTime: 2, deriver: null, narSize: 8, ultimate: 1, sigs: null, ca: null });
+  t.is(copyClosure(up, lo, [top]), 1, 'only top: mid is there, and leaf is not in its upper closure');
+  t.deepEqual([...rows(up.db).keys()], [mid, top]);
+  t.deepEqual(refs(up.db), [`${top} -> ${mid}`]);
+  t.is(rows(up.db).get(mid)?.registrationTime, 2, 'the upper row of mid is left as it was');
+  // A path that refers to leaf itself brings it along.
+  t.is(copyClosure(up, lo, [side]), 2);
+  t.deepEqual(refs(up.db), [`${top} -> ${mid}`, `${side} -> ${leaf}`, `${side} -> ${mid}`]);
+});
+
 test('copyClosure carries derivation outputs; withBusyRetry waits for a writer without blocking', async (t) => {
   const { lower, dir, up, lo } = await overShared(t);
   // Another connection (as Nix would) holds the write lock for 600 ms.
