@@ -39,6 +39,8 @@ export interface MirrorImportResult {
 export interface LazyLookupResult {
   /** closure size → first-lookup latencies (ms), one per closure */
   firstMs: Record<number, number[]>;
+  /** first lookups of the extension closures (synth.ts LAZY_EXTENSION), after their bases; absent in results before them */
+  extensionMs?: number[];
   /** second lstat of every top object (kernel entry cache) */
   kernelCachedMs: number[];
   /** lstat after dropping dentries (lookup answered by the daemon, rows already known) */
@@ -143,6 +145,7 @@ export async function lazyLookup(ctx: MetaContext, spec: LazySpec, rep: number):
   const mnt = await mountLocalOverlay(lazy.root, dir, 'lazy');
   const sizes = Object.keys(lazy.tops).map(Number).sort((a, b) => a - b);
   const firstMs: Record<number, number[]> = {};
+  let extensionMs: number[] = [];
   let usage: { cpuS: number | null; peakRssKiB: number | null } = { cpuS: null, peakRssKiB: null };
   let kernelCachedMs: number[] = [];
   let daemonCachedMs: number[] = [];
@@ -156,9 +159,15 @@ export async function lazyLookup(ctx: MetaContext, spec: LazySpec, rep: number):
       if ((r.failed as number) > 0) throw new Error(`lazy lookup: ${String(r.failed)} of ${String(r.n)} top objects of size ${s} not found`);
       firstMs[s] = r.samplesMs as number[];
     }
+    if (lazy.extensionTops) {
+      const r = await probe(['latency', mnt.store, lazy.extensionTops]);
+      if ((r.failed as number) > 0) throw new Error(`lazy lookup: ${String(r.failed)} of ${String(r.n)} extension tops not found`);
+      extensionMs = r.samplesMs as number[];
+    }
     usage = u.stop();
     const allTops = path.join(dir, 'all-tops.list');
-    fs.writeFileSync(allTops, sizes.map((s) => fs.readFileSync(lazy.tops[s], 'utf8')).join(''));
+    const lists = [...sizes.map((s) => lazy.tops[s]), ...(lazy.extensionTops ? [lazy.extensionTops] : [])];
+    fs.writeFileSync(allTops, lists.map((f) => fs.readFileSync(f, 'utf8')).join(''));
     kernelCachedMs = (await probe(['latency', mnt.store, allTops])).samplesMs as number[];
     await dropDentries();
     daemonCachedMs = (await probe(['latency', mnt.store, allTops])).samplesMs as number[];
@@ -168,7 +177,7 @@ export async function lazyLookup(ctx: MetaContext, spec: LazySpec, rep: number):
     await unmountLocalOverlay(mnt.root, mnt.pid);
   }
   fs.rmSync(dir, { recursive: true, force: true });
-  return { firstMs, kernelCachedMs, daemonCachedMs, expectedRows: lazy.rows, upperRows, daemonPeakRssKiB: usage.peakRssKiB, daemonCpuS: usage.cpuS };
+  return { firstMs, extensionMs, kernelCachedMs, daemonCachedMs, expectedRows: lazy.rows, upperRows, daemonPeakRssKiB: usage.peakRssKiB, daemonCpuS: usage.cpuS };
 }
 
 /**

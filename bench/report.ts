@@ -1,6 +1,7 @@
 import { PEER_LABEL, PeerName } from './peers';
 import { FsSample, Results } from './results';
 import { fmt, fmtRange, max, median, percentile } from './stats';
+import { LAZY_BASE, LAZY_EXTENSION } from './synth';
 import { FS_WORKLOAD_DEFS, FS_WORKLOADS, FsWorkloadId, Phase } from './workloads';
 
 /**
@@ -105,6 +106,10 @@ function metadataTable(r: Results): string {
     for (const s of sizes) {
       const all = r.lazy.flatMap((l) => l.firstMs[s] ?? []);
       body.push([`lazy first lookup, ${s.toLocaleString('en-US')}-path closure (${all.length} lookups)`, `p50 ${fmt(percentile(all, 50))} ms, p99 ${fmt(percentile(all, 99))} ms, max ${fmt(max(all))} ms`]);
+    }
+    const ext = r.lazy.flatMap((l) => l.extensionMs ?? []);
+    if (ext.length) {
+      body.push([`lazy first lookup, ${LAZY_EXTENSION} new paths over a copied ${LAZY_BASE.toLocaleString('en-US')}-path closure (${ext.length} lookups)`, `p50 ${fmt(percentile(ext, 50))} ms, p99 ${fmt(percentile(ext, 99))} ms, max ${fmt(max(ext))} ms`]);
     }
     const k = r.lazy.flatMap((l) => l.kernelCachedMs);
     const d = r.lazy.flatMap((l) => l.daemonCachedMs);

@@ -152,22 +152,38 @@ export interface LazyRoot {
   root: string;
   /** closure size → list file of top-level names (one a line) of the closures' top objects */
   tops: Record<number, string>;
+  /**
+   * List file of the tops of the extension closures (LAZY_EXTENSION), one over each closure of
+   * LAZY_BASE paths, in the same order as `tops[LAZY_BASE]`; null when the spec has no such size.
+   */
+  extensionTops: string | null;
   rows: number;
 }
+
+/** Extension closures: this many new paths over a closure of LAZY_BASE paths. */
+export const LAZY_EXTENSION = 100;
+export const LAZY_BASE = 1000;
 
 /**
  * A lower root for the lazy first-lookup workload: for each closure size S, `count` disjoint
  * closures of exactly S paths. Closure shape: the top object, a 4-ary tree below it, and one
  * shared leaf ("libc") that every other node also refers to. Every path is also a one-byte
  * file in the store dir, so a lookup finds it in the lower layer.
+ *
+ * Over each closure of LAZY_BASE paths, an extension: LAZY_EXTENSION new paths of the same
+ * shape whose every node also refers to that closure's top, as a program refers to the
+ * libraries that other programs brought in before it. Looked up after its base, it copies only
+ * its own paths.
  */
 export function lazyRoot(cacheRoot: string, spec: LazySpec): Promise<LazyRoot> {
   const sizes = Object.keys(spec).map(Number).sort((a, b) => a - b);
-  const tag = sizes.map((s) => `${s}x${spec[s]}`).join('-');
+  const extensions = spec[LAZY_BASE] ?? 0;
+  const tag = sizes.map((s) => `${s}x${spec[s]}`).join('-') + (extensions ? `-ext${LAZY_EXTENSION}` : '');
   const dir = path.join(cacheRoot, `synth-lazy-${tag}-v${GEN_VERSION}`);
   const tops: Record<number, string> = {};
   for (const s of sizes) tops[s] = path.join(dir, `tops-${s}.list`);
-  let rowCount = 0;
+  const extensionTops = extensions ? path.join(dir, 'extension-tops.list') : null;
+  let rowCount = extensions * LAZY_EXTENSION;
   for (const s of sizes) rowCount += s * spec[s];
   return cached(dir, (tmp) => {
     log(`making a synthetic lazy lower root (${rowCount} paths)`);
@@ -176,31 +192,43 @@ export function lazyRoot(cacheRoot: string, spec: LazySpec): Promise<LazyRoot> {
     const db = createDb(root);
     const storeDir = path.join(root, 'nix/store');
     const rows: [Row, number[], undefined][] = [];
+    /** Adds a closure of `s` paths (each also referring to row `under`, when given); returns its top's row. */
+    const closure = (s: number, label: string, under?: number): { name: string; row: number } => {
+      const names: string[] = [];
+      for (let j = 0; j < s; j++) names.push(`${nix32(rand, 32)}-${label}-${j === 0 ? 'top' : `n${j}`}`);
+      // Node j's row goes in at base + (s - 1 - j): references (higher j) first, top last.
+      const base = rows.length;
+      const rowOf = (j: number): number => base + (s - 1 - j);
+      for (let j = s - 1; j >= 0; j--) {
+        const r: number[] = [];
+        for (let k = 4 * j + 1; k <= 4 * j + 4 && k < s - 1; k++) r.push(rowOf(k));
+        if (s > 1 && j !== s - 1) r.push(rowOf(s - 1));
+        if (under !== undefined) r.push(under);
+        rows.push([{
+          path: `/nix/store/${names[j]}`, hash: `sha256:${nix32(rand, 52)}`, registrationTime: 1_700_000_000,
+          deriver: null, narSize: 120, ultimate: null, sigs: null, ca: null,
+        }, r, undefined]);
+        fs.writeFileSync(path.join(storeDir, names[j]), 'x');
+      }
+      return { name: names[0], row: rowOf(0) };
+    };
+    const baseTops: number[] = [];
     for (const s of sizes) {
       const topNames: string[] = [];
       for (let c = 0; c < spec[s]; c++) {
-        const names: string[] = [];
-        for (let j = 0; j < s; j++) names.push(`${nix32(rand, 32)}-lazy-${s}-${c}-${j === 0 ? 'top' : `n${j}`}`);
-        // Node j's row goes in at base + (s - 1 - j): references (higher j) first, top last.
-        const base = rows.length;
-        const rowOf = (j: number): number => base + (s - 1 - j);
-        for (let j = s - 1; j >= 0; j--) {
-          const r: number[] = [];
-          for (let k = 4 * j + 1; k <= 4 * j + 4 && k < s - 1; k++) r.push(rowOf(k));
-          if (s > 1 && j !== s - 1) r.push(rowOf(s - 1));
-          rows.push([{
-            path: `/nix/store/${names[j]}`, hash: `sha256:${nix32(rand, 52)}`, registrationTime: 1_700_000_000,
-            deriver: null, narSize: 120, ultimate: null, sigs: null, ca: null,
-          }, r, undefined]);
-          fs.writeFileSync(path.join(storeDir, names[j]), 'x');
-        }
-        topNames.push(names[0]);
+        const top = closure(s, `lazy-${s}-${c}`);
+        topNames.push(top.name);
+        if (s === LAZY_BASE) baseTops.push(top.row);
       }
       fs.writeFileSync(path.join(tmp, `tops-${s}.list`), topNames.join('\n') + '\n');
     }
+    if (extensionTops) {
+      const names = baseTops.map((under, c) => closure(LAZY_EXTENSION, `lazy-ext-${c}`, under).name);
+      fs.writeFileSync(path.join(tmp, path.basename(extensionTops)), names.join('\n') + '\n');
+    }
     insertAll(db, rows);
     closeDb(db);
-  }).then(() => ({ root: path.join(dir, 'root'), tops, rows: rowCount }));
+  }).then(() => ({ root: path.join(dir, 'root'), tops, extensionTops, rows: rowCount }));
 }
 
 /** The untar fixture: `files` small files (100–4000 bytes, 100 per dir) in one tar. */
