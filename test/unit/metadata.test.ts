@@ -90,25 +90,35 @@ test('copyClosure never reuses the id of a deleted row (AUTOINCREMENT), and its 
   t.is(up.db.prepare('SELECT count(*) FROM Refs WHERE reference > referrer').pluck().get(), 0, 'references first');
 });
 
-test('copyClosure from a lower DB whose ids are not in dependency order still copies references first', async (t) => {
+const storePath = (c: string, n: string): string => `/nix/store/${c.repeat(32)}-${n}`;
+
+/**
+ * A lower DB made by hand (Nix's schema): `paths` get ids 1, 2, ... in that order, and
+ * `references` are [referrer, reference] pairs of those ids. With a new upper DB; both closed
+ * after the test.
+ */
+function handMadeDbs(t: ExecutionContext, paths: string[], references: [number, number][]): { up: UpperDb; lo: LowerDb } {
   const dir = tempDir(t);
-  // A lower DB another tool made: the referrer got the smaller id. Nix's own schema.
   const lowerDir = path.join(dir, 'lower-db');
   UpperDb.open(lowerDir).close();
   const lowerFile = path.join(lowerDir, 'db.sqlite');
   const w = new Database(lowerFile);
-  const name = (c: string, n: string): string => `/nix/store/${c.repeat(32)}-${n}`;
-  const [top, mid, leaf] = [name('a', 'top'), name('b', 'mid'), name('c', 'leaf')];
   const ins = w.prepare('INSERT INTO ValidPaths (id, path, hash, registrationTime, narSize) VALUES (?, ?, ?, 1, 8)');
-  ins.run(1, top, 'sha256:1');
-  ins.run(2, mid, 'sha256:2');
-  ins.run(3, leaf, 'sha256:3');
-  w.exec('INSERT INTO Refs (referrer, reference) VALUES (1, 2), (2, 3), (1, 3), (3, 3)');
+  paths.forEach((p, i) => ins.run(i + 1, p, `sha256:${i + 1}`));
+  const ref = w.prepare('INSERT INTO Refs (referrer, reference) VALUES (?, ?)');
+  for (const [referrer, reference] of references) ref.run(referrer, reference);
   w.pragma('journal_mode = DELETE');
   w.close();
   const up = UpperDb.open(path.join(dir, 'db'));
   const lo = new LowerDb(lowerFile);
   t.teardown(() => { up.close(); lo.close(); });
+  return { up, lo };
+}
+
+test('copyClosure from a lower DB whose ids are not in dependency order still copies references first', (t) => {
+  // As another tool might make it: the referrer got the smaller id.
+  const [top, mid, leaf] = [storePath('a', 'top'), storePath('b', 'mid'), storePath('c', 'leaf')];
+  const { up, lo } = handMadeDbs(t, [top, mid, leaf], [[1, 2], [2, 3], [1, 3], [3, 3]]);
   t.is(copyClosure(up, lo, [top]), 3);
   t.deepEqual([...rows(up.db).keys()], [top, mid, leaf].sort());
   t.deepEqual(refs(up.db), refs(lo.conn()));
@@ -116,26 +126,10 @@ test('copyClosure from a lower DB whose ids are not in dependency order still co
   t.deepEqual(up.db.prepare('SELECT path FROM ValidPaths ORDER BY id').pluck().all(), [leaf, mid, top]);
 });
 
-test('copyClosure stops at a path the upper DB has: that row\'s own references are already there', async (t) => {
-  const dir = tempDir(t);
-  const lowerDir = path.join(dir, 'lower-db');
-  UpperDb.open(lowerDir).close();
-  const lowerFile = path.join(lowerDir, 'db.sqlite');
-  const w = new Database(lowerFile);
-  const name = (c: string, n: string): string => `/nix/store/${c.repeat(32)}-${n}`;
-  const [leaf, mid, top, side] = [name('a', 'leaf'), name('b', 'mid'), name('c', 'top'), name('d', 'side')];
-  const ins = w.prepare('INSERT INTO ValidPaths (id, path, hash, registrationTime, narSize) VALUES (?, ?, ?, 1, 8)');
-  ins.run(1, leaf, 'sha256:1');
-  ins.run(2, mid, 'sha256:2');
-  ins.run(3, top, 'sha256:3');
-  ins.run(4, side, 'sha256:4');
+test('copyClosure stops at a path the upper DB has: that row\'s own references are already there', (t) => {
+  const [leaf, mid, top, side] = [storePath('a', 'leaf'), storePath('b', 'mid'), storePath('c', 'top'), storePath('d', 'side')];
   // top -> mid -> leaf; side -> leaf and mid
-  w.exec('INSERT INTO Refs (referrer, reference) VALUES (2, 1), (3, 2), (4, 1), (4, 2)');
-  w.pragma('journal_mode = DELETE');
-  w.close();
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const lo = new LowerDb(lowerFile);
-  t.teardown(() => { up.close(); lo.close(); });
+  const { up, lo } = handMadeDbs(t, [leaf, mid, top, side], [[2, 1], [3, 2], [4, 1], [4, 2]]);
   // The upper DB has mid as a build of its own registered it: without a reference to leaf.
   up.insertPath({ id: 0, path: mid, hash: 'sha256:2', registrationTime: 2, deriver: null, narSize: 8, ultimate: 1, sigs: null, ca: null });
   t.is(copyClosure(up, lo, [top]), 1, 'only top: mid is there, and leaf is not in its upper closure');
