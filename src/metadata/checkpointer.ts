@@ -1,10 +1,13 @@
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { log } from '../util/log';
 
-/** WAL size beyond which a write asks for a checkpoint (SQLite's own default: 1000 pages). */
-const CHECKPOINT_WAL_BYTES = 1000 * 4096;
+/** WAL frames not yet checkpointed beyond which a write asks for a checkpoint (SQLite's own default: 1000 pages). */
+const CHECKPOINT_FRAMES = 1000;
+/** The wal-index header and checkpoint info, up to and including nBackfill. */
+const WAL_INDEX_HEADER_BYTES = 100;
 /** How long the worker outlives its last checkpoint. */
 const IDLE_MS = 10_000;
 /** How long after a worker failed no other is started (each costs an isolate). */
@@ -16,8 +19,12 @@ const RESTART_MS = 10_000;
  * it before returning: a lazy lookup whose closure copy dirties ~1000 pages (a 1,000-path
  * closure) paid for one every few lookups. Here the daemon's connection does not checkpoint
  * (wal_autocheckpoint = 0); after a write, `wrote()` asks a worker thread with its own
- * connection for a PASSIVE checkpoint once the WAL is past SQLite's usual threshold, and never
- * more than one at a time.
+ * connection for a PASSIVE checkpoint once the WAL holds 1000 frames that no checkpoint has
+ * copied (SQLite's usual threshold), and never more than one at a time.
+ *
+ * Those frames are counted in the wal-index header, not by the WAL file's size: SQLite reuses
+ * the WAL from its start after a checkpoint without shrinking the file, so once the file had
+ * passed the threshold its size would ask for a checkpoint (two fsyncs) after every write.
  *
  * The worker (a V8 isolate with better-sqlite3 loaded: ~15 MiB of RSS) starts with the first
  * checkpoint and ends `idleMs` after the last, so a mount whose closures are copied stops
@@ -25,7 +32,10 @@ const RESTART_MS = 10_000;
  */
 export class Checkpointer {
   private worker: Worker | null = null;
-  private readonly wal: string;
+  private readonly shm: string;
+  private readonly header = Buffer.alloc(WAL_INDEX_HEADER_BYTES);
+  /** Checkpoints asked for (tests, status). */
+  asked = 0;
   private busy = false;
   private again = false;
   private idle: NodeJS.Timeout | null = null;
@@ -34,23 +44,47 @@ export class Checkpointer {
   private failedAt = 0;
 
   constructor(private readonly dbFile: string, private readonly idleMs = IDLE_MS) {
-    this.wal = `${dbFile}-wal`;
+    this.shm = `${dbFile}-shm`;
   }
 
   /** After a commit on the daemon's connection. */
   wrote(): void {
     if (this.closed) return;
-    const st = fs.statSync(this.wal, { throwIfNoEntry: false });
-    if (st === undefined || st.size < CHECKPOINT_WAL_BYTES) return;
+    if (this.pendingFrames() < CHECKPOINT_FRAMES) return;
     if (this.busy) {
       this.again = true;
       return;
     }
     if (this.worker === null && Date.now() - this.failedAt < RESTART_MS) return; // the daemon's connection keeps the WAL meanwhile
     this.busy = true;
+    this.asked++;
     if (this.idle) clearTimeout(this.idle);
     this.idle = null;
     (this.worker ??= this.start()).postMessage('checkpoint');
+  }
+
+  /**
+   * Frames in the WAL that no checkpoint has copied into the DB file yet: mxFrame − nBackfill
+   * of the wal-index in `-shm` (SQLite's walformat.html: bytes 16 and 96, in the host's byte
+   * order). 0 when there is no wal-index. A read that meets a writer updating the header can
+   * be off; the next write reads it again.
+   */
+  private pendingFrames(): number {
+    let fd: number;
+    try {
+      fd = fs.openSync(this.shm, 'r');
+    } catch {
+      return 0;
+    }
+    try {
+      if (fs.readSync(fd, this.header, 0, WAL_INDEX_HEADER_BYTES, 0) < WAL_INDEX_HEADER_BYTES) return 0;
+    } finally {
+      fs.closeSync(fd);
+    }
+    const le = os.endianness() === 'LE';
+    const mxFrame = le ? this.header.readUInt32LE(16) : this.header.readUInt32BE(16);
+    const nBackfill = le ? this.header.readUInt32LE(96) : this.header.readUInt32BE(96);
+    return mxFrame > nBackfill ? mxFrame - nBackfill : 0;
   }
 
   /** Whether the worker thread is running (tests, status). */
