@@ -34,8 +34,7 @@ export class Checkpointer {
   private worker: Worker | null = null;
   private readonly shm: string;
   private readonly header = Buffer.alloc(WAL_INDEX_HEADER_BYTES);
-  /** Checkpoints asked for (tests, status). */
-  asked = 0;
+  private checkpointsAsked = 0;
   private busy = false;
   private again = false;
   private idle: NodeJS.Timeout | null = null;
@@ -57,7 +56,7 @@ export class Checkpointer {
     }
     if (this.worker === null && Date.now() - this.failedAt < RESTART_MS) return; // the daemon's connection keeps the WAL meanwhile
     this.busy = true;
-    this.asked++;
+    this.checkpointsAsked++;
     if (this.idle) clearTimeout(this.idle);
     this.idle = null;
     (this.worker ??= this.start()).postMessage('checkpoint');
@@ -85,6 +84,11 @@ export class Checkpointer {
     const mxFrame = le ? this.header.readUInt32LE(16) : this.header.readUInt32BE(16);
     const nBackfill = le ? this.header.readUInt32LE(96) : this.header.readUInt32BE(96);
     return mxFrame > nBackfill ? mxFrame - nBackfill : 0;
+  }
+
+  /** Checkpoints asked for so far (tests). */
+  get asked(): number {
+    return this.checkpointsAsked;
   }
 
   /** Whether the worker thread is running (tests, status). */
