@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { log } from '../util/log';
 
-/** WAL frames not yet checkpointed beyond which a write asks for a checkpoint (SQLite's own default: 1000 pages). */
+/** WAL frames since the WAL last started over beyond which a write asks for a checkpoint (SQLite's own default: 1000 pages). */
 const CHECKPOINT_FRAMES = 1000;
 /** The wal-index header and checkpoint info, up to and including nBackfill. */
 const WAL_INDEX_HEADER_BYTES = 100;
@@ -19,12 +19,16 @@ const RESTART_MS = 10_000;
  * it before returning: a lazy lookup whose closure copy dirties ~1000 pages (a 1,000-path
  * closure) paid for one every few lookups. Here the daemon's connection does not checkpoint
  * (wal_autocheckpoint = 0); after a write, `wrote()` asks a worker thread with its own
- * connection for a PASSIVE checkpoint once the WAL holds 1000 frames that no checkpoint has
- * copied (SQLite's usual threshold), and never more than one at a time.
+ * connection for a PASSIVE checkpoint, never more than one at a time. It asks as SQLite's own
+ * automatic checkpoint would: when the WAL holds 1000 frames or more since it last started
+ * over, some of them not yet checkpointed. A writer starts the WAL over once a checkpoint has
+ * copied all of it, so frames written during a checkpoint are asked for again, and the WAL
+ * stays near 1000 frames (counting only the frames not yet copied let it grow without bound
+ * when writes kept meeting checkpoints).
  *
- * Those frames are counted in the wal-index header, not by the WAL file's size: SQLite reuses
- * the WAL from its start after a checkpoint without shrinking the file, so once the file had
- * passed the threshold its size would ask for a checkpoint (two fsyncs) after every write.
+ * The frames are counted in the wal-index header, not by the WAL file's size: SQLite reuses
+ * the WAL from its start without shrinking the file, so once the file had passed the
+ * threshold its size asked for a checkpoint (two fsyncs) after every write.
  *
  * The worker (a V8 isolate with better-sqlite3 loaded: ~15 MiB of RSS) starts with the first
  * checkpoint and ends `idleMs` after the last, so a mount whose closures are copied stops
@@ -49,7 +53,8 @@ export class Checkpointer {
   /** After a commit on the daemon's connection. */
   wrote(): void {
     if (this.closed) return;
-    if (this.pendingFrames() < CHECKPOINT_FRAMES) return;
+    const wal = this.walFrames();
+    if (wal.frames < CHECKPOINT_FRAMES || wal.checkpointed >= wal.frames) return;
     if (this.busy) {
       this.again = true;
       return;
@@ -63,27 +68,29 @@ export class Checkpointer {
   }
 
   /**
-   * Frames in the WAL that no checkpoint has copied into the DB file yet: mxFrame − nBackfill
-   * of the wal-index in `-shm` (SQLite's walformat.html: bytes 16 and 96, in the host's byte
-   * order). 0 when there is no wal-index. A read that meets a writer updating the header can
-   * be off; the next write reads it again.
+   * The WAL's frames since it last started over (mxFrame) and how many of them a checkpoint
+   * has copied into the DB file (nBackfill), from the wal-index header in `-shm` (SQLite's
+   * walformat.html: bytes 16 and 96, in the host's byte order). Zeros when there is no
+   * wal-index. A read that meets a writer updating the header can be off; the next write
+   * reads it again.
    */
-  private pendingFrames(): number {
+  private walFrames(): { frames: number; checkpointed: number } {
     let fd: number;
     try {
       fd = fs.openSync(this.shm, 'r');
     } catch {
-      return 0;
+      return { frames: 0, checkpointed: 0 };
     }
     try {
-      if (fs.readSync(fd, this.header, 0, WAL_INDEX_HEADER_BYTES, 0) < WAL_INDEX_HEADER_BYTES) return 0;
+      if (fs.readSync(fd, this.header, 0, WAL_INDEX_HEADER_BYTES, 0) < WAL_INDEX_HEADER_BYTES) return { frames: 0, checkpointed: 0 };
     } finally {
       fs.closeSync(fd);
     }
     const le = os.endianness() === 'LE';
-    const mxFrame = le ? this.header.readUInt32LE(16) : this.header.readUInt32BE(16);
-    const nBackfill = le ? this.header.readUInt32LE(96) : this.header.readUInt32BE(96);
-    return mxFrame > nBackfill ? mxFrame - nBackfill : 0;
+    return {
+      frames: le ? this.header.readUInt32LE(16) : this.header.readUInt32BE(16),
+      checkpointed: le ? this.header.readUInt32LE(96) : this.header.readUInt32BE(96),
+    };
   }
 
   /** Checkpoints asked for so far (tests). */

@@ -367,6 +367,50 @@ test('Checkpointer: a worker checkpoints the WAL once 1000 pages are not checkpo
   await until('and it checkpoints too', () => fs.statSync(file).size > second * 1.5);
 });
 
+test('Checkpointer: frames written while a checkpoint ran are asked for again, so the WAL starts over instead of growing', async (t) => {
+  const dir = tempDir(t);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const file = path.join(dir, 'db', 'db.sqlite');
+  up.db.pragma('wal_autocheckpoint = 0');
+  const cp = new Checkpointer(file, 300);
+  const other = new Database(file);
+  t.teardown(async () => { other.close(); await cp.close(); up.close(); });
+  const ins = up.db.prepare('INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 1)');
+  let next = 0;
+  const write = (rows: number): void => up.db.transaction(() => {
+    for (const end = next + rows; next < end; next++) ins.run(`/nix/store/${String(next).padStart(32, '0')}-tail-test-${'x'.repeat(60)}`, `sha256:${next}`);
+  })();
+  // The WAL header's checkpoint sequence number (bytes 12-15, big-endian): it counts the times
+  // a writer started the WAL over.
+  const restarts = (): number => {
+    const b = Buffer.alloc(16);
+    const fd = fs.openSync(`${file}-wal`, 'r');
+    try { fs.readSync(fd, b, 0, 16, 0); } finally { fs.closeSync(fd); }
+    return b.readUInt32BE(12);
+  };
+  write(30_000);
+  // As if the worker's checkpoint had run just before the next write: all of the WAL copied,
+  // and a reader (a Nix client) that began before it keeps the WAL from starting over, so the
+  // write goes after it.
+  const reader = new Database(file, { readonly: true });
+  t.teardown(() => reader.close());
+  reader.exec('BEGIN');
+  reader.prepare('SELECT count(*) FROM ValidPaths').get();
+  other.pragma('wal_checkpoint(PASSIVE)');
+  const before = restarts();
+  write(10);
+  reader.exec('COMMIT');
+  t.is(restarts(), before, 'those few frames went at the end of the WAL');
+  cp.wrote();
+  t.is(cp.asked, 1, 'a checkpoint for them, though they are few');
+  for (let i = 0; i < 200 && cp.running(); i++) await new Promise((r) => setTimeout(r, 50));
+  t.false(cp.running(), 'the worker checkpointed and ended');
+  write(10);
+  t.is(restarts(), before + 1, 'the next write started the WAL over');
+  cp.wrote();
+  t.is(cp.asked, 1, 'and asked for nothing');
+});
+
 test('pagedValidNames reads a DB\'s valid paths page by page, in order, only those under the store dir', (t) => {
   const db = new Database(':memory:');
   t.teardown(() => db.close());
