@@ -327,7 +327,12 @@ test('reading the lower DB while a writer has its WAL open leaves nothing behind
   t.true(n > 0);
 });
 
-test('Checkpointer: a worker checkpoints the WAL once 1000 pages are not checkpointed; the writer does not; the worker ends when idle', async (t) => {
+/**
+ * A new upper DB whose connection does not checkpoint (as in lazy mode), a Checkpointer for it
+ * whose worker ends 300 ms after its last checkpoint, and `write(n)`: one transaction of n new
+ * rows. Closed after the test.
+ */
+function checkpointed(t: ExecutionContext): { up: UpperDb; file: string; cp: Checkpointer; write: (rows: number) => void } {
   const dir = tempDir(t);
   const up = UpperDb.open(path.join(dir, 'db'));
   const file = path.join(dir, 'db', 'db.sqlite');
@@ -336,9 +341,15 @@ test('Checkpointer: a worker checkpoints the WAL once 1000 pages are not checkpo
   t.teardown(async () => { await cp.close(); up.close(); });
   const ins = up.db.prepare('INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 1)');
   let next = 0;
-  const fill = (): void => up.db.transaction(() => {
-    for (const end = next + 30_000; next < end; next++) ins.run(`/nix/store/${String(next).padStart(32, '0')}-checkpoint-test-${'x'.repeat(60)}`, `sha256:${next}`);
+  const write = (rows: number): void => up.db.transaction(() => {
+    for (const end = next + rows; next < end; next++) ins.run(`/nix/store/${String(next).padStart(32, '0')}-checkpoint-test-${'x'.repeat(60)}`, `sha256:${next}`);
   })();
+  return { up, file, cp, write };
+}
+
+test('Checkpointer: a worker checkpoints the WAL once 1000 pages are not checkpointed; the writer does not; the worker ends when idle', async (t) => {
+  const { up, file, cp, write } = checkpointed(t);
+  const fill = (): void => write(30_000);
   const until = async (what: string, ok: () => boolean): Promise<void> => {
     for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 50));
     t.true(ok(), what);
@@ -368,18 +379,9 @@ test('Checkpointer: a worker checkpoints the WAL once 1000 pages are not checkpo
 });
 
 test('Checkpointer: frames written while a checkpoint ran are asked for again, so the WAL starts over instead of growing', async (t) => {
-  const dir = tempDir(t);
-  const up = UpperDb.open(path.join(dir, 'db'));
-  const file = path.join(dir, 'db', 'db.sqlite');
-  up.db.pragma('wal_autocheckpoint = 0');
-  const cp = new Checkpointer(file, 300);
+  const { file, cp, write } = checkpointed(t);
   const other = new Database(file);
-  t.teardown(async () => { other.close(); await cp.close(); up.close(); });
-  const ins = up.db.prepare('INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 1)');
-  let next = 0;
-  const write = (rows: number): void => up.db.transaction(() => {
-    for (const end = next + rows; next < end; next++) ins.run(`/nix/store/${String(next).padStart(32, '0')}-tail-test-${'x'.repeat(60)}`, `sha256:${next}`);
-  })();
+  t.teardown(() => other.close());
   // The WAL header's checkpoint sequence number (bytes 12-15, big-endian): it counts the times
   // a writer started the WAL over.
   const restarts = (): number => {
