@@ -21,10 +21,11 @@ const RESTART_MS = 10_000;
  * (wal_autocheckpoint = 0); after a write, `wrote()` asks a worker thread with its own
  * connection for a PASSIVE checkpoint, never more than one at a time. It asks as SQLite's own
  * automatic checkpoint would: when the WAL holds 1000 frames or more since it last started
- * over, some of them not yet checkpointed. A writer starts the WAL over once a checkpoint has
- * copied all of it, so frames written during a checkpoint are asked for again, and the WAL
- * stays near 1000 frames (counting only the frames not yet copied let it grow without bound
- * when writes kept meeting checkpoints).
+ * over, some of them not yet checkpointed. Frames written during a checkpoint are so asked for
+ * again (counting only the frames not yet copied left them, and the WAL never started over).
+ * A writer starts the WAL over only when its transaction begins with every frame copied: under
+ * back-to-back writes that moment waits for a pause, and the WAL grows until then (132 MB over
+ * the lazy bench's 1-, 100- and 1,000-path phases; native-notes/README.md).
  *
  * The frames are counted in the wal-index header, not by the WAL file's size: SQLite reuses
  * the WAL from its start without shrinking the file, so once the file had passed the
