@@ -47,6 +47,8 @@ export interface LazyLookupResult {
   daemonCachedMs: number[];
   expectedRows: number;
   upperRows: number | null;
+  /** the merged DB's WAL file right after the first lookups (bytes); absent in results before it */
+  walBytes?: number | null;
   daemonPeakRssKiB: number | null;
   daemonCpuS: number | null;
   error?: string;
@@ -150,6 +152,7 @@ export async function lazyLookup(ctx: MetaContext, spec: LazySpec, rep: number):
   let kernelCachedMs: number[] = [];
   let daemonCachedMs: number[] = [];
   let upperRows: number | null = null;
+  let walBytes: number | null = null;
   try {
     // Cold: nothing of the synthetic store or DB in the page cache or the dentry cache.
     await dropCaches();
@@ -165,6 +168,7 @@ export async function lazyLookup(ctx: MetaContext, spec: LazySpec, rep: number):
       extensionMs = r.samplesMs as number[];
     }
     usage = u.stop();
+    walBytes = fs.statSync(path.join(mnt.root, 'nix/var/nix/db/db.sqlite-wal'), { throwIfNoEntry: false })?.size ?? null;
     const allTops = path.join(dir, 'all-tops.list');
     const lists = [...sizes.map((s) => lazy.tops[s]), ...(lazy.extensionTops ? [lazy.extensionTops] : [])];
     fs.writeFileSync(allTops, lists.map((f) => fs.readFileSync(f, 'utf8')).join(''));
@@ -177,7 +181,7 @@ export async function lazyLookup(ctx: MetaContext, spec: LazySpec, rep: number):
     await unmountLocalOverlay(mnt.root, mnt.pid);
   }
   fs.rmSync(dir, { recursive: true, force: true });
-  return { firstMs, extensionMs, kernelCachedMs, daemonCachedMs, expectedRows: lazy.rows, upperRows, daemonPeakRssKiB: usage.peakRssKiB, daemonCpuS: usage.cpuS };
+  return { firstMs, extensionMs, kernelCachedMs, daemonCachedMs, expectedRows: lazy.rows, upperRows, walBytes, daemonPeakRssKiB: usage.peakRssKiB, daemonCpuS: usage.cpuS };
 }
 
 /**

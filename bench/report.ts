@@ -117,6 +117,8 @@ function metadataTable(r: Results): string {
     body.push([`cached lookup after dropping dentries, answered by the daemon (${d.length})`, `p50 ${fmt(percentile(d, 50) * 1000)} µs, p99 ${fmt(percentile(d, 99) * 1000)} µs`]);
     const bad = r.lazy.filter((l) => l.upperRows !== l.expectedRows);
     body.push(['rows in the merged DB after the lazy lookups', bad.length ? `MISMATCH: ${bad.map((l) => `${l.upperRows}≠${l.expectedRows}`).join(', ')}` : `${r.lazy[0].expectedRows.toLocaleString('en-US')} (= every closure)`]);
+    const wal = r.lazy.flatMap((l) => (typeof l.walBytes === 'number' ? [l.walBytes / 1024 / 1024] : []));
+    if (wal.length) body.push(['the merged DB\'s WAL file after the first lookups', `${fmt(median(wal))} MiB (${fmt(Math.min(...wal))}–${fmt(max(wal))})`]);
     body.push(['lazy daemon during first lookups: CPU, peak RSS', `${fmt(median(r.lazy.flatMap((l) => (l.daemonCpuS === null ? [] : [l.daemonCpuS]))))} s, ${fmt(median(r.lazy.flatMap((l) => (l.daemonPeakRssKiB ? [l.daemonPeakRssKiB / 1024] : []))))} MiB`]);
   }
   if (r.follower.length) {

@@ -141,7 +141,10 @@ export class Metadata {
     let p = this.inflight.get(storePath);
     if (p) return p;
     const t0 = Date.now();
-    p = withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath])).then((n) => {
+    const copy = (): Promise<number> => withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath]));
+    // Past its bound the WAL is caught up first, so that this copy starts it over (checkpointer.ts).
+    const settled = this.checkpointer?.settle() ?? null;
+    p = (settled ? settled.then(copy) : copy()).then((n) => {
       this.inflight.delete(storePath);
       // The lookup resolved to the lower layer because the lower DB lists the path, so its
       // row is normally found; if it was not (the lower DB changed in between), the object

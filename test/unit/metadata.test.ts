@@ -2,6 +2,7 @@ import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import Database = require('better-sqlite3');
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { mirrorRoot } from '../../bench/synth';
 import { Checkpointer } from '../../src/metadata/checkpointer';
@@ -329,15 +330,15 @@ test('reading the lower DB while a writer has its WAL open leaves nothing behind
 
 /**
  * A new upper DB whose connection does not checkpoint (as in lazy mode), a Checkpointer for it
- * whose worker ends 300 ms after its last checkpoint, and `write(n)`: one transaction of n new
+ * whose worker ends 300 ms after its last checkpoint (and with `boundFrames`, if given), and `write(n)`: one transaction of n new
  * rows. Closed after the test.
  */
-function checkpointed(t: ExecutionContext): { up: UpperDb; file: string; cp: Checkpointer; write: (rows: number) => void } {
+function checkpointed(t: ExecutionContext, boundFrames?: number): { up: UpperDb; file: string; cp: Checkpointer; write: (rows: number) => void } {
   const dir = tempDir(t);
   const up = UpperDb.open(path.join(dir, 'db'));
   const file = path.join(dir, 'db', 'db.sqlite');
   up.db.pragma('wal_autocheckpoint = 0');
-  const cp = new Checkpointer(file, 300);
+  const cp = new Checkpointer(file, 300, boundFrames);
   t.teardown(async () => { await cp.close(); up.close(); });
   const ins = up.db.prepare('INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 1)');
   let next = 0;
@@ -345,6 +346,25 @@ function checkpointed(t: ExecutionContext): { up: UpperDb; file: string; cp: Che
     for (const end = next + rows; next < end; next++) ins.run(`/nix/store/${String(next).padStart(32, '0')}-checkpoint-test-${'x'.repeat(60)}`, `sha256:${next}`);
   })();
   return { up, file, cp, write };
+}
+
+/**
+ * The WAL header's checkpoint sequence number (bytes 12-15, big-endian): it counts the times a
+ * writer started the WAL over.
+ */
+function walRestarts(dbFile: string): number {
+  const b = Buffer.alloc(16);
+  const fd = fs.openSync(`${dbFile}-wal`, 'r');
+  try { fs.readSync(fd, b, 0, 16, 0); } finally { fs.closeSync(fd); }
+  return b.readUInt32BE(12);
+}
+
+/** Frames in the WAL since it last started over (mxFrame in the wal-index header: SQLite's walformat). */
+function walFrames(dbFile: string): number {
+  const b = Buffer.alloc(20);
+  const fd = fs.openSync(`${dbFile}-shm`, 'r');
+  try { fs.readSync(fd, b, 0, 20, 0); } finally { fs.closeSync(fd); }
+  return os.endianness() === 'LE' ? b.readUInt32LE(16) : b.readUInt32BE(16);
 }
 
 test('Checkpointer: a worker checkpoints the WAL once 1000 pages are not checkpointed; the writer does not; the worker ends when idle', async (t) => {
@@ -382,14 +402,6 @@ test('Checkpointer: frames written while a checkpoint ran are asked for again, s
   const { file, cp, write } = checkpointed(t);
   const other = new Database(file);
   t.teardown(() => other.close());
-  // The WAL header's checkpoint sequence number (bytes 12-15, big-endian): it counts the times
-  // a writer started the WAL over.
-  const restarts = (): number => {
-    const b = Buffer.alloc(16);
-    const fd = fs.openSync(`${file}-wal`, 'r');
-    try { fs.readSync(fd, b, 0, 16, 0); } finally { fs.closeSync(fd); }
-    return b.readUInt32BE(12);
-  };
   write(30_000);
   // As if the worker's checkpoint had run just before the next write: all of the WAL copied,
   // and a reader (a Nix client) that began before it keeps the WAL from starting over, so the
@@ -399,18 +411,61 @@ test('Checkpointer: frames written while a checkpoint ran are asked for again, s
   reader.exec('BEGIN');
   reader.prepare('SELECT count(*) FROM ValidPaths').get();
   other.pragma('wal_checkpoint(PASSIVE)');
-  const before = restarts();
+  const before = walFrames(file);
+  t.true(before > 1000);
   write(10);
   reader.exec('COMMIT');
-  t.is(restarts(), before, 'those few frames went at the end of the WAL');
+  t.true(walFrames(file) > before, 'those few frames went at the end of the WAL');
   cp.wrote();
   t.is(cp.asked, 1, 'a checkpoint for them, though they are few');
   for (let i = 0; i < 200 && cp.running(); i++) await new Promise((r) => setTimeout(r, 50));
   t.false(cp.running(), 'the worker checkpointed and ended');
   write(10);
-  t.is(restarts(), before + 1, 'the next write started the WAL over');
+  t.true(walFrames(file) < 100, `the WAL started over (${walFrames(file)} frames)`);
   cp.wrote();
   t.is(cp.asked, 1, 'and asked for nothing');
+});
+
+test('Checkpointer: under back-to-back writes, past its bound a write waits for the checkpoint to catch up and starts the WAL over', async (t) => {
+  const bound = 2000;
+  const { file, cp, write } = checkpointed(t, bound);
+  const start = walRestarts(file);
+  let most = 0;
+  let waited = 0;
+  for (let i = 0; i < 60; i++) {
+    // As the daemon does before each closure copy; between copies it only turns the event loop.
+    const settled = cp.settle();
+    if (settled) {
+      waited++;
+      await settled;
+    } else {
+      await new Promise(setImmediate);
+    }
+    const before = walFrames(file);
+    write(3000);
+    most = Math.max(most, walFrames(file));
+    t.true(walFrames(file) - before < 1000, 'each write is under 1000 frames');
+    cp.wrote();
+  }
+  t.true(most < bound + 1000, `the WAL stayed under its bound and one write (at most ${most} frames, bound ${bound})`);
+  t.true(walRestarts(file) > start, 'the WAL started over');
+  t.true(waited > 0, 'some writes waited');
+});
+
+test('Checkpointer: a worker that ends when idle cuts the WAL file a burst made large back to nothing', async (t) => {
+  const { file, cp, write } = checkpointed(t);
+  write(120_000);
+  const burst = fs.statSync(`${file}-wal`).size;
+  t.true(burst > 32 * 1024 * 1024, `the burst made a WAL of ${burst} bytes`);
+  cp.wrote();
+  t.true(cp.running());
+  let size = burst;
+  for (let i = 0; i < 200 && (cp.running() || size > 0); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    size = fs.statSync(`${file}-wal`).size;
+  }
+  t.false(cp.running(), 'the worker ended');
+  t.is(size, 0, 'and the WAL file is empty');
 });
 
 test('pagedValidNames reads a DB\'s valid paths page by page, in order, only those under the store dir', (t) => {
