@@ -54,6 +54,8 @@ export class Checkpointer {
   private stopping: Worker | null = null;
   private readonly shm: string;
   private readonly header = Buffer.alloc(WAL_INDEX_HEADER_BYTES);
+  /** `-shm`, open from the first read on (wal()). */
+  private shmFd: number | null = null;
   private checkpointsAsked = 0;
   private busy = false;
   private again = false;
@@ -71,7 +73,7 @@ export class Checkpointer {
   /** After a commit on the daemon's connection. */
   wrote(): void {
     if (this.closed) return;
-    const wal = this.walFrames();
+    const wal = this.wal();
     if (wal.frames < CHECKPOINT_FRAMES || wal.checkpointed >= wal.frames) return;
     if (this.busy) {
       this.again = true;
@@ -81,17 +83,24 @@ export class Checkpointer {
   }
 
   /**
-   * Before a write on the daemon's connection: null when it may go ahead, else (the WAL is past
-   * `boundFrames` and not all copied) a promise that resolves once the checkpoints have caught
-   * up, so that the write starts the WAL over. It resolves without that when no checkpoint can
-   * run (the worker failed), or after three checkpoints that another writer kept from catching up.
+   * Before a write on the daemon's connection: null when it may go ahead, else a promise to
+   * wait for first:
+   * - the WAL is past `boundFrames` and not all copied: it resolves once the checkpoints have
+   *   caught up, so that the write starts the WAL over; or without that when no checkpoint can
+   *   run (the worker failed), or after three checkpoints that another writer kept from
+   *   catching up;
+   * - an idle worker is cutting the WAL file back: it holds SQLite's write lock meanwhile (~25
+   *   ms for 64 MiB), and the write would wait for it in SQLite's busy handler, holding up
+   *   every FUSE request; this waits for the worker's end without blocking the thread.
    */
   settle(): Promise<void> | null {
-    if (!this.behind()) return null;
+    if (this.stopping === null && !this.behind()) return null;
     return (async (): Promise<void> => {
-      for (let i = 0; i < 3 && this.behind(); i++) {
-        if (!this.busy) this.ask();
-        if (!this.busy) return;
+      for (let i = 0; i < 3 && (this.stopping !== null || this.behind()); i++) {
+        if (this.stopping === null) {
+          if (!this.busy) this.ask();
+          if (!this.busy) return;
+        }
         await new Promise<void>((resolve) => this.waiters.push(resolve));
       }
     })();
@@ -100,7 +109,7 @@ export class Checkpointer {
   /** Whether the WAL is past the bound with frames not yet copied. */
   private behind(): boolean {
     if (this.closed) return false;
-    const wal = this.walFrames();
+    const wal = this.wal();
     return wal.frames >= this.boundFrames && wal.checkpointed < wal.frames;
   }
 
@@ -117,20 +126,21 @@ export class Checkpointer {
    * The WAL's frames since it last started over (mxFrame) and how many of them a checkpoint
    * has copied into the DB file (nBackfill), from the wal-index header in `-shm` (SQLite's
    * walformat.html: bytes 16 and 96, in the host's byte order). Zeros when there is no
-   * wal-index. A read that meets a writer updating the header can be off; the next write
+   * wal-index yet. A read that meets a writer updating the header can be off; the next write
    * reads it again.
+   *
+   * The file is opened once and closed only after the connections (close()): closing any
+   * descriptor of a file drops every POSIX lock the process holds on it, SQLite's own among
+   * them. Opened and closed per read, it dropped the daemon connection's lock on `-shm` that
+   * tells other processes the wal-index is in use, and the next Nix client to open the DB
+   * rebuilt it under the daemon (nBackfill went from 547 to 0; found by review).
    */
-  private walFrames(): { frames: number; checkpointed: number } {
-    let fd: number;
+  wal(): { frames: number; checkpointed: number } {
     try {
-      fd = fs.openSync(this.shm, 'r');
+      this.shmFd ??= fs.openSync(this.shm, 'r');
+      if (fs.readSync(this.shmFd, this.header, 0, WAL_INDEX_HEADER_BYTES, 0) < WAL_INDEX_HEADER_BYTES) return { frames: 0, checkpointed: 0 };
     } catch {
       return { frames: 0, checkpointed: 0 };
-    }
-    try {
-      if (fs.readSync(fd, this.header, 0, WAL_INDEX_HEADER_BYTES, 0) < WAL_INDEX_HEADER_BYTES) return { frames: 0, checkpointed: 0 };
-    } finally {
-      fs.closeSync(fd);
     }
     const le = os.endianness() === 'LE';
     return {
@@ -172,7 +182,10 @@ export class Checkpointer {
     // Ended (idle, closed, or it failed): the next checkpoint starts another, and one asked
     // for meanwhile is not lost. One that failed is not started again for RESTART_MS.
     w.on('exit', () => {
-      if (this.stopping === w) this.stopping = null;
+      if (this.stopping === w) {
+        this.stopping = null;
+        this.wake();
+      }
       if (this.worker !== w) return;
       this.worker = null;
       this.busy = false;
@@ -202,6 +215,10 @@ export class Checkpointer {
     setTimeout(() => void w.terminate(), STOP_MS).unref();
   }
 
+  /**
+   * Ends the workers. `-shm` is closed once they have ended: call the daemon connection's
+   * close() right after this one, before the promise resolves (wal() says why).
+   */
   close(): Promise<void> {
     this.closed = true;
     if (this.idle) clearTimeout(this.idle);
@@ -210,6 +227,9 @@ export class Checkpointer {
     this.worker = null;
     this.stopping = null;
     this.wake();
-    return Promise.all(ws.map((w) => w.terminate())).then(() => undefined);
+    return Promise.all(ws.map((w) => w.terminate())).then(() => {
+      if (this.shmFd !== null) fs.closeSync(this.shmFd);
+      this.shmFd = null;
+    });
   }
 }

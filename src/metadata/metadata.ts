@@ -144,8 +144,9 @@ export class Metadata {
     const copy = (): Promise<number> => withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath]));
     // Past its bound the WAL is caught up first, so that this copy starts it over (checkpointer.ts).
     const settled = this.checkpointer?.settle() ?? null;
-    p = (settled ? settled.then(copy) : copy()).then((n) => {
+    p = (settled ? settled.then(() => (this.closed ? null : copy())) : copy()).then((n) => {
       this.inflight.delete(storePath);
+      if (n === null) return; // the mount closed while the copy waited: the lookup is answered anyway
       // The lookup resolved to the lower layer because the lower DB lists the path, so its
       // row is normally found; if it was not (the lower DB changed in between), the object
       // stays unsettled: asked again next time, and copied when the lower DB next grows.

@@ -1,8 +1,8 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import Database = require('better-sqlite3');
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { mirrorRoot } from '../../bench/synth';
 import { Checkpointer } from '../../src/metadata/checkpointer';
@@ -339,7 +339,11 @@ function checkpointed(t: ExecutionContext, boundFrames?: number): { up: UpperDb;
   const file = path.join(dir, 'db', 'db.sqlite');
   up.db.pragma('wal_autocheckpoint = 0');
   const cp = new Checkpointer(file, 300, boundFrames);
-  t.teardown(async () => { await cp.close(); up.close(); });
+  t.teardown(async () => {
+    const closing = cp.close();
+    up.close();
+    await closing;
+  });
   const ins = up.db.prepare('INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 1)');
   let next = 0;
   const write = (rows: number): void => up.db.transaction(() => {
@@ -357,14 +361,6 @@ function walRestarts(dbFile: string): number {
   const fd = fs.openSync(`${dbFile}-wal`, 'r');
   try { fs.readSync(fd, b, 0, 16, 0); } finally { fs.closeSync(fd); }
   return b.readUInt32BE(12);
-}
-
-/** Frames in the WAL since it last started over (mxFrame in the wal-index header: SQLite's walformat). */
-function walFrames(dbFile: string): number {
-  const b = Buffer.alloc(20);
-  const fd = fs.openSync(`${dbFile}-shm`, 'r');
-  try { fs.readSync(fd, b, 0, 20, 0); } finally { fs.closeSync(fd); }
-  return os.endianness() === 'LE' ? b.readUInt32LE(16) : b.readUInt32BE(16);
 }
 
 test('Checkpointer: a worker checkpoints the WAL once 1000 pages are not checkpointed; the writer does not; the worker ends when idle', async (t) => {
@@ -411,17 +407,17 @@ test('Checkpointer: frames written while a checkpoint ran are asked for again, s
   reader.exec('BEGIN');
   reader.prepare('SELECT count(*) FROM ValidPaths').get();
   other.pragma('wal_checkpoint(PASSIVE)');
-  const before = walFrames(file);
+  const before = cp.wal().frames;
   t.true(before > 1000);
   write(10);
   reader.exec('COMMIT');
-  t.true(walFrames(file) > before, 'those few frames went at the end of the WAL');
+  t.true(cp.wal().frames > before, 'those few frames went at the end of the WAL');
   cp.wrote();
   t.is(cp.asked, 1, 'a checkpoint for them, though they are few');
   for (let i = 0; i < 200 && cp.running(); i++) await new Promise((r) => setTimeout(r, 50));
   t.false(cp.running(), 'the worker checkpointed and ended');
   write(10);
-  t.true(walFrames(file) < 100, `the WAL started over (${walFrames(file)} frames)`);
+  t.true(cp.wal().frames < 100, `the WAL started over (${cp.wal().frames} frames)`);
   cp.wrote();
   t.is(cp.asked, 1, 'and asked for nothing');
 });
@@ -441,10 +437,10 @@ test('Checkpointer: under back-to-back writes, past its bound a write waits for 
     } else {
       await new Promise(setImmediate);
     }
-    const before = walFrames(file);
+    const before = cp.wal().frames;
     write(3000);
-    most = Math.max(most, walFrames(file));
-    t.true(walFrames(file) - before < 1000, 'each write is under 1000 frames');
+    most = Math.max(most, cp.wal().frames);
+    t.true(cp.wal().frames - before < 1000, 'each write is under 1000 frames');
     cp.wrote();
   }
   t.true(most < bound + 1000, `the WAL stayed under its bound and one write (at most ${most} frames, bound ${bound})`);
@@ -466,6 +462,41 @@ test('Checkpointer: a worker that ends when idle cuts the WAL file a burst made 
   }
   t.false(cp.running(), 'the worker ended');
   t.is(size, 0, 'and the WAL file is empty');
+});
+
+test('Checkpointer: reading the WAL\'s frames keeps SQLite\'s locks on -shm, so another process opening the DB does not rebuild the wal-index under it', (t) => {
+  const { up, file, cp, write } = checkpointed(t);
+  write(3000);
+  up.db.pragma('wal_checkpoint(PASSIVE)');
+  const before = cp.wal();
+  t.true(before.checkpointed > 0 && before.checkpointed === before.frames, `all ${before.frames} frames copied`);
+  cp.wal();
+  // A Nix client opening the DB: it takes the wal-index over (and rebuilds it from the WAL,
+  // with nothing copied) only when no other process holds its lock on -shm.
+  const script = `const D = require(${JSON.stringify(require.resolve('better-sqlite3'))}); const db = new D(${JSON.stringify(file)}); db.prepare('SELECT count(*) FROM ValidPaths').get(); db.close();`;
+  execFileSync(process.execPath, ['-e', script]);
+  t.deepEqual(cp.wal(), before, 'the wal-index is the one the daemon\'s connection made');
+});
+
+// Serial: the worker's end must be seen between the idle timer and the worker's exit, which
+// another test's synchronous writes on this thread would hide.
+test.serial('Checkpointer: a write waits (without blocking the thread) while an idle worker cuts the WAL file back', async (t) => {
+  const { file, cp, write } = checkpointed(t);
+  write(120_000);
+  cp.wrote();
+  let settled: Promise<void> | null = null;
+  for (const end = Date.now() + 10_000; Date.now() < end && settled === null;) {
+    await new Promise(setImmediate);
+    if (fs.statSync(`${file}-wal`).size === 0) break;
+    settled = cp.settle();
+  }
+  t.not(settled, null, 'settle() answered a promise while the worker was ending');
+  // The worker is unref'd: something must keep this process's event loop going, as the FUSE
+  // session does the daemon's.
+  const alive = setInterval(() => undefined, 100);
+  try { await settled; } finally { clearInterval(alive); }
+  t.false(cp.running(), 'it resolved once the worker ended');
+  t.is(fs.statSync(`${file}-wal`).size, 0, 'with the WAL file cut back');
 });
 
 test('pagedValidNames reads a DB\'s valid paths page by page, in order, only those under the store dir', (t) => {
