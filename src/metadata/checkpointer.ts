@@ -10,11 +10,13 @@ const CHECKPOINT_FRAMES = 1000;
 const WAL_INDEX_HEADER_BYTES = 100;
 /**
  * WAL frames past which a write waits for the checkpoints to catch up, so that it starts the WAL
- * over (`settle`): 16,384 frames of 4 KiB pages, 64 MiB. Over the lazy bench's lookups (3
- * repetitions, twice) the WAL file ended at 72.5 MiB instead of 126, and the 1,000-path p99
- * was 18.1 and 17.9 ms against 17.3 and 17.5 without the bound.
+ * over (`settle`): 65,536 frames of 4 KiB pages, 256 MiB. A wait costs the lookup the rest of a
+ * checkpoint: in-process over the lazy bench's closures, 8.5 and 10.7 ms at 1,000-path
+ * closures (whose copies take ~12 ms) and 30 ms at a 10,000-path one. With 64 MiB two of every
+ * 50 1,000-path lookups waited, which is the lazy bench's p99 (21.5 ms, max 22.6, in a full
+ * run); with 256 MiB none of them does, and the WAL ends at 126 MiB there as without a bound.
  */
-const WAL_BOUND_FRAMES = 16_384;
+const WAL_BOUND_FRAMES = 65_536;
 /** How long the worker outlives its last checkpoint. */
 const IDLE_MS = 10_000;
 /** How long an idle worker has to end by itself. */
@@ -63,7 +65,7 @@ export class Checkpointer {
   private closed = false;
   /** When a worker last failed (its 'error' event). */
   private failedAt = 0;
-  /** settle()s waiting for the checkpoint that runs to end. */
+  /** settle()s waiting for the running checkpoint, or the stopping worker, to end. */
   private waiters: (() => void)[] = [];
 
   constructor(private readonly dbFile: string, private readonly idleMs = IDLE_MS, private readonly boundFrames = WAL_BOUND_FRAMES) {
@@ -89,9 +91,10 @@ export class Checkpointer {
    *   caught up, so that the write starts the WAL over; or without that when no checkpoint can
    *   run (the worker failed), or after three checkpoints that another writer kept from
    *   catching up;
-   * - an idle worker is cutting the WAL file back: it holds SQLite's write lock meanwhile (~25
-   *   ms for 64 MiB), and the write would wait for it in SQLite's busy handler, holding up
-   *   every FUSE request; this waits for the worker's end without blocking the thread.
+   * - an idle worker is cutting the WAL file back: it holds SQLite's write lock meanwhile (48–54
+   *   ms for a 158 MiB file, measured by review), and the write would wait for it in SQLite's
+   *   busy handler, holding up every FUSE request; this waits for the worker's end without
+   *   blocking the thread.
    */
   settle(): Promise<void> | null {
     if (this.stopping === null && !this.behind()) return null;
