@@ -142,7 +142,7 @@ export class Metadata {
     if (p) return p;
     const t0 = Date.now();
     const copy = (): Promise<number> => withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath]));
-    // Past its bound the WAL is caught up first, so that this copy starts it over (checkpointer.ts).
+    // First, if the WAL is past its bound or an idle worker is cutting it back, wait (Checkpointer.settle).
     const settled = this.checkpointer?.settle() ?? null;
     p = (settled ? settled.then(() => (this.closed ? null : copy())) : copy()).then((n) => {
       this.inflight.delete(storePath);
