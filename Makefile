@@ -23,6 +23,15 @@ system-packages:
 	  if [ "$$(id -u)" != 0 ]; then echo "error: run as root to install:$$missing" >&2; exit 1; fi; \
 	  apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# Nix's build users, as Debian's nix-setup-systemd makes them (apt may skip that recommended
+	@# package): Nix as root builds as them by default, and the tests check the merged store does.
+	@if ! getent group nixbld >/dev/null || [ -z "$$(getent group nixbld | cut -d: -f4)" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "error: run as root to add Nix's build users (group nixbld)" >&2; exit 1; fi; \
+	  echo "adding Nix's build users nixbld1..nixbld10 (group nixbld)"; \
+	  groupadd --force --system nixbld; \
+	  for n in $$(seq 1 10); do id "nixbld$$n" >/dev/null 2>&1 || useradd --system --comment "Nix build user $$n" \
+	    --home-dir /var/empty --gid nixbld --groups nixbld --no-user-group --shell /usr/sbin/nologin "nixbld$$n"; done; \
+	fi
 
 deps: node_modules/.package-lock.json
 

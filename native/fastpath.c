@@ -432,7 +432,7 @@ static int lo_open(const char *path, struct fuse_file_info *fi) {
   return 0;
 }
 
-static int lo_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
+static int lo_make_file(const char *path, mode_t mode, struct fuse_file_info *fi) {
   lo_fast *f = lo_get();
   if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(create, path, mode, fi);
   int fd = openat(f->fd[LO_UPPER], lo_rel(path), fi->flags | O_CREAT | O_NOFOLLOW, mode & 07777);
@@ -548,7 +548,7 @@ static int lo_done(lo_fast *f, int rc, int counter) {
   return 0;
 }
 
-static int lo_mkdir(const char *path, mode_t mode) {
+static int lo_make_dir(const char *path, mode_t mode) {
   lo_fast *f = lo_get();
   if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(mkdir, path, mode);
   return lo_done(f, mkdirat(f->fd[LO_UPPER], lo_rel(path), mode & 07777), LO_C_MKDIR);
@@ -566,7 +566,7 @@ static int lo_rmdir(const char *path) {
   return lo_done(f, unlinkat(f->fd[LO_UPPER], lo_rel(path), AT_REMOVEDIR), LO_C_RMDIR);
 }
 
-static int lo_symlink(const char *target, const char *path) {
+static int lo_make_symlink(const char *target, const char *path) {
   lo_fast *f = lo_get();
   if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(symlink, target, path);
   return lo_done(f, symlinkat(target, f->fd[LO_UPPER], lo_rel(path)), LO_C_SYMLINK);
@@ -608,6 +608,50 @@ static int lo_utimens(const char *path, const struct timespec tv[2]) {
   lo_fast *f = lo_get();
   if (f == NULL || !lo_in_upper(f, path, 1)) LO_PASS_TO(utimens, path, tv);
   return lo_done(f, utimensat(f->fd[LO_UPPER], lo_rel(path), tv, AT_SYMLINK_NOFOLLOW), LO_C_UTIMENS);
+}
+
+// A new entry belongs to whoever made it, as on any filesystem and under kernel OverlayFS: the
+// daemon makes it (in C or in JS), then gives it to the caller. Nix depends on it: with build
+// users, an output that root owns is "suspicious ownership" and the build is rejected. In a
+// setgid directory the group stays the directory's (the kernel gave it so); a chown clears a
+// regular file's setuid and setgid bits, so they are put back. Best effort: a daemon that may
+// not chown (not root) leaves the entry its own, as it has to.
+static int lo_give(const char *path, mode_t mode, int rc) {
+  struct fuse_context *ctx = fuse_get_context();
+  lo_fast *f = lo_state();
+  if (rc != 0 || ctx == NULL || f == NULL || !__atomic_load_n(&f->configured, __ATOMIC_ACQUIRE)) return rc;
+  uid_t me = geteuid();
+  if (me != 0 || (ctx->uid == me && ctx->gid == getegid())) return rc;
+  const char *rel = lo_rel(path);
+  const char *slash = strrchr(rel, '/');
+  struct stat dir;
+  int dir_rc;
+  if (slash == NULL) {
+    dir_rc = fstat(f->fd[LO_UPPER], &dir);
+  } else {
+    char parent[PATH_MAX];
+    size_t n = (size_t) (slash - rel);
+    if (n >= sizeof(parent)) return rc;
+    memcpy(parent, rel, n);
+    parent[n] = '\0';
+    dir_rc = fstatat(f->fd[LO_UPPER], parent, &dir, AT_SYMLINK_NOFOLLOW);
+  }
+  gid_t gid = dir_rc == 0 && (dir.st_mode & S_ISGID) ? (gid_t) -1 : ctx->gid;
+  if (fchownat(f->fd[LO_UPPER], rel, ctx->uid, gid, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(mode) && (mode & (S_ISUID | S_ISGID)))
+    fchmodat(f->fd[LO_UPPER], rel, mode & 07777, 0);
+  return rc;
+}
+
+static int lo_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
+  return lo_give(path, mode | S_IFREG, lo_make_file(path, mode, fi));
+}
+
+static int lo_mkdir(const char *path, mode_t mode) {
+  return lo_give(path, (mode & 07777) | S_IFDIR, lo_make_dir(path, mode));
+}
+
+static int lo_symlink(const char *target, const char *path) {
+  return lo_give(path, S_IFLNK | 0777, lo_make_symlink(target, path));
 }
 
 // Puts the fast path in front of each operation JS implements; the JS handler stays the
@@ -1885,7 +1929,7 @@ NAPI_METHOD(fuse_native_fast_config) {
       return NULL;
     }
   }
-  f->configured = 1;
+  __atomic_store_n(&f->configured, 1, __ATOMIC_RELEASE);
   return NULL;
 }
 

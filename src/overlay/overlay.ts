@@ -148,8 +148,13 @@ export class Overlay {
     return `${this.hiddenDir}/${basename(path)}`;
   }
 
-  /** The real path of an existing entry that is about to be changed: EROFS on the lower layer. */
+  /**
+   * The real path of an existing entry that is about to be changed: EROFS on the lower layer.
+   * The store root's attributes are the upper dir's (rootAttr): Nix with build users makes its
+   * store dir root:nixbld, mode 1775, and refuses a store where it cannot.
+   */
   private locateWritable(path: string, op: string): Located | Errno {
+    if (path === '/') return { layer: Layer.Upper, real: this.upperDir, top: '' };
     const loc = this.locate(path);
     if (typeof loc === 'number') return loc;
     if (loc.layer === Layer.Lower) return this.refused(op, path);

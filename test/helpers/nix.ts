@@ -43,9 +43,21 @@ export function requireNix(): void {
   if (!haveNix()) throw new Error('nix-store is not installed: run `make system-packages` (Debian nix-bin, Nix 2.8)');
 }
 
-export function nix(cmd: 'nix-store' | 'nix-build' | 'nix' | 'nix-collect-garbage' | 'nix-instantiate', args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<RunResult> {
+/** Runs a Nix command in the hermetic environment; `settings` (nix.conf lines) come last and win. */
+export function nix(cmd: 'nix-store' | 'nix-build' | 'nix' | 'nix-collect-garbage' | 'nix-instantiate', args: readonly string[], opts: { timeoutMs?: number; settings?: readonly string[] } = {}): Promise<RunResult> {
   requireNix();
-  return run(cmd, args, { env: env(), timeoutMs: opts.timeoutMs ?? 180_000 });
+  const e = opts.settings === undefined ? env() : { ...env(), NIX_CONFIG: [env().NIX_CONFIG, ...opts.settings].join('\n') };
+  return run(cmd, args, { env: e, timeoutMs: opts.timeoutMs ?? 180_000 });
+}
+
+/**
+ * Fails with a clear message unless Nix's build users exist (group `nixbld` with members), as
+ * Debian's nix-setup-systemd or `make system-packages` makes them.
+ */
+export async function requireBuildUsers(): Promise<void> {
+  const r = await run('getent', ['group', 'nixbld']);
+  const members = r.stdout.trim().split(':')[3] ?? '';
+  if (r.code !== 0 || members === '') throw new Error('the group nixbld with build users (nixbld1...) is missing: run `make system-packages` as root');
 }
 
 export async function nixOk(cmd: Parameters<typeof nix>[0], args: readonly string[]): Promise<string> {

@@ -587,6 +587,56 @@ const rows: Row[] = [
     },
   },
   {
+    name: 'new files, dirs and symlinks belong to the user who made them (and a setgid dir\'s group), in the merged view and the upper dir',
+    on: 'fresh',
+    check: async (t, d) => {
+      // As a Nix build user writes its output: without this, Nix rejects the output
+      // ("suspicious ownership or permission").
+      const a = await upperObject(d, 'owner');
+      await fs.promises.chmod(path.join(d.store, a), 0o777);
+      await fs.promises.mkdir(path.join(d.store, a, 'sgid'));
+      await fs.promises.chown(path.join(d.store, a, 'sgid'), 0, 4242);
+      await fs.promises.chmod(path.join(d.store, a, 'sgid'), 0o2777);
+      const make = `const fs = require('fs'); const [a] = process.argv.slice(1);
+        fs.closeSync(fs.openSync(a + '/f', 'w', 0o644)); fs.closeSync(fs.openSync(a + '/suid', 'w', 0o4755));
+        fs.mkdirSync(a + '/d', 0o755); fs.symlinkSync('f', a + '/l'); fs.closeSync(fs.openSync(a + '/sgid/g', 'w', 0o644));
+        fs.mkdirSync(a + '/sgid/sub');`;
+      const r = await asNobody(process.execPath, ['-e', make, path.join(d.store, a)]);
+      t.is(r.code, 0, `nobody makes entries in a 0777 dir: ${r.stderr}`);
+      const nobody = [65534, 65534];
+      for (const [rel, owner, mode] of [['f', nobody, 0o644], ['suid', nobody, 0o4755], ['d', nobody, 0o755], ['l', nobody, undefined], ['sgid/g', [65534, 4242], 0o644], ['sgid/sub', [65534, 4242], 0o2755]] as const) {
+        for (const [view, dir] of [['merged', d.store], ['upper', d.upper]] as const) {
+          const st = await fs.promises.lstat(path.join(dir, a, rel));
+          t.deepEqual([st.uid, st.gid], [...owner], `${rel}: ${view} owner`);
+          if (mode !== undefined) t.is(st.mode & 0o7777, mode, `${rel}: ${view} mode ${mode.toString(8)}`);
+        }
+      }
+      const root = await fs.promises.lstat(path.join(d.upper, a));
+      t.deepEqual([root.uid, root.gid], [0, 0], 'what root makes stays root\'s');
+    },
+  },
+  {
+    name: 'chown and chmod of the store dir (Nix with build users makes it root:nixbld 1775) change the upper dir',
+    on: 'fresh',
+    serial: true,
+    check: async (t, d) => {
+      const before = await fs.promises.stat(d.upper);
+      try {
+        await fs.promises.chown(d.store, 0, 4243);
+        await fs.promises.chmod(d.store, 0o1775);
+        for (const [view, dir] of [['merged', d.store], ['upper', d.upper]] as const) {
+          const st = await fs.promises.stat(dir);
+          t.deepEqual([st.uid, st.gid, st.mode & 0o7777], [0, 4243, 0o1775], `${view}: store dir owner and mode`);
+        }
+        await fs.promises.utimes(d.store, 5, 6);
+        t.is((await fs.promises.stat(d.upper)).mtimeMs, 6000, 'utimes of the store dir sets the upper dir\'s');
+      } finally {
+        await fs.promises.chown(d.store, before.uid, before.gid);
+        await fs.promises.chmod(d.store, before.mode & 0o7777);
+      }
+    },
+  },
+  {
     name: 'utimens: mtime=1 like Nix, lutimes of a symlink, touch -a / touch -m keep the other time',
     on: 'fresh',
     check: async (t, d) => {

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
-import { derivation, nix, nixOk } from '../helpers/nix';
+import { derivation, nix, nixOk, requireBuildUsers } from '../helpers/nix';
 import { lowerRootDigest, treeLines } from '../helpers/tree';
 
 // Real Nix 2.8 drives merged roots over the shared lower store built by
@@ -81,6 +81,37 @@ test('build: only the new output is built, into the upper dir; lower inputs are 
   await m.unmount();
   t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
 });
+
+test('build users: Nix as a multi-user install runs it (build-users-group = nixbld) makes the store dir its own and builds, its builder writing through the mount', async (t) => {
+  await requireBuildUsers();
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const p = lower.manifest.paths;
+  // The builder runs as a build user and writes a dir, files (one executable) and a symlink;
+  // Nix then checks that the build user owns each of them before it takes the output.
+  const drv = await derivation(m.dir, 'build-users-test', { single: p.singleFile },
+    'PATH=/usr/bin; mkdir -p $out/bin $out/share; read line < ${single}; echo "$line" > $out/share/x; echo "#!/bin/sh" > $out/bin/run; chmod +x $out/bin/run; ln -s ../share/x $out/bin/link; id -u > $out/share/uid');
+  const settings = ['build-users-group = nixbld', 'sandbox-paths = /bin/sh=/bin/sh /lib /lib64 /usr/lib /usr/bin'];
+
+  const r = await nix('nix-build', ['--store', m.root, '--no-out-link', ...drv], { settings });
+  t.is(r.code, 0, r.stderr);
+  const out = r.stdout.trim();
+  const uid = Number((await fs.promises.readFile(path.join(m.store, rel(out), 'share/uid'), 'utf8')).trim());
+  t.not(uid, 0, 'the builder ran as a build user, not as root');
+  const store = await fs.promises.stat(m.store);
+  const nixbld = Number((await nixGroup()).split(':')[2]);
+  t.deepEqual([store.uid, store.gid, store.mode & 0o7777], [0, nixbld, 0o1775], 'Nix made the store dir root:nixbld 1775 through the mount');
+  for (const f of ['', 'bin', 'bin/run', 'bin/link', 'share/x']) {
+    const st = await fs.promises.lstat(path.join(m.upper, rel(out), f));
+    t.deepEqual([st.uid, st.gid], [0, 0], `${f || 'the output'}: Nix gave it back to root`);
+  }
+  t.is(await fs.promises.readFile(path.join(m.store, rel(out), 'share/x'), 'utf8'), lower.manifest.contents.singleFile.split('\n')[0] + '\n');
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', out]);
+});
+
+async function nixGroup(): Promise<string> {
+  return (await fs.promises.readFile('/etc/group', 'utf8')).split('\n').find((l) => l.startsWith('nixbld:')) ?? '';
+}
 
 test('redundant add: adding content the lower store has writes nothing to the upper dir', async (t) => {
   const lower = await sharedLower();
