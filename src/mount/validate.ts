@@ -39,7 +39,7 @@ export function validateMount(cfg: MountConfig): void {
   if (within(cfg.upperDir, cfg.workDir) || within(cfg.workDir, cfg.upperDir)) {
     fail('work-upper-overlap', `work dir ${cfg.workDir} and upper dir ${cfg.upperDir} must not contain each other`);
   }
-  checkSameLower(cfg);
+  checkSameLayers(cfg);
   const merged = rootLayout(cfg.mergedRoot);
   if (within(merged.storeDir, cfg.upperDir) || within(cfg.upperDir, merged.storeDir)) {
     fail('upper-merged-overlap', `upper dir ${cfg.upperDir} and the merged store dir ${merged.storeDir} must be separate`);
@@ -79,16 +79,24 @@ export function validateMount(cfg: MountConfig): void {
 }
 
 /**
- * A merged root stays with the lower root it was made over: its DB holds that lower store's
- * rows (all of them in mirror mode, the closures looked up in lazy mode), and over another lower
+ * A merged root stays with the layers it was made with. Its DB holds the lower store's rows
+ * (all of them in mirror mode, the closures looked up in lazy mode), and over another lower
  * store Nix would take them for valid paths whose files are not there. No flag overrides this:
  * dropping the rows that neither layer serves would also break the closures of upper objects
- * built on them, so a correct DB needs a new root.
+ * built on them, so a correct DB needs a new root. Its DB also lists the objects its upper dir
+ * holds: over another upper dir Nix's next verify or GC deletes their rows and roots (a typo in
+ * --upper cost a rooted output that way). A moved upper dir is mounted again once config.json,
+ * which records the old path, is removed.
  */
-function checkSameLower(cfg: MountConfig): void {
+function checkSameLayers(cfg: MountConfig): void {
   const rc = readRootConfig(cfg.mergedRoot);
-  if (rc === null || canonicalPath(rc.config.lowerRoot) === canonicalPath(cfg.lowerRoot)) return;
-  fail('lower-changed', `merged root ${cfg.mergedRoot} was made over the lower root ${rc.config.lowerRoot} (recorded in ${configPath(cfg.mergedRoot)}), not ${cfg.lowerRoot}: its DB holds the rows of that lower store's paths. Mount ${cfg.lowerRoot} with a new --root, or restore ${rc.config.lowerRoot} and mount that again`);
+  if (rc === null) return;
+  if (canonicalPath(rc.config.lowerRoot) !== canonicalPath(cfg.lowerRoot)) {
+    fail('lower-changed', `merged root ${cfg.mergedRoot} was made over the lower root ${rc.config.lowerRoot} (recorded in ${configPath(cfg.mergedRoot)}), not ${cfg.lowerRoot}: its DB holds the rows of that lower store's paths. Mount ${cfg.lowerRoot} with a new --root, or restore ${rc.config.lowerRoot} and mount that again`);
+  }
+  if (canonicalPath(rc.config.upperDir) !== canonicalPath(cfg.upperDir)) {
+    fail('upper-changed', `merged root ${cfg.mergedRoot} was made with the upper dir ${rc.config.upperDir} (recorded in ${configPath(cfg.mergedRoot)}), not ${cfg.upperDir}: its DB lists the objects that dir holds, and Nix would drop them. Mount with --upper ${rc.config.upperDir}, or a new --root; if you moved the upper dir to ${cfg.upperDir}, remove ${configPath(cfg.mergedRoot)} first`);
+  }
 }
 
 /** `dir` exists as a directory, or can be made: the nearest existing path above it is a directory. */

@@ -192,6 +192,21 @@ test('remounting a merged root over another lower root is refused, naming both a
   t.true(fs.existsSync(path.join(again.store, rel(lower.manifest.paths.appOut))));
 });
 
+test('remounting a merged root with another upper dir is refused, naming both and what to do; a moved upper dir mounts once config.json is removed', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  await m.unmount();
+  const typo = path.join(dir, 'upper-typo');
+  const c = { lower: lower.root, upper: typo, root: m.root, work: m.work };
+  await refused(t, c, new RegExp(`merged root ${m.root} was made with the upper dir ${m.upper} \\(recorded in ${m.root}/nix/var/local-overlay/config\\.json\\), not ${typo}: .* Mount with --upper ${m.upper}, or a new --root; if you moved the upper dir to ${typo}, remove ${m.root}/nix/var/local-overlay/config\\.json first`));
+  const moved = path.join(dir, 'upper-moved');
+  fs.renameSync(m.upper, moved);
+  fs.rmSync(path.join(m.root, 'nix/var/local-overlay/config.json'));
+  const again = await mountMerged(t, lower.root, { dir, upper: moved });
+  t.true(fs.existsSync(path.join(again.store, rel(lower.manifest.paths.appOut))));
+});
+
 test('numeric options out of range or not numbers exit 2, naming the option and its range', async (t) => {
   const dir = tempDir(t);
   const lower = await sharedLower();
