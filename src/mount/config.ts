@@ -54,7 +54,7 @@ export interface MountConfig {
 export const PASSTHROUGH_MIN_BYTES = 128 * 1024;
 
 /** What `mount --metadata lazy` says (on its stderr and in the log): README, "Garbage collection". */
-export const LAZY_GC_WARNING = 'lazy metadata: plain Nix cannot garbage-collect this merged store (its GC would try to delete lower objects); use --metadata mirror for that';
+export const LAZY_GC_WARNING = 'lazy metadata: plain Nix asks its DB before the filesystem, so a lower path is valid to it only once a lookup copied its closure: adding or building a path the lower store has fails with EROFS (Nix tries to replace it), and its GC would delete lower objects. For plain Nix use --metadata mirror, or copy first with `local-overlay sync`';
 
 /** The layout Nix expects below a root given as `--store ROOT`. */
 export interface RootLayout {

@@ -116,14 +116,14 @@ test('status, trace and unmount take the store dir, or any path inside the merge
   t.true(await waitGone(m.pid), 'the daemon exited');
 });
 
-test('mount --metadata lazy warns on its stderr that plain Nix cannot garbage-collect the merged store', async (t) => {
+test('mount --metadata lazy warns on its stderr what plain Nix cannot do on the merged store (add or build what the lower store has, collect garbage) and what to use', async (t) => {
   const dir = tempDir(t);
   const lower = await sharedLower();
   const root = path.join(dir, 'merged');
   const r = await cli(['mount', '--lower', lower.root, '--upper', path.join(dir, 'upper'), '--root', root, '--metadata', 'lazy']);
   t.teardown(async () => { await cli(['unmount', root]); });
   t.is(r.code, 0, r.stderr);
-  t.regex(r.stderr, /^local-overlay: warning: lazy metadata: plain Nix cannot garbage-collect this merged store/m);
+  t.regex(r.stderr, /^local-overlay: warning: lazy metadata: plain Nix asks its DB before the filesystem.*adding or building a path the lower store has fails with EROFS.*its GC would delete lower objects\. For plain Nix use --metadata mirror, or copy first with `local-overlay sync`/m);
   t.regex(r.stdout, /^mounted /);
 });
 
