@@ -112,7 +112,9 @@ export function verify(view: RootView, opts: { checkContents: boolean; repair: b
         const before = view.upperDb.db.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
         copyClosure(view.upperDb, view.lowerDb, [p]);
         // Rooted like the follower's imports, or Nix's GC would drop the row again.
-        view.lowerRoots().added(view.upperDb.db.prepare('SELECT path FROM ValidPaths WHERE id > ?').pluck().all(before) as string[]);
+        const copied = view.upperDb.db.prepare('SELECT path FROM ValidPaths WHERE id > ?').pluck().all(before) as string[];
+        const inUpper = copied.map((c) => c.slice(STORE_DIR.length + 1)).filter((n) => fs.existsSync(path.join(upperDir, n)));
+        view.lowerRoots().added(copied, new Set(inUpper));
         pr.repaired = true;
       }
     }

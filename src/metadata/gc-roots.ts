@@ -113,14 +113,18 @@ export class LowerRoots {
    * New lower paths (the follower's import): root those no other lower path refers to. Old
    * tops that gained a referrer keep their root, which only keeps alive what is alive anyway;
    * the next full `sync` (at mount) drops it. Costs a query per new path, not per lower path.
+   * A new path the upper layer has too (a merged client added it while the lower store did)
+   * is a duplicate from the start: collectable, its references rooted.
    */
-  added(paths: readonly string[]): number {
+  added(paths: readonly string[], duplicates: ReadonlySet<string>): number {
     this.dropStamp();
     const referred = this.lower.conn().prepare(
       'SELECT 1 FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE v.path = ? AND r.referrer != r.reference LIMIT 1').pluck();
     let n = 0;
     for (const p of paths) {
-      if (referred.get(p) === undefined && this.link(p.slice(this.storeDir.length + 1))) n++;
+      const name = p.slice(this.storeDir.length + 1);
+      if (duplicates.has(name)) this.becameDuplicate(name, duplicates);
+      else if (referred.get(p) === undefined && this.link(name)) n++;
     }
     return n;
   }

@@ -403,7 +403,7 @@ export class Metadata {
         this.rootsAfterImport = false;
         this.syncRoots();
       } else if (added.paths) {
-        if (added.paths.length > 0) this.rootsDo(() => this.roots?.added(added.paths!));
+        if (added.paths.length > 0) this.rootsDo(() => this.roots?.added(added.paths!, this.duplicates()));
       } else {
         this.syncRoots();
       }

@@ -704,6 +704,32 @@ test('mirror: a remount whose first import is refused leaves the GC roots as the
   t.is(rootCount(), rooted + 1, 'and rooted, with the others kept');
 });
 
+test('mirror: a new lower path the upper layer has too (both stores added it at once) is imported as a duplicate: not rooted, so Nix can collect the upper copy', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const rootsDir = path.join(dir, 'roots');
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  const md = new Metadata(up, lo, 'mirror', new OverlayStats());
+  t.teardown(() => md.close());
+  md.roots = new LowerRoots(rootsDir, lo, path.join(dir, 'stamp'));
+  let upper = new Set<string>();
+  md.duplicates = () => upper;
+  md.importAll();
+  md.syncRoots();
+  const both = await lowerAdd(lower.root, `added-by-both-${Date.now()}`);
+  const lowerOnly = await lowerAdd(lower.root, `added-by-lower-${Date.now()}`);
+  upper = new Set([path.basename(both)]);
+  md.startFollower(50, () => undefined);
+  const deadline = Date.now() + 5000;
+  const rooted = (p: string): boolean => fs.readdirSync(rootsDir).includes(path.basename(p)); // symlinks to /nix/store
+  // Both are imported in one go (added before the follower started), then rooted.
+  while (!rooted(lowerOnly) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.true(rooted(lowerOnly), 'a new lower-only path is imported and rooted');
+  t.not(up.idOf(both), undefined, 'the duplicate is imported');
+  t.false(rooted(both), 'but not rooted');
+});
+
 test('mirror: a read torn with an error (SQLITE_CORRUPT) is read again, as one whose file changed', async (t) => {
   const { up, lo } = await freshDbs(t);
   t.teardown(() => { lo.close(); up.close(); });
