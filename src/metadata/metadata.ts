@@ -10,7 +10,7 @@ import { GcLock, tryGcLockShared } from './gc-lock';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
-import { LIST_LIMIT, Mirror } from './mirror';
+import { ImportResult, LIST_LIMIT, Mirror } from './mirror';
 import { isBusy, isTornRead, withBusyRetry } from './sqlite';
 import { UpperDb } from './upper-db';
 
@@ -396,23 +396,32 @@ export class Metadata {
     const upTo = this.lower.snapshotMaxId;
     const lowerPaths = this.lower.pathsBetween(this.reportedMaxId, upTo, LIST_LIMIT);
     const mirrored = this.mode === 'mirror';
+    let imported: ImportResult | null = null;
     if (mirrored) {
-      const added = this.mirror.importNew();
-      this.stats.count('rowsMirrored', added.count);
-      if (this.rootsAfterImport) {
-        this.rootsAfterImport = false;
-        this.syncRoots();
-      } else if (added.paths) {
-        if (added.paths.length > 0) this.rootsDo(() => this.roots?.added(added.paths!, this.duplicates()));
-      } else {
-        this.syncRoots();
-      }
+      imported = this.mirror.importNew();
+      this.stats.count('rowsMirrored', imported.count);
       for (const p of lowerPaths ?? []) this.known.set(p, true);
-      this.stats.trace?.('import', this.storeDir, `${added.count} rows`, Date.now() - t0);
+      this.stats.trace?.('import', this.storeDir, `${imported.count} rows`, Date.now() - t0);
     }
     this.reportedMaxId = upTo;
     this.onNewPaths(lowerPaths ? lowerPaths.map((p) => p.slice(this.storeDir.length + 1)) : null, mirrored);
+    // Rooted once the new names are reported: before, the index could still hold "not in the
+    // lower store" for a name a merged client looked up just before it added the same path,
+    // and that duplicate was rooted (uncollectable until a remount).
+    if (imported !== null) this.rootImported(imported);
     if (!mirrored) this.copyAwaited();
+  }
+
+  private rootImported(imported: ImportResult): void {
+    if (this.rootsAfterImport) {
+      this.rootsAfterImport = false;
+      this.syncRoots();
+    } else if (imported.paths) {
+      const paths = imported.paths;
+      if (paths.length > 0) this.rootsDo(() => this.roots?.added(paths, this.duplicates()));
+    } else {
+      this.syncRoots();
+    }
   }
 
   /**
