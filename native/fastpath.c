@@ -843,7 +843,13 @@ typedef struct lo_dir_release {
 
 typedef struct lo_chan {
   fuse_thread_t *ft;
+  // The session's channel, for notifications from the JS thread (lo_invalidate); NULL once
+  // libfuse's loop has ended (lo_chan_close): fuse_unmount then closes the device, whose
+  // descriptor number the process may reuse at once, and fuse_destroy frees the channel.
+  // Guarded by notify_lock, which lo_invalidate holds while it notifies (lock order:
+  // notify_lock before lock).
   struct fuse_chan *ch;
+  pthread_mutex_t notify_lock;
   // What the kernel offered in INIT, and what this connection does.
   int kernel_passthrough, kernel_no_opendir, kernel_readdirplus, kernel_cache_symlinks, kernel_parallel_dirops;
   int passthrough, no_opendir, readdirplus;
@@ -1280,22 +1286,34 @@ static void lo_listed(lo_chan *c, uint64_t nodeid) {
   pthread_mutex_unlock(&c->lock);
 }
 
-// Makes the kernel drop what it keeps of the root (all: and of every listed directory).
+// Makes the kernel drop what it keeps of the root (all: and of every listed directory). Does
+// nothing once the loop has ended (the mount is gone: nothing is kept).
 static void lo_invalidate(lo_chan *c, int all) {
-  if (c->ch == NULL) return;
-  fuse_lowlevel_notify_inval_inode(c->ch, LO_FUSE_ROOT_ID, 0, 0);
-  if (!all) return;
-  pthread_mutex_lock(&c->lock);
-  uint64_t *listed = c->listed;
-  size_t cap = c->listed_cap;
-  c->listed = NULL;
-  c->listed_cap = c->listed_count = 0;
-  pthread_mutex_unlock(&c->lock);
-  // ENOENT for a directory the kernel has forgotten meanwhile: nothing to drop.
-  for (size_t i = 0; i < cap; i++) {
-    if (listed[i] != 0) fuse_lowlevel_notify_inval_inode(c->ch, listed[i], 0, 0);
+  pthread_mutex_lock(&c->notify_lock);
+  if (c->ch != NULL) {
+    fuse_lowlevel_notify_inval_inode(c->ch, LO_FUSE_ROOT_ID, 0, 0);
+    if (all) {
+      pthread_mutex_lock(&c->lock);
+      uint64_t *listed = c->listed;
+      size_t cap = c->listed_cap;
+      c->listed = NULL;
+      c->listed_cap = c->listed_count = 0;
+      pthread_mutex_unlock(&c->lock);
+      // ENOENT for a directory the kernel has forgotten meanwhile: nothing to drop.
+      for (size_t i = 0; i < cap; i++) {
+        if (listed[i] != 0) fuse_lowlevel_notify_inval_inode(c->ch, listed[i], 0, 0);
+      }
+      free(listed);
+    }
   }
-  free(listed);
+  pthread_mutex_unlock(&c->notify_lock);
+}
+
+// No notification goes through the channel from now on; waits for one under way.
+static void lo_chan_close(lo_chan *c) {
+  pthread_mutex_lock(&c->notify_lock);
+  c->ch = NULL;
+  pthread_mutex_unlock(&c->notify_lock);
 }
 
 // A reply written by the channel itself (an answer libfuse never sees).
@@ -1802,8 +1820,21 @@ static int lo_chan_send(struct fuse_chan *ch, const struct iovec iov[], size_t c
 
 static void lo_chan_destroy(struct fuse_chan *ch) {
   // The descriptor belongs to libfuse's kernel channel, which fuse_unmount closes. lo_chan
-  // stays (the process ends with the mount), and so does the watchdog, which stops.
-  lo_reader_close((lo_chan *) fuse_chan_data(ch));
+  // stays (the process ends with the mount, and the JS side may still hold the fast path's
+  // state), and so does the watchdog, which stops. Closed already when the loop ran
+  // (lo_loop_ended); not when fuse_new failed.
+  lo_chan *c = (lo_chan *) fuse_chan_data(ch);
+  lo_chan_close(c);
+  lo_reader_close(c);
+}
+
+// libfuse's loop has ended, before fuse_unmount closes the device and fuse_destroy frees the
+// channel (start_fuse_thread, in the patch). The JS thread may still ask for notifications
+// then: the daemon notices an external unmount up to 2 s later, and meanwhile the lower store's
+// watcher, the follower and `refresh` go on (fuse_native_fast_invalidate).
+static void lo_loop_ended(fuse_thread_t *ft) {
+  lo_fast *f = __atomic_load_n(&ft->fast, __ATOMIC_ACQUIRE);
+  if (f != NULL && f->chan != NULL) lo_chan_close(f->chan);
 }
 
 static struct fuse_chan_ops lo_chan_ops = {
@@ -1819,7 +1850,7 @@ static lo_fast *lo_fast_new(void);
 static struct fuse_chan *lo_channel(struct fuse_chan *kernel, fuse_thread_t *ft) {
   lo_chan *c = calloc(1, sizeof(lo_chan));
   lo_fast *f = lo_fast_new();
-  if (c == NULL || f == NULL || pthread_mutex_init(&c->lock, NULL) != 0 || lo_reader_init(c) != 0) return kernel;
+  if (c == NULL || f == NULL || pthread_mutex_init(&c->lock, NULL) != 0 || pthread_mutex_init(&c->notify_lock, NULL) != 0 || lo_reader_init(c) != 0) return kernel;
   c->ft = ft;
   f->chan = c;
   __atomic_store_n(&ft->fast, f, __ATOMIC_RELEASE);
@@ -1961,7 +1992,7 @@ NAPI_METHOD(fuse_native_fast_reset) {
 
 // fuse_native_fast_invalidate(thread, all): makes the kernel list the root again (the lower
 // store changed beside the mount), and with `all` every directory it keeps a listing of
-// (`refresh`).
+// (`refresh`). Nothing once the mount is gone (lo_invalidate).
 NAPI_METHOD(fuse_native_fast_invalidate) {
   NAPI_ARGV(2)
   lo_fast *f = lo_of(env, argv[0]);

@@ -3,7 +3,7 @@ import type { ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { check, cli } from '../helpers/exec';
+import { check, cli, CLI } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
 import { nix } from '../helpers/nix';
@@ -578,3 +578,43 @@ test('polling: a dense run of opens is found while the reader polls (--poll-us 5
     t.regex(log, us > 0 ? /polling \/dev\/fuse up to 50 µs before sleeping/ : /not polling \/dev\/fuse/);
   }
 });
+
+test('a mount removed from outside while the lower store changes: the daemon exits 0, it never notifies the kernel through the channel libfuse freed', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const lowerStore = path.join(lower.root, 'nix/store');
+  // Each round: a daemon in the foreground (its exit status is ours to see), a listing of the
+  // root (the kernel keeps it), `fusermount -u` from outside, then the lower store changes every
+  // 50 ms (the daemon looks every 100 ms and asks for the root's listing to be dropped) until
+  // the daemon notices the unmount (within 2 s) and exits.
+  for (let round = 0; round < 4; round++) {
+    const at = path.join(dir, `r${round}`);
+    const root = path.join(at, 'merged');
+    const store = path.join(root, 'nix/store');
+    const daemon = spawn(process.execPath, [CLI, 'mount', '--lower', lower.root, '--upper', path.join(at, 'upper'), '--root', root, '--work', path.join(at, 'work'),
+      '--metadata', 'mirror', '--follow-interval', '100', '--foreground'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    daemon.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => daemon.on('exit', (code, signal) => resolve({ code, signal })));
+    t.teardown(() => { if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL'); });
+    for (let i = 0; i < 100 && !(await mounted(store)); i++) await new Promise((r) => setTimeout(r, 100));
+    t.true(await mounted(store), `round ${round}: mounted`);
+    await listing(store);
+    await new Promise((r) => setTimeout(r, 300));
+    await check('fusermount', ['-u', store]);
+    let gone = false;
+    const end = exited.then((r) => { gone = true; return r; });
+    for (let i = 0; i < 100 && !gone; i++) {
+      const now = new Date();
+      await fs.promises.utimes(lowerStore, now, now);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const result = await end;
+    t.deepEqual(result, { code: 0, signal: null }, `round ${round}: the daemon's exit (stderr: ${stderr.trim().split('\n').slice(-3).join(' | ')})`);
+  }
+});
+
+async function mounted(dir: string): Promise<boolean> {
+  const text = await fs.promises.readFile('/proc/self/mountinfo', 'utf8');
+  return text.split('\n').some((l) => l.split(' ')[4] === dir);
+}
