@@ -422,7 +422,9 @@ static int lo_open(const char *path, struct fuse_file_info *fi) {
   int writes = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC) != 0;
   if (r == LO_R_PASS || (r == LO_LOWER && writes)) LO_PASS_TO(open, path, fi);
   lo_on(f, r);
-  int fd = openat(f->fd[r], lo_rel(path), (fi->flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW);
+  // O_CLOEXEC on every descriptor opened here: the daemon spawns children (the GC lock's flock
+  // helper, fusermount), which must not inherit the clients' files.
+  int fd = openat(f->fd[r], lo_rel(path), (fi->flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
     if (top) LO_PASS_TO(open, path, fi);
     return -errno;
@@ -435,7 +437,7 @@ static int lo_open(const char *path, struct fuse_file_info *fi) {
 static int lo_make_file(const char *path, mode_t mode, struct fuse_file_info *fi) {
   lo_fast *f = lo_get();
   if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(create, path, mode, fi);
-  int fd = openat(f->fd[LO_UPPER], lo_rel(path), fi->flags | O_CREAT | O_NOFOLLOW, mode & 07777);
+  int fd = openat(f->fd[LO_UPPER], lo_rel(path), fi->flags | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
   if (fd < 0) return -errno;
   lo_set_fh(fi, LO_UPPER, fd);
   lo_count(f, LO_C_CREATE);
@@ -1853,6 +1855,9 @@ static struct fuse_chan *lo_channel(struct fuse_chan *kernel, fuse_thread_t *ft)
   if (c == NULL || f == NULL || pthread_mutex_init(&c->lock, NULL) != 0 || pthread_mutex_init(&c->notify_lock, NULL) != 0 || lo_reader_init(c) != 0) return kernel;
   c->ft = ft;
   f->chan = c;
+  // libfuse opens /dev/fuse without O_CLOEXEC: a child of the daemon that outlived it would
+  // keep the connection, so the mount would hang instead of failing with ENOTCONN.
+  fcntl(fuse_chan_fd(kernel), F_SETFD, FD_CLOEXEC);
   __atomic_store_n(&ft->fast, f, __ATOMIC_RELEASE);
   c->ch = fuse_chan_new(&lo_chan_ops, fuse_chan_fd(kernel), fuse_chan_bufsize(kernel), c);
   return c->ch != NULL ? c->ch : kernel;

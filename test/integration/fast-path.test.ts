@@ -618,3 +618,43 @@ async function mounted(dir: string): Promise<boolean> {
   const text = await fs.promises.readFile('/proc/self/mountinfo', 'utf8');
   return text.split('\n').some((l) => l.split(' ')[4] === dir);
 }
+
+/** The open(2) flags of the daemon's descriptors of `file`, from /proc (octal, as fdinfo gives them). */
+async function daemonFdFlags(pid: number, file: string): Promise<number[]> {
+  const fdDir = `/proc/${pid}/fd`;
+  const flags: number[] = [];
+  for (const fd of await fs.promises.readdir(fdDir)) {
+    const target = await fs.promises.readlink(path.join(fdDir, fd)).catch(() => '');
+    if (target !== file) continue;
+    const info = await fs.promises.readFile(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    flags.push(parseInt(/^flags:\s+([0-7]+)/m.exec(info)?.[1] ?? '0', 8));
+  }
+  return flags;
+}
+
+test('files the fast path opens for a client, and /dev/fuse, are closed in the daemon\'s children (O_CLOEXEC): upper created, upper opened, lower opened', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const obj = '0000000000000000000000000000005a-fast-cloexec';
+  await fs.promises.mkdir(path.join(m.store, obj));
+  await fs.promises.writeFile(path.join(m.store, obj, 'old'), 'x');
+  const lowerFile = path.join(rel(lower.manifest.paths.dirObject), 'README.md');
+  const s0 = await status(m.root);
+  const created = await fs.promises.open(path.join(m.store, obj, 'tool'), 'w');
+  const opened = await fs.promises.open(path.join(m.store, obj, 'old'), 'r+');
+  const read = await fs.promises.open(path.join(m.store, lowerFile), 'r');
+  try {
+    const s1 = await status(m.root);
+    t.true(n(s1.fastPath, 'create') > n(s0.fastPath, 'create') && n(s1.fastPath, 'open') >= n(s0.fastPath, 'open') + 2, 'opened by the fast path');
+    const O_CLOEXEC = 0o2000000;
+    for (const [what, file] of [['created', path.join(m.upper, obj, 'tool')], ['opened', path.join(m.upper, obj, 'old')], ['lower', path.join(m.lowerStore, lowerFile)]] as const) {
+      const flags = await daemonFdFlags(m.pid, file);
+      t.is(flags.length, 1, `${what}: the daemon holds it once`);
+      t.true(flags.every((f) => (f & O_CLOEXEC) !== 0), `${what}: O_CLOEXEC (flags ${flags.map((f) => f.toString(8)).join(', ')})`);
+    }
+    const device = await daemonFdFlags(m.pid, '/dev/fuse');
+    t.true(device.length >= 1 && device.every((f) => (f & O_CLOEXEC) !== 0), `/dev/fuse: O_CLOEXEC (flags ${device.map((f) => f.toString(8)).join(', ')})`);
+  } finally {
+    await Promise.all([created.close(), opened.close(), read.close()]);
+  }
+});
