@@ -408,6 +408,18 @@ static int lo_readlink(const char *path, char *buf, size_t size) {
   return 0;
 }
 
+// O_DIRECT stays with the kernel: it asks for the caller's own aligned buffers, but the file
+// is read and written here with libfuse's request buffers, which are not aligned, so every
+// pread/pwrite failed with EINVAL. The kernel still serves an O_DIRECT open without its page
+// cache (fuse_direct_IO: each read or write is a request); a passthrough file is read by the
+// kernel from a backing file it opens itself with the caller's flags, O_DIRECT included, as
+// kernel OverlayFS does. overlay.ts openReal strips it too.
+// (glibc names O_DIRECT only under _GNU_SOURCE, which fuse-native.c does not define.)
+#ifndef O_DIRECT
+#define O_DIRECT __O_DIRECT
+#endif
+#define LO_OPEN_DROPPED (O_CREAT | O_EXCL | O_DIRECT)
+
 static void lo_set_fh(struct fuse_file_info *fi, int layer, int fd) {
   fi->fh = LO_FH_FAST | (layer == LO_LOWER ? LO_FH_LOWER : 0) | (uint64_t) (uint32_t) fd;
 }
@@ -424,7 +436,7 @@ static int lo_open(const char *path, struct fuse_file_info *fi) {
   lo_on(f, r);
   // O_CLOEXEC on every descriptor opened here: the daemon spawns children (the GC lock's flock
   // helper, fusermount), which must not inherit the clients' files.
-  int fd = openat(f->fd[r], lo_rel(path), (fi->flags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW | O_CLOEXEC);
+  int fd = openat(f->fd[r], lo_rel(path), (fi->flags & ~LO_OPEN_DROPPED) | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
     if (top) LO_PASS_TO(open, path, fi);
     return -errno;
@@ -437,7 +449,7 @@ static int lo_open(const char *path, struct fuse_file_info *fi) {
 static int lo_make_file(const char *path, mode_t mode, struct fuse_file_info *fi) {
   lo_fast *f = lo_get();
   if (f == NULL || !lo_in_upper(f, path, 0)) LO_PASS_TO(create, path, mode, fi);
-  int fd = openat(f->fd[LO_UPPER], lo_rel(path), fi->flags | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
+  int fd = openat(f->fd[LO_UPPER], lo_rel(path), (fi->flags & ~O_DIRECT) | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
   if (fd < 0) return -errno;
   lo_set_fh(fi, LO_UPPER, fd);
   lo_count(f, LO_C_CREATE);

@@ -39,7 +39,7 @@ export interface OverlayHooks {
 }
 
 const O_ACCMODE = 3;
-const { O_RDONLY, O_TRUNC, O_CREAT, O_RDWR, O_NOFOLLOW, O_EXCL } = fs.constants;
+const { O_RDONLY, O_TRUNC, O_CREAT, O_RDWR, O_NOFOLLOW, O_EXCL, O_DIRECT } = fs.constants;
 const NAME_MAX = 255;
 /** libfuse 2.9's name for an unlinked-but-open file: `.fuse_hidden` + node id and counter in hex. */
 const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/;
@@ -379,9 +379,15 @@ export class Overlay {
     return fd;
   }
 
+  /**
+   * O_DIRECT stays with the kernel (native/fastpath.c LO_OPEN_DROPPED): the file is read and
+   * written here with fuse-native's buffers, which are not aligned as O_DIRECT requires, so
+   * every read and write failed with EINVAL; the kernel still bypasses its page cache for the
+   * caller.
+   */
   private openReal(layer: Layer, real: string, flags: number, mode?: number): number {
     try {
-      const fd = fs.openSync(real, flags, mode);
+      const fd = fs.openSync(real, flags & ~O_DIRECT, mode);
       this.fdLayer.set(fd, layer);
       return fd;
     } catch (err) {

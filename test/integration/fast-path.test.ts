@@ -3,7 +3,7 @@ import type { ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { check, cli, CLI } from '../helpers/exec';
+import { check, cli, CLI, run } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
 import { nix } from '../helpers/nix';
@@ -656,5 +656,39 @@ test('files the fast path opens for a client, and /dev/fuse, are closed in the d
     t.true(device.length >= 1 && device.every((f) => (f & O_CLOEXEC) !== 0), `/dev/fuse: O_CLOEXEC (flags ${device.map((f) => f.toString(8)).join(', ')})`);
   } finally {
     await Promise.all([created.close(), opened.close(), read.close()]);
+  }
+});
+
+test('O_DIRECT: reads and writes of upper files and lower files succeed, with and without the fast path, passthrough files included', async (t) => {
+  const lower = await sharedLower();
+  const lowerObj = rel(lower.manifest.paths.dirObject);
+  const sizes = (await check('find', [path.join(lower.root, 'nix/store', lowerObj), '-type', 'f', '-printf', '%s %P\n'])).trim().split('\n')
+    .map((l) => ({ size: Number(l.slice(0, l.indexOf(' '))), name: l.slice(l.indexOf(' ') + 1) }));
+  const small = sizes.find((f) => f.size > 0 && f.size < 128 * 1024);
+  const big = sizes.find((f) => f.size >= 128 * 1024);
+  t.truthy(small && big, 'the lower object has a small file and one read with passthrough');
+  for (const extra of [[], ['--no-fast-path']]) {
+    const m = await mountMerged(t, lower.root, { extra });
+    const mode = extra.length ? 'JS' : 'fast path';
+    const obj = path.join(m.store, '0000000000000000000000000000006a-fast-direct');
+    await fs.promises.mkdir(obj);
+    await fs.promises.writeFile(path.join(obj, 'file'), Buffer.alloc(64 * 1024, 7));
+    const dd = (args: string[]): Promise<{ code: number; stderr: string }> => run('dd', [...args, 'bs=4096', 'status=none']);
+    const results: Record<string, string> = {};
+    const note = async (what: string, args: string[]): Promise<void> => {
+      const r = await dd(args);
+      results[what] = r.code === 0 ? 'ok' : r.stderr.trim();
+    };
+    await note('upper read', [`if=${path.join(obj, 'file')}`, 'of=/dev/null', 'iflag=direct']);
+    await note('upper write (new file)', ['if=/dev/zero', `of=${path.join(obj, 'new')}`, 'count=4', 'oflag=direct']);
+    await note('upper write (existing file)', ['if=/dev/zero', `of=${path.join(obj, 'file')}`, 'count=4', 'oflag=direct', 'conv=notrunc']);
+    await note('lower read', [`if=${path.join(m.store, lowerObj, small!.name)}`, 'of=/dev/null', 'iflag=direct']);
+    const p0 = n((await status(m.root)).fastPath, 'passthrough');
+    await note('lower read (passthrough)', [`if=${path.join(m.store, lowerObj, big!.name)}`, 'of=/dev/null', 'iflag=direct']);
+    t.is(n((await status(m.root)).fastPath, 'passthrough'), p0 + 1, `${mode}: the large lower file was opened with passthrough`);
+    t.deepEqual(results, { 'upper read': 'ok', 'upper write (new file)': 'ok', 'upper write (existing file)': 'ok', 'lower read': 'ok', 'lower read (passthrough)': 'ok' }, mode);
+    t.is((await fs.promises.stat(path.join(m.upper, path.basename(obj), 'new'))).size, 4 * 4096, `${mode}: the direct write is in the upper dir`);
+    const got = await run('cmp', [path.join(m.store, lowerObj, big!.name), path.join(lower.root, 'nix/store', lowerObj, big!.name)]);
+    t.is(got.code, 0, `${mode}: the passthrough file's bytes`);
   }
 });
