@@ -512,6 +512,16 @@ static int lo_ftruncate(const char *path, off_t size, struct fuse_file_info *fi)
   return 0;
 }
 
+// Each entry goes to libfuse's filler with the layer's own offset for the entry after it (its
+// d_off, what telldir gives), and a listing continued from offset `off` starts where seekdir
+// puts it, as kernel OverlayFS lists a directory that is not merged. So libfuse does not keep
+// the listing (it does only for entries filled at offset 0) and the kernel's offsets do not
+// depend on which handle served them: the channel serves READDIRs without a handle, and a
+// continuation may come to a handle that listed the directory at another time, or to a new one
+// (lo_dir_handle). Byte offsets into one listing, as before, skipped names that were there
+// throughout whenever the directory had changed in between. The layer's offsets hold across
+// changes (ext4's are hashes of the names, tmpfs's are kept per entry), as they do for any
+// process listing the directory.
 static int lo_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off, struct fuse_file_info *fi) {
   lo_fast *f = lo_get();
   if (f == NULL) return lo_js.readdir(path, buf, filler, off, fi);
@@ -527,6 +537,7 @@ static int lo_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t
     if (top) LO_PASS_TO(readdir, path, buf, filler, off, fi);
     return -errno;
   }
+  if (off != 0) seekdir(d, off);
   // d_ino and d_type from the layer: the same numbers getattr gives (lo_map_ino), so that
   // `find`, `ls` and Nix's optimiser need no stat to learn an entry's type.
   struct dirent *de;
@@ -539,15 +550,21 @@ static int lo_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t
       err = errno;
       break;
     }
+    // Offset 0 would make libfuse keep the listing (and mix both ways in one buffer); Linux
+    // filesystems give every entry a positive one.
+    if (de->d_off <= 0) {
+      err = EIO;
+      break;
+    }
     int dots = de->d_name[0] == '.' && (de->d_name[1] == '\0' || (de->d_name[1] == '.' && de->d_name[2] == '\0'));
     if (dots) {
-      if (filler(buf, de->d_name, NULL, 0)) break;
+      if (filler(buf, de->d_name, NULL, de->d_off)) break;
       continue;
     }
     memset(&st, 0, sizeof(st));
     st.st_ino = (uint64_t) de->d_ino < LO_COMPUTED_INO_LIMIT ? de->d_ino * 2 + r : LO_UNKNOWN_INO;
     st.st_mode = de->d_type == DT_UNKNOWN ? 0 : DTTOIF(de->d_type);
-    if (filler(buf, de->d_name, &st, 0)) break;
+    if (filler(buf, de->d_name, &st, de->d_off)) break; // the reply is full
   }
   closedir(d);
   if (err != 0) return -err;
@@ -701,11 +718,15 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 // libfuse's high-level readdir needs the handle its opendir made, so for a READDIR without one
 // (fh 0) the channel first has libfuse serve an OPENDIR of its own (fuse_session_process on
 // this thread, a unique with LO_OWN, the reply kept here), then hands libfuse the READDIR with
-// that handle. The handle stays (lo_dirs) while the listing goes on, so the READDIRs of a long
-// listing do not list the directory again each; at its end (or when a newer listing of the
-// directory replaces it) a RELEASEDIR of the channel's own gives it back, served by the next
-// thread that reads a request. FSYNCDIR and directory ioctls without a handle are answered
-// ENOSYS here.
+// that handle. The handle stays (lo_dirs) while the listing goes on; at its end (or when a
+// newer listing of the directory replaces it) a RELEASEDIR of the channel's own gives it back,
+// served by the next thread that reads a request. A continuation may thus reach a handle other
+// than the one that served the listing's start: the fast path's readdir gives the layer's own
+// offsets, which do not depend on the handle (lo_readdir). JS fills at offset 0, so libfuse
+// keeps a JS listing (the root's) and its offsets are byte offsets into that copy: a
+// continuation served by another handle after the directory changed can skip names (not
+// fixed: offsets that name their copy, and an error when it is gone, would be). FSYNCDIR and
+// directory ioctls without a handle are answered ENOSYS here.
 //
 // READDIRPLUS: see lo_readdirplus. Passthrough: see lo_passthrough_id.
 //

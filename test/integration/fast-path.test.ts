@@ -692,3 +692,48 @@ test('O_DIRECT: reads and writes of upper files and lower files succeed, with an
     t.is(got.code, 0, `${mode}: the passthrough file's bytes`);
   }
 });
+
+// Lists DIR part way (one getdents), removes every third name (through the mount), lets other
+// listings run (`race`: one of DIR from the start; `evict`: one each of 64 other directories
+// left open part way), then lists on. Prints what the first listing saw, as JSON.
+const listingWhileChanged = `
+import json, os, sys
+d, how, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def name(i): return 'f%05d-' % i + 'x' * (i * 7 % 150)
+created = {name(i) for i in range(n)}
+a = os.scandir(d)
+seen = [next(a).name for _ in range(50)]
+held = []
+if how == 'evict':
+    for k in range(64):
+        it = os.scandir(os.path.join(d + '-others', 'o%02d' % k)); next(it); held.append(it)
+removed = {name(i) for i in range(0, n, 3)}
+for x in removed: os.unlink(os.path.join(d, x))
+if how == 'race':
+    with os.scandir(d) as b: [e.name for e in b]
+try:
+    seen += [e.name for e in a]; err = None
+except OSError as e:
+    err = str(e)
+throughout = created - removed
+print(json.dumps({'error': err, 'missing': len(throughout - set(seen)), 'neverCreated': len([x for x in seen if x not in created]), 'duplicates': len(seen) - len(set(seen))}))
+`;
+
+test('a listing continued after its directory changed and other listings ran gives every name there throughout, once (readdir offsets do not depend on the kept handle)', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const obj = path.join(m.store, '0000000000000000000000000000007a-fast-offsets');
+  const names = Array.from({ length: 3000 }, (_, i) => `f${String(i).padStart(5, '0')}-${'x'.repeat(i * 7 % 150)}`);
+  const others = Array.from({ length: 64 }, (_, k) => `o${String(k).padStart(2, '0')}`);
+  await fs.promises.mkdir(obj);
+  // Each of the other directories takes more than one READDIR (its listing stays kept).
+  await check('sh', ['-c', `cd '${obj}' && mkdir -p d-others && cd d-others && for o in ${others.join(' ')}; do mkdir $o; (cd $o && touch $(seq -f 'entry-with-a-rather-long-name-%04g' 1 100)); done`]);
+  for (const how of ['race', 'evict']) {
+    const d = path.join(obj, 'd');
+    await fs.promises.mkdir(d);
+    await check('sh', ['-c', 'cd "$1" && shift && touch "$@"', 'sh', d, ...names]);
+    const out = JSON.parse(await check('python3', ['-c', listingWhileChanged, d, how, String(names.length)])) as Record<string, unknown>;
+    t.deepEqual(out, { error: null, missing: 0, neverCreated: 0, duplicates: 0 }, how);
+    await fs.promises.rm(d, { recursive: true });
+  }
+});
