@@ -28,9 +28,10 @@ const rowFields = (r: PathRow): string => JSON.stringify([r.hash, r.narSize, r.d
  * lower layer: rows of vanished objects without referrers are dropped, duplicates are
  * optimised away, rows that differ from the lower DB for lower-only objects are replaced by
  * the lower's, missing rows and broken closures are copied from the lower DB, and whiteouts
- * that hide objects the DB calls valid are removed.
+ * that hide objects the DB calls valid are removed. Duplicates that running Nix clients use are
+ * kept (optimise), and stay problems until a later repair removes them.
  */
-export function verify(view: RootView, opts: { checkContents: boolean; repair: boolean; progress?: (done: number, total: number) => void }): VerifyReport {
+export async function verify(view: RootView, opts: { checkContents: boolean; repair: boolean; lockTimeoutS: number; onLockWait?: () => void; progress?: (done: number, total: number) => void }): Promise<VerifyReport> {
   const problems: Problem[] = [];
   const add = (kind: ProblemKind, p: string, detail: string): Problem => {
     const pr = { kind, path: p, detail, repaired: false };
@@ -128,7 +129,7 @@ export function verify(view: RootView, opts: { checkContents: boolean; repair: b
     add('object-without-row', `${STORE_DIR}/${name}`, 'in the upper layer, but the upper DB does not list it: Nix takes it for invalid, and its GC deletes it (add or build it again to keep it)');
   }
 
-  const dups = optimise(view, { dryRun: !opts.repair, checkContents: opts.checkContents });
+  const dups = await optimise(view, { dryRun: !opts.repair, checkContents: opts.checkContents, lockTimeoutS: opts.lockTimeoutS, onLockWait: opts.onLockWait });
   for (const d of dups.duplicates) {
     const pr = add('duplicate', d.path, d.skipped ? `in both layers; ${d.skipped}` : `in both layers (${d.bytes} bytes in the upper copy)`);
     pr.repaired = d.removed;

@@ -2,9 +2,14 @@ import { spawn } from 'node:child_process';
 import { log } from '../util/log';
 import { LOCK_MODE, touchFile } from '../util/own-files';
 
-/** Nix's GC lock held shared: release() lets a waiting `nix-collect-garbage` go on. */
+/** Nix's GC lock, held: release() lets the next one who waits for it go on. */
 export interface GcLock {
   release(): void;
+}
+
+/** A lock this process took: `gone` settles once the `flock` child holding it has exited (the lock is free). */
+export interface HeldGcLock extends GcLock {
+  readonly gone: Promise<void>;
 }
 
 /**
@@ -18,7 +23,7 @@ export interface GcLock {
  * is running, or `flock` is missing.
  */
 export async function holdGcLockShared(lockFile: string, timeoutS = 10): Promise<GcLock | null> {
-  const r = await takeGcLockShared(lockFile, timeoutS);
+  const r = await takeGcLock(lockFile, 'shared', timeoutS);
   if (r.lock === null) log.warn(`gc lock: ${r.why}`);
   return r.lock;
 }
@@ -28,23 +33,38 @@ export async function holdGcLockShared(lockFile: string, timeoutS = 10): Promise
  * runs); null when it could not even be asked for (logged: flock missing or failing).
  */
 export async function tryGcLockShared(lockFile: string): Promise<GcLock | 'busy' | null> {
-  const r = await takeGcLockShared(lockFile, 0);
+  const r = await takeGcLock(lockFile, 'shared', 0);
   if (r.lock !== null) return r.lock;
   if (r.busy) return 'busy';
   log.warn(`gc lock: ${r.why}`);
   return null;
 }
 
-function takeGcLockShared(lockFile: string, timeoutS: number): Promise<{ lock: GcLock; busy?: undefined; why?: undefined } | { lock: null; busy: boolean; why: string }> {
+export type GcLockResult = { lock: HeldGcLock; busy?: undefined; why?: undefined } | { lock: null; busy: boolean; why: string };
+
+/**
+ * Takes Nix's GC lock exclusively, as Nix 2.8's `collectGarbage` does, for a change that a
+ * running Nix client must be protected from (optimise removing upper copies). While it is held,
+ * no GC runs and a Nix client that adds a temporary root cannot take the lock shared: it sends
+ * the root to the GC's socket instead (temp-roots.ts serves it), or, finding no socket, goes
+ * on with the root unsent. So whoever holds this must serve that socket for as long as it does.
+ * `timeoutS` 0 asks once (`busy` when someone holds it, shared or exclusive).
+ */
+export function takeGcLockExclusive(lockFile: string, timeoutS: number): Promise<GcLockResult> {
+  return takeGcLock(lockFile, 'exclusive', timeoutS);
+}
+
+function takeGcLock(lockFile: string, mode: 'shared' | 'exclusive', timeoutS: number): Promise<GcLockResult> {
   // As Nix makes it (0600); flock, which inherits the daemon's umask 0, would make it 0666.
   try { touchFile(lockFile, LOCK_MODE); } catch { /* flock says what is wrong */ }
   return new Promise((resolve) => {
     const wait = timeoutS > 0 ? ['--timeout', String(timeoutS)] : ['--nonblock'];
-    const child = spawn('flock', ['--shared', ...wait, lockFile, 'sh', '-c', 'echo locked; read _'],
+    const child = spawn('flock', [`--${mode}`, ...wait, lockFile, 'sh', '-c', 'echo locked; read _'],
       { stdio: ['pipe', 'pipe', 'pipe'] });
     let settled = false;
     let stderr = '';
-    const give = (r: { lock: GcLock } | { lock: null; busy: boolean; why: string }): void => {
+    const gone = new Promise<void>((res) => child.once('close', () => res()));
+    const give = (r: GcLockResult): void => {
       if (settled) return;
       settled = true;
       resolve(r);
@@ -58,6 +78,7 @@ function takeGcLockShared(lockFile: string, timeoutS: number): Promise<{ lock: G
             child.stdin.end();
             setTimeout(() => child.kill(), 1000).unref();
           },
+          gone,
         },
       });
     });

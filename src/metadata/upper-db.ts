@@ -86,6 +86,16 @@ export class UpperDb {
       .all(id) as { path: string }[]).map((r) => r.path);
   }
 
+  /** The valid paths in the closure of `paths` (those of them that are valid included), as Nix's GC follows references. */
+  closure(paths: readonly string[]): string[] {
+    return this.stmt(`
+      WITH RECURSIVE c(id) AS (
+        SELECT id FROM ValidPaths WHERE path IN (SELECT value FROM json_each(?))
+        UNION
+        SELECT r.reference FROM Refs r JOIN c ON r.referrer = c.id)
+      SELECT v.path FROM c JOIN ValidPaths v ON v.id = c.id`).pluck().all(JSON.stringify(paths)) as string[];
+  }
+
   insertPath(row: PathRow): number {
     const info = this.stmt(
       `INSERT INTO ValidPaths (${PATH_COLUMNS}) VALUES (@path, @hash, @registrationTime, @deriver, @narSize, @ultimate, @sigs, @ca)`,

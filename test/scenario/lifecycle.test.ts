@@ -243,6 +243,18 @@ test('optimise: removes upper copies of objects the lower store has; the lower c
   t.is(d.removed, 0);
   t.true(fs.existsSync(path.join(m.upper, rel(p))), 'dry run removed nothing');
 
+  // While a GC holds Nix's GC lock, nothing is removed.
+  const gc = spawn('flock', ['--exclusive', path.join(m.root, 'nix/var/nix/gc.lock'), 'sh', '-c', 'echo locked; read _'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => { gc.kill('SIGKILL'); });
+  await new Promise<void>((resolve) => gc.stdout.on('data', (d: Buffer) => { if (d.toString().includes('locked')) resolve(); }));
+  const busy = await cli(['optimise', m.root, '--lock-timeout', '1']);
+  t.is(busy.code, 1, busy.stdout + busy.stderr);
+  t.regex(busy.stderr, /waiting for Nix's GC lock/);
+  t.regex(busy.stdout, /removed 0 upper copies, 0 bytes freed; nothing removed: Nix's GC lock \(.*gc\.lock\) stayed taken for 1 s/);
+  t.true(fs.existsSync(path.join(m.upper, rel(p))), 'kept while the lock is taken');
+  gc.stdin.end();
+  await new Promise((r) => gc.on('close', r));
+
   const real = await cli(['optimise', m.root, '--check-contents']);
   t.is(real.code, 0, real.stderr);
   t.regex(real.stdout, new RegExp(`removed 1 upper copy, ${name.length + 1} bytes freed`));
@@ -250,6 +262,72 @@ test('optimise: removes upper copies of objects the lower store has; the lower c
   t.is(await fs.promises.readFile(path.join(m.store, rel(p)), 'utf8'), `${name}\n`);
   t.true(await valid(m, p));
   await nixOk('nix-store', ['--store', m.root, '--verify-path', p]);
+  await m.unmount();
+  t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
+});
+
+test('optimise during a build that reads a duplicate: the build succeeds, the duplicate is kept and named; a run after the build removes it', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  // A directory object: the sandbox bind-mounts it (a single file would be linked or copied in).
+  const src = path.join(dir, 'dup-src');
+  await fs.promises.mkdir(path.join(src, 'lib'), { recursive: true });
+  await fs.promises.writeFile(path.join(src, 'lib/x'), `in use ${Date.now()}\n`);
+  const p = (await nixOk('nix-store', ['--store', m.root, '--add', src])).trim();
+  t.is((await nixOk('nix-store', ['--store', lower.root, '--add', src])).trim(), p, 'the same path in the lower store: a duplicate');
+  const lowerDigest = await lowerRootDigest(lower.root);
+
+  // The builder reads the input until the test lets it end (a file in its build dir).
+  const drv = await derivation(dir, 'dup-reader', { dup: p },
+    'PATH=/usr/bin; echo reader-started; while [ ! -e go ]; do cat ${dup}/lib/x > /dev/null || { echo READ FAILED; exit 1; }; sleep 0.1; done; cat ${dup}/lib/x > $out');
+  const env = nixEnv();
+  const build = spawn('nix-build', ['--store', m.root, '--no-out-link', '--option', 'sandbox-paths', '/bin/sh=/bin/sh /lib /lib64 /usr/lib /usr/bin', ...drv],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { build.kill('SIGKILL'); });
+  let out = '';
+  build.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  const ended = new Promise<number | null>((resolve) => build.on('close', resolve));
+  let log = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the build did not start: ${log}`)), 120_000);
+    build.stderr.on('data', (d: Buffer) => {
+      log += d.toString();
+      if (log.includes('reader-started')) { clearTimeout(timer); resolve(); }
+    });
+    void ended.then(() => { clearTimeout(timer); reject(new Error(`the build ended before it started reading: ${log}`)); });
+  });
+
+  // Both runs while the builder reads; what they did is checked once the build has ended.
+  const dry = await cli(['optimise', m.root, '--dry-run']);
+  const r = await cli(['optimise', m.root, '--json']);
+  const upperKept = fs.existsSync(path.join(m.upper, rel(p)));
+  const tmp = env.TMPDIR ?? '';
+  const buildDir = (await fs.promises.readdir(tmp)).find((n) => n.startsWith('nix-build-dup-reader.drv-'));
+  t.truthy(buildDir, 'the build dir');
+  await fs.promises.writeFile(path.join(tmp, buildDir ?? 'none', 'go'), '');
+  t.is(await ended, 0, log);
+  t.false(log.includes('READ FAILED'), log);
+  t.is(await fs.promises.readFile(path.join(m.store, rel(out.trim())), 'utf8'), await fs.promises.readFile(path.join(src, 'lib/x'), 'utf8'));
+
+  t.is(dry.code, 0, dry.stderr);
+  t.regex(dry.stdout, new RegExp(`would keep +${p} \\(\\d+ bytes\\): in use by running Nix processes \\(temp roots, pid \\d+: /nix/store/\\w+-dup-reader\\.drv`));
+  t.is(r.code, 0, r.stderr);
+  const rep = JSON.parse(r.stdout) as { gcLock: string; removed: number; inUse: number; duplicates: { path: string; removed: boolean; skipped?: string; inUse?: { pid: number | null; path: string }[] }[] };
+  t.is(rep.gcLock, 'exclusive');
+  t.is(rep.removed, 0);
+  t.is(rep.inUse, 1);
+  t.deepEqual(rep.duplicates.map((d) => [d.path, d.removed]), [[p, false]]);
+  t.regex(rep.duplicates[0]?.skipped ?? '', /in use by running Nix processes/);
+  t.true((rep.duplicates[0]?.inUse ?? []).some((u) => u.pid !== null && u.path.endsWith('-dup-reader.drv')), 'the .drv being built keeps it (its source)');
+  t.true(upperKept, 'the upper copy was kept while the build ran');
+
+  const after = await cli(['optimise', m.root]);
+  t.is(after.code, 0, after.stderr);
+  t.regex(after.stdout, new RegExp(`removed ${p} `));
+  t.false(fs.existsSync(path.join(m.upper, rel(p))), 'removed once the build has ended');
+  t.is(await fs.promises.readFile(path.join(m.store, rel(p), 'lib/x'), 'utf8'), await fs.promises.readFile(path.join(src, 'lib/x'), 'utf8'), 'the lower copy is served');
+  t.true(await valid(m, p));
   await m.unmount();
   t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
 });

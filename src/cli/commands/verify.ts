@@ -5,9 +5,11 @@ import { verify } from '../../maintain/verify';
 import { RootView } from '../../maintain/view';
 import { findRoot } from '../find-root';
 import { progress } from '../progress';
+import { checkRanges } from '../ranges';
 import { EXIT, runCommand } from '../run';
+import { lockWait } from './optimise';
 
-interface VerifyArgs { root?: string; 'check-contents': boolean; repair: boolean; json: boolean }
+interface VerifyArgs { root?: string; 'check-contents': boolean; repair: boolean; 'lock-timeout': number; json: boolean }
 
 export const verifyCommand: CommandModule<object, VerifyArgs> = {
   command: 'verify [root]',
@@ -15,8 +17,10 @@ export const verifyCommand: CommandModule<object, VerifyArgs> = {
   builder: (y: Argv) => y
     .positional('root', { type: 'string', describe: 'the merged root [default: the only running mount]' })
     .option('check-contents', { type: 'boolean', default: false, describe: 'also hash every upper object and compare with its row' })
-    .option('repair', { type: 'boolean', default: false, describe: 'fix what can be fixed without touching the lower layer' })
+    .option('repair', { type: 'boolean', default: false, describe: 'fix what can be fixed without touching the lower layer (duplicates as optimise removes them)' })
+    .option('lock-timeout', { type: 'number', default: 60, describe: 'with --repair: seconds to wait for Nix\'s GC lock to remove duplicates (as optimise)' })
     .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
+    .check(checkRanges({ 'lock-timeout': { min: 0, max: 86_400, unit: 'seconds' } }))
     .example('$0 verify /tmp/m --check-contents', '')
     .strict() as unknown as Argv<VerifyArgs>,
   handler: (argv) => runCommand(async () => {
@@ -24,7 +28,10 @@ export const verifyCommand: CommandModule<object, VerifyArgs> = {
     const view = new RootView(rc.config);
     let r;
     try {
-      r = verify(view, { checkContents: argv['check-contents'], repair: argv.repair, progress: progress('verify') });
+      r = await verify(view, {
+        checkContents: argv['check-contents'], repair: argv.repair, lockTimeoutS: argv['lock-timeout'],
+        onLockWait: lockWait, progress: progress('verify'),
+      });
     } finally {
       view.close();
     }
