@@ -19,6 +19,11 @@ const WAL_INDEX_HEADER_BYTES = 100;
 const WAL_BOUND_FRAMES = 65_536;
 /** How long the worker outlives its last checkpoint. */
 const IDLE_MS = 10_000;
+/**
+ * How many times an idle worker tries to cut the WAL file back (every `idleMs`) while Nix keeps
+ * using the WAL, before it ends with the file as it is (the next write's worker tries again).
+ */
+const IDLE_TRIES = 6;
 /** How long an idle worker has to end by itself. */
 const STOP_MS = 10_000;
 /** How long after a worker failed no other is started (each costs an isolate). */
@@ -45,8 +50,12 @@ const RESTART_MS = 10_000;
  *
  * The worker (a V8 isolate with better-sqlite3 loaded: ~15 MiB of RSS) starts with the first
  * checkpoint and ends `idleMs` after the last, so a mount whose closures are copied stops
- * paying for it. Ending, it cuts the WAL file back to nothing when no one is using the WAL:
- * SQLite keeps the file at the size a burst gave it. Not with `journal_size_limit` on the
+ * paying for it. Ending, it cuts the WAL file back to nothing: SQLite keeps the file at the size
+ * a burst gave it. A Nix client reading or writing at that moment keeps the cut from happening
+ * (it waits for nobody); the worker then tries again every `idleMs`, up to IDLE_TRIES times
+ * (one try, as before, left a 40 MB WAL for good behind a reader; found by review). Writes too
+ * small to ask for a checkpoint (under 1000 frames) also get one cut, `idleMs` after the last
+ * of them, from a worker started for it. Not with `journal_size_limit` on the
  * daemon's connection: the commit that truncated a 126 MiB WAL then held one lookup ~30 ms (the
  * lazy bench's p99 of 100 new paths over a copied closure, 29–38 ms against 5–6).
  */
@@ -67,6 +76,8 @@ export class Checkpointer {
   private failedAt = 0;
   /** settle()s waiting for the running checkpoint, or the stopping worker, to end. */
   private waiters: (() => void)[] = [];
+  /** Cuts of the WAL file tried since the last checkpoint asked for. */
+  private idleTries = 0;
 
   constructor(private readonly dbFile: string, private readonly idleMs = IDLE_MS, private readonly boundFrames = WAL_BOUND_FRAMES) {
     this.shm = `${dbFile}-shm`;
@@ -76,7 +87,10 @@ export class Checkpointer {
   wrote(): void {
     if (this.closed) return;
     const wal = this.wal();
-    if (wal.frames < CHECKPOINT_FRAMES || wal.checkpointed >= wal.frames) return;
+    if (wal.frames < CHECKPOINT_FRAMES || wal.checkpointed >= wal.frames) {
+      if (wal.frames > 0 && this.worker === null && this.stopping === null) this.cutWhenIdle();
+      return;
+    }
     if (this.busy) {
       this.again = true;
       return;
@@ -120,6 +134,7 @@ export class Checkpointer {
     if (this.worker === null && Date.now() - this.failedAt < RESTART_MS) return; // the daemon's connection keeps the WAL meanwhile
     this.busy = true;
     this.checkpointsAsked++;
+    this.idleTries = 0;
     if (this.idle) clearTimeout(this.idle);
     this.idle = null;
     (this.worker ??= this.start()).postMessage('checkpoint');
@@ -165,7 +180,11 @@ export class Checkpointer {
   private start(): Worker {
     const w = new Worker(path.join(__dirname, 'checkpoint-worker.js'), { workerData: { dbFile: this.dbFile } });
     w.unref();
-    w.on('message', (m: { ok: boolean; error?: string }) => {
+    w.on('message', (m: { ok: boolean; error?: string; cut?: boolean }) => {
+      if (m.cut === false) {
+        this.notCut(w);
+        return;
+      }
       if (!m.ok) log.debug(`checkpoint: ${m.error ?? 'failed'}`);
       this.busy = false;
       if (this.again) {
@@ -214,8 +233,41 @@ export class Checkpointer {
     this.worker = null;
     this.idle = null;
     this.stopping = w;
+    this.idleTries++;
     w.postMessage('idle');
-    setTimeout(() => void w.terminate(), STOP_MS).unref();
+    const ended = setTimeout(() => { if (this.stopping === w) void w.terminate(); }, STOP_MS);
+    ended.unref();
+    w.once('message', () => clearTimeout(ended));
+  }
+
+  /**
+   * A Nix client was using the WAL when the idle worker tried to cut it back: the worker is
+   * idle again, and tries again later (IDLE_TRIES); a worker started meanwhile takes over.
+   */
+  private notCut(w: Worker): void {
+    if (this.stopping === w) this.stopping = null;
+    this.wake();
+    if (this.closed || this.worker !== null || this.idleTries >= IDLE_TRIES) {
+      w.postMessage('end');
+      return;
+    }
+    this.worker = w;
+    this.idle = setTimeout(() => this.stop(w), this.idleMs);
+    this.idle.unref();
+  }
+
+  /** Writes too small to ask for a checkpoint: a worker cuts the WAL file back once they stop. */
+  private cutWhenIdle(): void {
+    if (this.idle) clearTimeout(this.idle);
+    this.idle = setTimeout(() => {
+      this.idle = null;
+      if (this.closed || this.worker !== null || this.stopping !== null) return;
+      if (Date.now() - this.failedAt < RESTART_MS) return;
+      this.worker = this.start();
+      this.idleTries = 0;
+      this.stop(this.worker);
+    }, this.idleMs);
+    this.idle.unref();
   }
 
   /**

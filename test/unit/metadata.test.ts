@@ -464,6 +464,55 @@ test('Checkpointer: a worker that ends when idle cuts the WAL file a burst made 
   t.is(size, 0, 'and the WAL file is empty');
 });
 
+test('Checkpointer: a reader in the WAL when the idle worker tries to cut it back only delays the cut: it is tried again until it happens', async (t) => {
+  const { file, cp, write } = checkpointed(t);
+  write(120_000);
+  // A Nix client's read transaction, begun before any checkpoint: it reads from the WAL, which
+  // a TRUNCATE checkpoint then cannot reset (it waits for nobody).
+  const reader = new Database(file);
+  t.teardown(() => { if (reader.open) reader.close(); });
+  reader.exec('BEGIN');
+  reader.prepare('SELECT count(*) FROM ValidPaths').get();
+  cp.wrote();
+  const alive = setInterval(() => undefined, 100); // the worker is unref'd, as under the daemon
+  try {
+    await new Promise((r) => setTimeout(r, 1500)); // the checkpoint, and a try or more to cut
+    t.true(fs.statSync(`${file}-wal`).size > 0, 'not cut while the reader is in the WAL');
+    t.true(cp.running(), 'the worker stays to try again');
+    reader.exec('COMMIT');
+    reader.close();
+    let size = -1;
+    for (let i = 0; i < 100 && (cp.running() || size !== 0); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      size = fs.statSync(`${file}-wal`).size;
+    }
+    t.is(size, 0, 'cut once the reader is gone');
+    t.false(cp.running(), 'and the worker ended');
+  } finally {
+    clearInterval(alive);
+  }
+});
+
+test('Checkpointer: writes too small to ask for a checkpoint get the WAL file cut back once they stop', async (t) => {
+  const { file, cp, write } = checkpointed(t);
+  write(100);
+  cp.wrote();
+  t.true(cp.wal().frames > 0 && cp.wal().frames < 1000, `${cp.wal().frames} frames: no checkpoint asked`);
+  t.true(fs.statSync(`${file}-wal`).size > 0);
+  const alive = setInterval(() => undefined, 100);
+  try {
+    let size = -1;
+    for (let i = 0; i < 100 && (size !== 0 || cp.running()); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      size = fs.statSync(`${file}-wal`).size;
+    }
+    t.is(size, 0, 'the WAL file is empty');
+    t.false(cp.running(), 'and the worker that cut it ended');
+  } finally {
+    clearInterval(alive);
+  }
+});
+
 test('Checkpointer: reading the WAL\'s frames keeps SQLite\'s locks on -shm, so another process opening the DB does not rebuild the wal-index under it', (t) => {
   const { up, file, cp, write } = checkpointed(t);
   write(3000);
