@@ -25,8 +25,11 @@ import { UpperDb } from './upper-db';
  * Nix registers references before referrers, so that order is references first. A lower DB
  * where it is not (made by other tools) is caught afterwards and copied row by row in
  * dependency order instead (copyClosureRowByRow).
+ *
+ * `beforeCommit`, when given, is the transaction's last step before its COMMIT, with the
+ * largest upper id before the copy (the new rows are above it); it may throw to roll back.
  */
-export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly string[]): number {
+export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly string[], beforeCommit?: (before: number) => void): number {
   // Paths the upper DB has, or the lower DB lacks (a lower dir without a row), need nothing:
   // answered without attaching or a transaction.
   const todo = paths.filter((p) => upper.idOf(p) === undefined && lower.pathRow(p) !== undefined);
@@ -59,18 +62,19 @@ export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly stri
       // A closure that a torn read cut short must not pass for whole (sqlite.ts, LowerFileChanged).
       if (lower.fileIdentity() !== file) throw new LowerFileChanged('a closure copy');
       if (late > 0) throw new ReferencesAfterReferrers();
+      beforeCommit?.(before);
       return count;
     }).immediate());
   } catch (err) {
     if (!(err instanceof ReferencesAfterReferrers)) throw err;
-    return copyClosureRowByRow(upper, lower, todo);
+    return copyClosureRowByRow(upper, lower, todo, beforeCommit);
   }
 }
 
 class ReferencesAfterReferrers extends Error {}
 
 /** copyClosure one row at a time, in dependency order; for lower DBs not in Nix's id order. */
-export function copyClosureRowByRow(upper: UpperDb, lower: LowerDb, paths: readonly string[]): number {
+export function copyClosureRowByRow(upper: UpperDb, lower: LowerDb, paths: readonly string[], beforeCommit?: (before: number) => void): number {
   const missing = new Map<string, PathRow>();
   const refs = new Map<string, string[]>();
   const outputs = new Map<number, OutputRow[]>();
@@ -110,6 +114,7 @@ export function copyClosureRowByRow(upper: UpperDb, lower: LowerDb, paths: reado
   if (fk && !upper.db.inTransaction) upper.db.pragma('foreign_keys = OFF');
   try {
     upper.db.transaction(() => {
+      const before = upper.db.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
       for (const row of order) {
         const id = upper.insertPath(row);
         newIds.set(row.path, id);
@@ -120,6 +125,7 @@ export function copyClosureRowByRow(upper: UpperDb, lower: LowerDb, paths: reado
         }
         for (const out of outputs.get(row.id) ?? []) insertOut.run(id, out.id, out.path);
       }
+      beforeCommit?.(before);
     }).immediate();
   } finally {
     if (fk && !upper.db.inTransaction) upper.db.pragma('foreign_keys = ON');

@@ -7,6 +7,7 @@ import { log } from '../util/log';
 import { Checkpointer } from './checkpointer';
 import { copyClosure } from './closure';
 import { GcLock, tryGcLockShared } from './gc-lock';
+import { commitUnlocked, HeldLocks, LocksTaken } from './held-locks';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
@@ -85,6 +86,12 @@ export class Metadata {
   gcLockFile: string | null = null;
   /** Since when the follower has waited for a GC to end (0: not waiting), for the log. */
   private waitingForGcSince = 0;
+  /**
+   * Mirror mode, once mounted: which store paths a client of the mount holds the lock of
+   * (held-locks.ts). The follower's imports and the row restores hold those paths back
+   * (mirror.ts says which races that closes); null: nothing is held back.
+   */
+  heldLocks: HeldLocks | null = null;
 
   /** Whether the last check found new lower rows and left them for a GC to end (gcLockFile). */
   get waitingForGc(): boolean {
@@ -183,21 +190,27 @@ export class Metadata {
 
   /**
    * Copies the row (and closure) of lower object `name` back when the merged DB lacks it, on
-   * this thread. False when that must be tried again later (another writer holds the DB, or a
-   * read was torn); any other failure is logged and not retried.
+   * this thread. False when that must be tried again later (another writer holds the DB, a
+   * read was torn, or a client of the mount holds the path's lock, or one of its closure's, as
+   * a build does that deletes a stale upper copy before it writes the path); any other failure
+   * is logged and not retried.
    */
   private restoreRow(name: string): boolean {
     const storePath = `${this.storeDir}/${name}`;
     if (this.closed) return true;
     try {
       if (this.upper.idOf(storePath) !== undefined || !this.lower.isValid(storePath)) return true;
-      const n = copyClosure(this.upper, this.lower, [storePath]);
+      const held = this.heldLocks;
+      // A client holding the path's lock (mirror.ts): not before it is free; looked at again,
+      // last, before the COMMIT.
+      if (held !== null && held(() => [storePath]).size > 0) return false;
+      const n = copyClosure(this.upper, this.lower, [storePath], held ? (before) => commitUnlocked(this.upper.db, before, held) : undefined);
       this.stats.count('rowsCopied', n);
       this.stats.trace?.('closure', storePath, `restored ${n} rows`);
       log.info(`restored the DB row of ${storePath} (its lower copy is visible again)`);
       return true;
     } catch (err) {
-      if (isBusy(err) || isTornRead(err)) return false;
+      if (isBusy(err) || isTornRead(err) || err instanceof LocksTaken) return false;
       log.warn(`could not restore the row of ${storePath}: ${String(err)}`);
       return true;
     }
@@ -355,8 +368,9 @@ export class Metadata {
       const signature = await this.lower.signatureAsync();
       if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
       if (signature !== this.lower.openedSignature) this.lower.reopen(signature);
-      // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too.
-      if (this.lower.snapshotMaxId > this.reportedMaxId) {
+      // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too. Paths
+      // held back for a merged client's lock are looked at again once one of those locks is free.
+      if (this.lower.snapshotMaxId > this.reportedMaxId || (this.heldLocks !== null && this.mirror.lockFreed(this.heldLocks))) {
         // Without flock (null, logged) the import goes on unlocked: better than no import at all.
         const lock = this.gcLockFile === null ? null : await tryGcLockShared(this.gcLockFile);
         if (lock === 'busy') {
@@ -386,10 +400,12 @@ export class Metadata {
   }
 
   /**
-   * The lower DB's snapshot has rows beyond the last report. Mirror mode imports them (the ones
-   * the upper DB lacks; the rest are the upper layer's objects, now in both layers) and roots
-   * the imported ones. Every new name is reported, duplicates included: a lookup of the name
-   * may have been answered "not in the lower store" just before, and that answer is now wrong.
+   * The lower DB's snapshot has rows beyond the last report, or paths held back for a lock may
+   * go. Mirror mode imports them (the ones the upper DB lacks; the rest are the upper layer's
+   * objects, now in both layers) and roots the imported ones. Every new name is reported,
+   * duplicates included: a lookup of the name may have been answered "not in the lower store"
+   * just before, and that answer is now wrong. Names held back are reported unsettled (no row
+   * yet), and settled once they go in.
    */
   private lowerGrew(): void {
     const t0 = Date.now();
@@ -397,14 +413,29 @@ export class Metadata {
     const lowerPaths = this.lower.pathsBetween(this.reportedMaxId, upTo, LIST_LIMIT);
     const mirrored = this.mode === 'mirror';
     let imported: ImportResult | null = null;
+    let waiting = new Set<string>();
+    let released: string[] = [];
     if (mirrored) {
-      imported = this.mirror.importNew();
+      const wasWaiting = new Set(this.mirror.waitingPaths);
+      imported = this.mirror.importNew(this.heldLocks ?? undefined);
+      waiting = new Set(this.mirror.waitingPaths);
+      // Not waiting any more: imported, or the merged DB has a row of its own (the client that
+      // held the lock registered its build), or the lower store dropped it (then not settled).
+      released = [...wasWaiting].filter((p) => !waiting.has(p) && this.upper.idOf(p) !== undefined);
+      const held = [...waiting].filter((p) => !wasWaiting.has(p));
+      if (held.length > 0) log.info(`follower: ${held.length} new lower paths wait for a merged-store client's lock (${held.slice(0, 3).join(', ')}${held.length > 3 ? ', ...' : ''})`);
+      if (released.length > 0) log.info(`follower: ${released.length} lower paths held back for a lock went in (${waiting.size} still wait)`);
       this.stats.count('rowsMirrored', imported.count);
-      for (const p of lowerPaths ?? []) this.known.set(p, true);
+      for (const p of [...lowerPaths ?? [], ...released]) if (!waiting.has(p)) this.known.set(p, true);
       this.stats.trace?.('import', this.storeDir, `${imported.count} rows`, Date.now() - t0);
     }
     this.reportedMaxId = upTo;
-    this.onNewPaths(lowerPaths ? lowerPaths.map((p) => p.slice(this.storeDir.length + 1)) : null, mirrored);
+    const name = (p: string): string => p.slice(this.storeDir.length + 1);
+    const settled = lowerPaths ? lowerPaths.filter((p) => !waiting.has(p)) : null;
+    this.onNewPaths(settled ? [...settled, ...released].map(name) : null, mirrored);
+    if (settled === null && released.length > 0) this.onNewPaths(released.map(name), true);
+    const unsettled = lowerPaths?.filter((p) => waiting.has(p)) ?? [];
+    if (unsettled.length > 0) this.onNewPaths(unsettled.map(name), false);
     // Rooted once the new names are reported: before, the index could still hold "not in the
     // lower store" for a name a merged client looked up just before it added the same path,
     // and that duplicate was rooted (uncollectable until a remount).
@@ -445,7 +476,7 @@ export class Metadata {
    */
   followerState(): {
     mode: MetadataMode; lastTickAt: string | null; lastLowerId: number; lowerMaxId: number; pendingRows: number; lagMs: number; checkWaitingMs: number;
-    failing: { count: number; message: string }; waitingForGcMs: number;
+    failing: { count: number; message: string }; waitingForGcMs: number; waitingForLocks: number;
   } {
     const lowerMaxId = this.lower.snapshotMaxId;
     const pending = this.mode === 'mirror' ? Math.max(0, lowerMaxId - this.mirror.lastLowerId) : 0;
@@ -458,6 +489,7 @@ export class Metadata {
       checkWaitingMs: this.checkingSince === null ? 0 : Date.now() - this.checkingSince,
       failing: { ...this.failing },
       waitingForGcMs: this.waitingForGcSince === 0 ? 0 : Date.now() - this.waitingForGcSince,
+      waitingForLocks: this.mirror.waitingPaths.length,
     };
   }
 

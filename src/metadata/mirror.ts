@@ -1,5 +1,7 @@
+import type { Database as Db } from 'better-sqlite3';
 import { copyClosure } from './closure';
 import { copyLowerRows, IncompleteClosure, withLowerAttached } from './copy-rows';
+import { commitUnlocked, HeldLocks, LocksTaken } from './held-locks';
 import { LowerDb } from './lower-db';
 import { isTornRead, LowerFileChanged } from './sqlite';
 import { UpperDb } from './upper-db';
@@ -12,6 +14,8 @@ export const LIST_LIMIT = 10_000;
 const IMPORT_TRIES = 3;
 /** The smallest id range importNew commits on its own when reads keep being torn. */
 const MIN_SPAN = 1_000;
+/** What an import looks at besides its id range: the paths held back by an earlier one. */
+const CANDIDATE = '((l.id > ? AND l.id <= ?) OR l.id IN (SELECT id FROM temp.mirror_waiting))';
 
 export interface ImportResult {
   /** ValidPaths rows added. */
@@ -29,13 +33,52 @@ export interface ImportResult {
  * so every import is closure-complete; foreign-key checks are therefore off during the import
  * (they hold by construction), and a large import rebuilds the two Refs indexes from their
  * own `sqlite_master` text rather than updating them row by row.
+ *
+ * Given a lock probe (the follower's imports while mounted; HeldLocks), an import holds back
+ * every new path whose lock a client of the merged store holds, and every new path that refers
+ * to one held back (their closures must stay whole): they wait in `waiting`, are part of every
+ * later import (a referrer that comes later waits too), and go in with the first import that
+ * finds their locks free. The mount's first import has no probe: no client can hold a lock
+ * through a mount that is not there yet, and that import is the hot path (>= 200k rows/s).
+ *
+ * What is closed and what is not (the client's steps: lock, ask the DB, build, register):
+ * - A lock held when the import looks (the last step before its COMMIT, so a lock taken
+ *   while the rows were copied is seen too: rolled back, copied again without those paths):
+ *   the path stays invalid to that client, which builds and registers its own copy; the lower
+ *   copy's row then finds the merged DB's row there and is dropped (a duplicate, as ever).
+ * - A lock taken after the COMMIT: the client's check after locking finds the path valid and
+ *   uses it, which is Nix's own protocol.
+ * - Stale lock files (left by a killed client, or unlinked by one still holding them) hold
+ *   nothing back: only a flock held on the file the store dir has now counts.
+ * - Not closed: a lock taken between the read of /proc/locks and the COMMIT, whose holder asks
+ *   the DB before the COMMIT is visible (SQLite's write lock does not stop a WAL reader, and the
+ *   daemon never hears of a flock: the kernel keeps it). The window is the COMMIT itself.
+ * - Not covered: locks taken other than through the mount (a Nix pointed at the upper dir), and
+ *   row copies other than the mirror's and the row restores (lazy lookups, `sync`, `verify --repair`).
  */
 export class Mirror {
   private lastId = 0;
+  /** Lower paths held back (HeldLocks), by lower id. */
+  private waiting = new Map<number, string>();
+  /** Of `waiting`, the paths whose own lock was held when last looked at; the rest refer to one. */
+  private locked = new Set<string>();
 
   constructor(private readonly upper: UpperDb, private readonly lower: LowerDb) {}
 
   get lastLowerId(): number { return this.lastId; }
+
+  /** The lower paths held back until a merged-store client releases a lock. */
+  get waitingPaths(): string[] { return [...this.waiting.values()]; }
+
+  /**
+   * Whether an import may now let held-back paths go: a lock that held them is free. Cheap
+   * enough for every follower tick: one read of /proc/locks, and an lstat per lock while held.
+   */
+  lockFreed(held: HeldLocks): boolean {
+    if (this.waiting.size === 0) return false;
+    const still = held(() => this.locked);
+    return this.locked.size === 0 || [...this.locked].some((p) => !still.has(p));
+  }
 
   /** After the upper DB was seeded with every lower row up to `id` (seed.ts). */
   seeded(id: number): void { this.lastId = id; }
@@ -46,15 +89,16 @@ export class Mirror {
    * smaller id ranges, each committed on its own once its read was whole, so that an import
    * longer than the gaps between a busy store's checkpoints still gets done. Throws after
    * IMPORT_TRIES torn reads in a row: the follower's next check goes on from lastLowerId.
+   * With `held`, paths whose lock a merged-store client holds wait (see the class).
    */
-  importNew(): ImportResult {
+  importNew(held?: HeldLocks): ImportResult {
     let count = 0;
     let paths: string[] | null = [];
     let span = Infinity;
     for (let torn = 0; ;) {
       let part: ImportResult & { done: boolean };
       try {
-        part = this.importRange(span);
+        part = this.importRange(span, held);
       } catch (err) {
         if (!isTornRead(err) || ++torn >= IMPORT_TRIES) throw err;
         span = Math.max(MIN_SPAN, Math.floor(Math.min(span, this.lower.maxId() - this.lastId) / 4));
@@ -68,37 +112,142 @@ export class Mirror {
   }
 
   /** The rows with ids in (lastLowerId, lastLowerId + span], in one transaction. */
-  private importRange(span: number): ImportResult & { done: boolean } {
+  private importRange(span: number, held: HeldLocks | undefined): ImportResult & { done: boolean } {
     const db = this.upper.db;
     const since = this.lastId;
     const file = this.lower.fileIdentity();
     const maxId = this.lower.maxId();
-    if (maxId <= since) return { count: 0, paths: [], done: true };
-    const end = Math.min(maxId, since + span);
-    const newPaths = (before: number, count: number): string[] | null => (count <= LIST_LIMIT
-      ? db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(before) as string[]
-      : null);
+    if (maxId <= since && this.waiting.size === 0) return { count: 0, paths: [], done: true };
+    const end = Math.max(since, Math.min(maxId, since + span));
     let result: ImportResult;
-    try {
-      result = withLowerAttached(db, this.lower, () => db.transaction((): ImportResult => {
-        const { count, before } = copyLowerRows(db, {
-          where: 'l.id > ? AND l.id <= ?', params: [since, end], order: 'path',
-          rebuildRefIndexes: (n) => n >= BULK_ROWS,
-        });
-        // A row a torn read missed would be missed for good: lastId moves past it.
-        if (this.lower.fileIdentity() !== file) throw new LowerFileChanged('the mirror\'s import');
-        return count === 0 ? { count: 0, paths: [] } : { count, paths: newPaths(before, count) };
-      }).immediate());
-    } catch (err) {
-      if (!(err instanceof IncompleteClosure)) throw err;
-      // An older lower path they refer to lost its row in the merged DB (Nix deleted a
-      // duplicate's, and it is not restored yet): copy the new paths' closures whole instead.
-      const before = db.prepare('SELECT coalesce(max(id), 0) FROM main.ValidPaths').pluck().get() as number;
-      const paths = this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? [];
-      const count = copyClosure(this.upper, this.lower, paths);
-      result = { count, paths: newPaths(before, count) };
+    if (held !== undefined || this.waiting.size > 0) {
+      result = this.importUnlocked(since, end, file, held ?? (() => new Set()));
+    } else {
+      try {
+        result = withLowerAttached(db, this.lower, () => db.transaction((): ImportResult => {
+          const { count, before } = copyLowerRows(db, {
+            where: 'l.id > ? AND l.id <= ?', params: [since, end], order: 'path',
+            rebuildRefIndexes: (n) => n >= BULK_ROWS,
+          });
+          // A row a torn read missed would be missed for good: lastId moves past it.
+          if (this.lower.fileIdentity() !== file) throw new LowerFileChanged('the mirror\'s import');
+          return count === 0 ? { count: 0, paths: [] } : { count, paths: newPaths(db, before, count) };
+        }).immediate());
+      } catch (err) {
+        if (!(err instanceof IncompleteClosure)) throw err;
+        // An older lower path they refer to lost its row in the merged DB (Nix deleted a
+        // duplicate's, and it is not restored yet): copy the new paths' closures whole instead.
+        const before = maxUpperId(db);
+        const count = copyClosure(this.upper, this.lower, this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? []);
+        result = { count, paths: newPaths(db, before, count) };
+      }
     }
     this.lastId = end;
-    return { ...result, done: end === maxId };
+    return { ...result, done: end >= maxId };
   }
+
+  /**
+   * importRange with a lock probe: the rows in (since, end] and the ones waiting, but for those
+   * held back, in one transaction whose last step looks at the locks again (commitUnlocked).
+   * When that finds a lock taken meanwhile, the transaction is rolled back and made again with
+   * that path held back too; `waiting` changes only once one commits.
+   */
+  private importUnlocked(since: number, end: number, file: string, held: HeldLocks): ImportResult {
+    const db = this.upper.db;
+    let locked: Set<string> | null = null;
+    for (;;) {
+      let back = new Map<number, string>();
+      try {
+        try {
+          const result = withLowerAttached(db, this.lower, () => {
+            this.fillWaitingTable(db);
+            locked ??= held(() => db.prepare(`SELECT l.path FROM lower.ValidPaths l WHERE ${CANDIDATE}
+              AND NOT EXISTS (SELECT 1 FROM main.ValidPaths u WHERE u.path = l.path)`).pluck().all(since, end) as string[]);
+            const seeds = locked;
+            return db.transaction((): ImportResult => {
+              back = holdBack(db, since, end, seeds);
+              const { count, before } = copyLowerRows(db, {
+                where: `${CANDIDATE} AND l.id NOT IN (SELECT id FROM temp.mirror_held)`, params: [since, end], order: 'path',
+                rebuildRefIndexes: (n) => n >= BULK_ROWS,
+              });
+              if (this.lower.fileIdentity() !== file) throw new LowerFileChanged('the mirror\'s import');
+              const paths = newPaths(db, before, count);
+              commitUnlocked(db, before, held); // last: the window it leaves open is the COMMIT
+              return { count, paths };
+            }).immediate();
+          });
+          this.setWaiting(back, locked);
+          return result;
+        } catch (err) {
+          if (!(err instanceof IncompleteClosure)) throw err;
+        }
+        // As in importRange (an older lower path lost its merged row): closures copied whole,
+        // but for the paths held back, whose referrers are held back too.
+        const backPaths = new Set(back.values());
+        const paths = [...(this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? []), ...this.waiting.values()]
+          .filter((p) => !backPaths.has(p));
+        const before = maxUpperId(db);
+        const count = copyClosure(this.upper, this.lower, paths, (b) => commitUnlocked(db, b, held));
+        this.setWaiting(back, locked);
+        return { count, paths: newPaths(db, before, count) };
+      } catch (err) {
+        if (!(err instanceof LocksTaken)) throw err;
+        const seen: Set<string> = locked ?? new Set();
+        // Every retry holds back one more path; one that held back nothing new would loop.
+        if ([...err.paths].every((p) => seen.has(p))) throw new Error(`the mirror's import: ${err.message}, and holding it back did not keep it out`);
+        locked = new Set([...seen, ...err.paths]);
+      }
+    }
+  }
+
+  /** temp.mirror_waiting: the lower ids of `waiting`, for CANDIDATE (outside a transaction). */
+  private fillWaitingTable(db: Db): void {
+    db.exec('CREATE TEMP TABLE IF NOT EXISTS mirror_waiting (id INTEGER PRIMARY KEY)');
+    db.exec('DELETE FROM temp.mirror_waiting');
+    const ins = db.prepare('INSERT INTO temp.mirror_waiting (id) VALUES (?)');
+    for (const id of this.waiting.keys()) ins.run(id);
+  }
+
+  private setWaiting(back: Map<number, string>, locked: Set<string> | null): void {
+    this.waiting = back;
+    this.locked = new Set([...back.values()].filter((p) => locked?.has(p)));
+  }
+}
+
+/**
+ * Inside an import's transaction, lower attached: fills temp.mirror_held with the paths that
+ * must wait, the lower paths whose lock is held (`locked`) and, transitively, their referrers
+ * among the import's rows (CANDIDATE) or older ones missing from the merged DB (which a closure
+ * copy would bring along), and returns those the merged DB lacks, by lower id. Referrers above
+ * the range wait once their import comes: they refer to a path waiting, part of it.
+ */
+function holdBack(db: Db, since: number, end: number, locked: ReadonlySet<string>): Map<number, string> {
+  db.exec('CREATE TEMP TABLE IF NOT EXISTS mirror_held (id INTEGER PRIMARY KEY)');
+  db.exec('DELETE FROM temp.mirror_held');
+  if (locked.size === 0) return new Map();
+  const seed = db.prepare('INSERT OR IGNORE INTO temp.mirror_held (id) SELECT id FROM lower.ValidPaths WHERE path = ?');
+  for (const p of locked) seed.run(p);
+  db.prepare(`
+    INSERT OR IGNORE INTO temp.mirror_held (id)
+    WITH RECURSIVE up(id) AS (
+      SELECT id FROM temp.mirror_held
+      UNION
+      SELECT r.referrer FROM up CROSS JOIN lower.Refs r ON r.reference = up.id
+      CROSS JOIN lower.ValidPaths l ON l.id = r.referrer
+      WHERE ${CANDIDATE} OR (l.id <= ? AND NOT EXISTS (SELECT 1 FROM main.ValidPaths u WHERE u.path = l.path))
+    )
+    SELECT id FROM up`).run(since, end, since);
+  const rows = db.prepare(`SELECT h.id AS id, l.path AS path FROM temp.mirror_held h CROSS JOIN lower.ValidPaths l ON l.id = h.id
+    WHERE NOT EXISTS (SELECT 1 FROM main.ValidPaths u WHERE u.path = l.path)`).all() as { id: number; path: string }[];
+  return new Map(rows.map((r) => [r.id, r.path]));
+}
+
+function maxUpperId(db: Db): number {
+  return db.prepare('SELECT coalesce(max(id), 0) FROM main.ValidPaths').pluck().get() as number;
+}
+
+/** The paths of the `count` rows above `before`, or null when there are more than LIST_LIMIT. */
+function newPaths(db: Db, before: number, count: number): string[] | null {
+  if (count === 0) return [];
+  return count <= LIST_LIMIT ? db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(before) as string[] : null;
 }

@@ -15,7 +15,8 @@ import { LAZY_GC_WARNING, MountConfig, rootLayout } from './config';
 import { ControlServer } from './control';
 import { PollChoice, PollGovernor, cpuWaitedUs, defaultPoll } from './poll';
 import { Tracer } from '../overlay/trace';
-import { controlSocketPath, isMountPoint, removeRecord, writeRecord, writeRootConfig } from './records';
+import { outputLockProbe } from './output-locks';
+import { controlSocketPath, isMountPoint, mountDevice, removeRecord, writeRecord, writeRootConfig } from './records';
 import { validateMount } from './validate';
 
 /** How many lower objects a mirror mount settles at start (native/fastpath.c keeps 2^19). */
@@ -150,6 +151,7 @@ export class Daemon {
       throw err;
     }
     this.fuse = fuse;
+    if (cfg.metadata === 'mirror') this.probeOutputLocks(merged.storeDir);
     this.metadata.syncRootsInBackground(gcLock);
     this.emptyTrash();
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
@@ -201,6 +203,19 @@ export class Daemon {
       }
     }, 2000);
     this.watchdog.unref();
+  }
+
+  /**
+   * Mirror mode: the follower holds back a new lower path while a client of the mount holds its
+   * lock (metadata/mirror.ts), seen in /proc/locks by the mount's device and our inode numbers.
+   */
+  private probeOutputLocks(storeDir: string): void {
+    const dev = mountDevice(storeDir);
+    if (dev === null) {
+      log.warn(`${storeDir} is not in /proc/self/mountinfo: new lower paths are imported even while a client of the mount holds their lock`);
+      return;
+    }
+    this.metadata.heldLocks = outputLockProbe(dev, this.metadata.storeDir, (name) => this.overlay.upperIno(name));
   }
 
   /**

@@ -196,6 +196,26 @@ export function mountTable(): Map<string, string> {
   return out;
 }
 
+/**
+ * The device (major, minor) of the filesystem mounted at `dir`, from /proc/self/mountinfo (the
+ * last mount there, the one on top); null when nothing is mounted there. Reads no file of the
+ * mount itself, so the process serving it may call it.
+ */
+export function mountDevice(dir: string, mountinfo = '/proc/self/mountinfo'): [number, number] | null {
+  const abs = path.resolve(dir);
+  const want = path.join(canonicalPath(path.dirname(abs)), path.basename(abs));
+  let text = '';
+  try { text = fs.readFileSync(mountinfo, 'utf8'); } catch { return null; }
+  let dev: [number, number] | null = null;
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 10 || unescapeMount(f[4]!) !== want) continue;
+    const m = /^(\d+):(\d+)$/.exec(f[2]!);
+    if (m) dev = [Number(m[1]), Number(m[2])];
+  }
+  return dev;
+}
+
 function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
 }

@@ -200,6 +200,17 @@ export class Overlay {
     return out;
   }
 
+  /**
+   * The inode number the mount gives top-level upper entry `name` (with use_ino, the number the
+   * kernel's FUSE inode carries, e.g. in /proc/locks), from an lstat of the upper file, not of
+   * the mount; null when the upper layer has no such entry.
+   */
+  upperIno(name: string): number | null {
+    if (this.index.upperKind(name) !== 'object') return null;
+    const st = fs.lstatSync(`${this.upperDir}/${name}`, { throwIfNoEntry: false });
+    return st === undefined ? null : this.inodes.ino(Layer.Upper, st.dev, st.ino);
+  }
+
   /** When `path` is a top-level lower object, the pending closure copy its lookup must await. */
   lowerLookupPending(path: string): Promise<void> | null {
     const hook = this.hooks.lowerLookup;

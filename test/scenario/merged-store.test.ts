@@ -1,6 +1,8 @@
 import test from 'ava';
+import Database = require('better-sqlite3');
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { cli } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
 import { derivation, nix, nixOk, requireBuildUsers } from '../helpers/nix';
@@ -152,6 +154,70 @@ test('live lower growth: a path added to the lower store is visible and valid wi
   t.true(visible, 'the new lower path shows in the merged dir');
   t.true(valid, 'the new lower path is valid in the merged DB');
   t.false(fs.existsSync(path.join(m.upper, rel(added))));
+});
+
+/** Resolves once `dir` has an entry ending in `suffix` (polled every 50 ms, at most `ms`). */
+async function untilEntry(dir: string, suffix: string, ms = 60_000): Promise<string> {
+  for (const deadline = Date.now() + ms; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+    const hit = (await fs.promises.readdir(dir)).find((n) => n.endsWith(suffix));
+    if (hit !== undefined) return hit;
+  }
+  throw new Error(`no entry ending in ${suffix} in ${dir} after ${ms} ms`);
+}
+
+test('same output built at once by the lower store and a merged client: its row waits for the client\'s lock, the build succeeds, the path is valid once', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm') });
+  const name = `same-output-${Date.now()}`;
+  // One derivation built in both stores; its builder waits for /gate/go, a dir of each build's own.
+  const drv = await derivation(dir, name, {}, 'while [ ! -e /gate/go ]; do /usr/bin/sleep 0.1; done; echo built > $out');
+  const gate = (which: string): string => {
+    const g = path.join(dir, `gate-${which}`);
+    fs.mkdirSync(g, { recursive: true });
+    return g;
+  };
+  const build = (root: string, g: string): ReturnType<typeof nix> => nix('nix-build', ['--store', root, '--no-out-link',
+    '--option', 'extra-sandbox-paths', `/usr/bin/sleep /gate=${g}`, ...drv]);
+
+  // The merged client locks the output (<root>/nix/store/X.lock, through the mount), finds it
+  // invalid and starts its builder (the chroot dir shows that it did).
+  const merged = build(m.root, gate('merged'));
+  await untilEntry(m.upper, `-${name}.drv.chroot`);
+  // Meanwhile the lower store builds and registers the same output.
+  const lowerBuild = build(lower.root, gate('lower'));
+  await untilEntry(path.join(lower.root, 'nix/store'), `-${name}.drv.chroot`);
+  await fs.promises.writeFile(path.join(dir, 'gate-lower/go'), '');
+  const l = await lowerBuild;
+  t.is(l.code, 0, l.stderr);
+  const out = l.stdout.trim();
+  t.regex(out, new RegExp(`^/nix/store/[0-9a-z]{32}-${name}$`));
+  t.true(fs.existsSync(path.join(m.upper, `${rel(out)}.lock`)), 'the merged client holds the output\'s lock file');
+
+  // The follower has looked at the lower DB once refresh returns: the row waits for the lock.
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 0, r.stderr);
+  const validWhileLocked = (await nix('nix-store', ['--store', m.root, '--check-validity', out])).code === 0;
+  const s = JSON.parse((await cli(['status', m.root, '--json'])).stdout) as { follower: { waitingForLocks?: number } };
+
+  await fs.promises.writeFile(path.join(dir, 'gate-merged/go'), '');
+  const b = await merged;
+  t.is(b.code, 0, `the merged build: ${b.stderr}`);
+  t.is(b.stdout.trim(), out);
+  t.false(validWhileLocked, 'valid in the merged DB while a merged client held its lock');
+  t.is(s.follower.waitingForLocks, 1, 'status counted the path held back');
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', out]);
+  t.is(fs.readFileSync(path.join(m.store, rel(out)), 'utf8'), 'built\n');
+  const db = new Database(path.join(m.root, 'nix/var/nix/db/db.sqlite'), { readonly: true });
+  t.teardown(() => db.close());
+  t.is(db.prepare('SELECT count(*) FROM ValidPaths WHERE path = ?').pluck().get(out), 1, 'one row');
+  const left = (await fs.promises.readdir(m.upper)).filter((n) => n.includes(name) && !n.endsWith('.drv') && n !== rel(out));
+  t.deepEqual(left, [], 'Nix left its lock file or chroot behind');
+  // Once the lock is gone the follower lets the row go (the merged DB has the client's own).
+  for (const deadline = Date.now() + 5000; Date.now() < deadline; await new Promise((res) => setTimeout(res, 100))) {
+    if ((JSON.parse((await cli(['status', m.root, '--json'])).stdout) as typeof s).follower.waitingForLocks === 0) break;
+  }
+  t.is((JSON.parse((await cli(['status', m.root, '--json'])).stdout) as typeof s).follower.waitingForLocks, 0, 'nothing held back once the lock is free');
 });
 
 test('lazy metadata: the first lookup of a lower object copies its closure into the upper DB', async (t) => {

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { mirrorRoot } from '../../bench/synth';
 import { Checkpointer } from '../../src/metadata/checkpointer';
 import { copyClosure } from '../../src/metadata/closure';
+import type { HeldLocks } from '../../src/metadata/held-locks';
 import { LowerRoots } from '../../src/metadata/gc-roots';
 import { LowerDb } from '../../src/metadata/lower-db';
 import { Metadata } from '../../src/metadata/metadata';
@@ -237,6 +238,80 @@ test('mirror: new rows referring to a lower path whose merged row Nix deleted br
   t.not(up.idOf(libOut), undefined, 'the referenced path was copied too');
   t.deepEqual(refs(up.db), refs(lo.conn()), 'every reference is there');
   t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
+});
+
+/** A LowerDb whose newest id is at most `cap`: the lower store as it was when it had fewer rows. */
+class CappedLowerDb extends LowerDb {
+  cap = Infinity;
+  override maxId(): number { return Math.min(super.maxId(), this.cap); }
+}
+
+/** A lock probe that says which of the paths asked about are in `locked` (asked: how often). */
+function fakeLocks(locked: Set<string>): { held: HeldLocks; asked: () => number } {
+  let asked = 0;
+  return { held: (paths) => { asked++; return new Set([...paths()].filter((p) => locked.has(p))); }, asked: () => asked };
+}
+
+test('mirror: a new path whose lock a merged-store client holds waits, and so do its referrers, in that import and later ones; all go in once the lock is free', async (t) => {
+  const { lower, up } = await overShared(t);
+  const lo = new CappedLowerDb(dbFile(lower.root));
+  t.teardown(() => lo.close());
+  const { appOut, libOut } = lower.manifest.paths;
+  const appId = (lo.pathRow(appOut) as { id: number }).id;
+  t.true((lo.pathRow(libOut) as { id: number }).id < appId, 'references come first in the lower DB');
+  const locked = new Set([libOut]);
+  const { held } = fakeLocks(locked);
+  const mirror = new Mirror(up, lo);
+
+  // The lower store had up to appOut's id (excluded): libOut waits, the rest goes in.
+  lo.cap = appId - 1;
+  const first = mirror.importNew(held);
+  t.deepEqual(mirror.waitingPaths, [libOut]);
+  t.is(up.idOf(libOut), undefined);
+  t.is(first.count, appId - 2);
+  t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
+  // appOut, which refers to libOut, comes in a later import: it waits too.
+  lo.cap = Infinity;
+  mirror.importNew(held);
+  t.deepEqual(mirror.waitingPaths.sort(), [appOut, libOut].sort());
+  t.is(up.idOf(appOut), undefined);
+  t.is(rows(up.db).size, rows(lo.conn()).size - 2);
+  t.false(mirror.lockFreed(held), 'the lock is still held');
+  t.deepEqual(mirror.importNew(held), { count: 0, paths: [] }, 'nothing goes in while it is');
+
+  locked.clear();
+  t.true(mirror.lockFreed(held));
+  const last = mirror.importNew(held);
+  t.is(last.count, 2);
+  t.deepEqual([...last.paths ?? []].sort(), [appOut, libOut].sort());
+  t.deepEqual(mirror.waitingPaths, []);
+  t.deepEqual(rows(up.db), rows(lo.conn()));
+  t.deepEqual(refs(up.db), refs(lo.conn()));
+  t.deepEqual(outputs(up.db), outputs(lo.conn()));
+  t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
+});
+
+test('mirror: a lock taken while an import copies is seen before its COMMIT: rolled back, and made again without that path (and its referrers)', async (t) => {
+  const { lower, up, lo } = await overShared(t);
+  const { appOut, libOut } = lower.manifest.paths;
+  const locked = new Set<string>();
+  let calls = 0;
+  // The first look (before the transaction) finds no lock; by the look before the COMMIT, libOut's is held.
+  const held: HeldLocks = (paths) => {
+    if (++calls === 2) locked.add(libOut);
+    return new Set([...paths()].filter((p) => locked.has(p)));
+  };
+  const mirror = new Mirror(up, lo);
+  const r = mirror.importNew(held);
+  t.is(calls, 3, 'looked before, before the rolled-back COMMIT, and before the one that went through');
+  t.deepEqual(mirror.waitingPaths.sort(), [appOut, libOut].sort());
+  t.is(r.count, rows(lo.conn()).size - 2);
+  t.deepEqual(r.paths?.length, r.count);
+  t.is(up.idOf(libOut), undefined);
+  t.is((up.db.pragma('foreign_key_check') as unknown[]).length, 0);
+  locked.clear();
+  t.is(mirror.importNew(held).count, 2);
+  t.deepEqual(rows(up.db), rows(lo.conn()));
 });
 
 test('a lower DB connection whose file a Nix client changed reads the new file, not a torn mix of both', async (t) => {
@@ -604,6 +679,28 @@ async function freshDbs(t: ExecutionContext): Promise<{ dir: string; lower: Lowe
   const file = dbFile(lower.root);
   return { dir, lower, file, up: UpperDb.open(path.join(dir, 'db')), lo: new LowerDb(file) };
 }
+
+test('a row restore waits while a client of the mount holds the path\'s lock, and is made once the lock is free', async (t) => {
+  const { lower, up, lo } = await freshDbs(t);
+  const md = new Metadata(up, lo, 'mirror', new OverlayStats());
+  t.teardown(() => md.close());
+  md.importAll();
+  const { appOut } = lower.manifest.paths;
+  // As Nix deletes a path's row before its files: here a build that deletes a stale upper copy
+  // of the path it holds the lock of, then the copy itself (upperRemoved).
+  const id = up.idOf(appOut) as number;
+  up.db.prepare('DELETE FROM Refs WHERE referrer = ?').run(id);
+  up.db.prepare('DELETE FROM ValidPaths WHERE id = ?').run(id);
+  const locked = new Set([appOut]);
+  md.heldLocks = fakeLocks(locked).held;
+  md.upperRemoved(appOut.slice('/nix/store/'.length));
+  await new Promise((r) => setTimeout(r, 400));
+  t.is(up.idOf(appOut), undefined, 'restored while the lock was held');
+  locked.clear();
+  for (const until = Date.now() + 3000; up.idOf(appOut) === undefined && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
+  t.not(up.idOf(appOut), undefined, 'restored once the lock was free');
+  t.deepEqual(refs(up.db), refs(lo.conn()));
+});
 
 test('mirror: an import during which the lower DB file changed is not taken as done: rolled back, read again, and after three such reads refused', async (t) => {
   const { file, up, lo } = await freshDbs(t);

@@ -94,6 +94,11 @@ function followerGc(ms: unknown): string {
   return typeof ms === 'number' && ms > 0 ? ` (new lower paths wait for a garbage collection, for ${(ms / 1000).toFixed(1)} s now)` : '';
 }
 
+/** New lower paths held back while a client of the mount holds their lock (or one they refer to). */
+function followerLocks(n: unknown): string {
+  return typeof n === 'number' && n > 0 ? ` (${n} new lower paths wait for a lock a client of the mount holds)` : '';
+}
+
 /** The follower's checks that failed in a row (the merged DB locked by Nix, say), if any. */
 function followerFailing(f: { count?: unknown; message?: unknown } | undefined): string {
   return typeof f?.count === 'number' && f.count > 0 ? ` (its last ${f.count} checks failed: ${String(f.message)})` : '';
@@ -106,7 +111,7 @@ function formatStatus(s: Record<string, any>): string {
     `  lower      ${s.config?.lowerRoot}    upper ${s.config?.upperDir}    metadata ${s.config?.metadata}`,
     `  upper      ${s.upper.objects} objects, ${(s.upper.bytes / 1048576).toFixed(1)} MiB`,
     `  lookups    upper ${c.upper ?? 0}  lower ${c.lower ?? 0}  missing ${c.miss ?? 0}  refused writes ${c.refused ?? 0}`,
-    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerGc(s.follower?.waitingForGcMs)}${followerFailing(s.follower?.failing)}`,
+    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows)  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerGc(s.follower?.waitingForGcMs)}${followerLocks(s.follower?.waitingForLocks)}${followerFailing(s.follower?.failing)}`,
   ];
   if (s.fastPath) lines.push(`  fast path  ${fastPathLine(s.fastPath)}`);
   if (s.error) lines.push(`  error      ${s.error}`);
