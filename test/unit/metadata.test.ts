@@ -413,6 +413,10 @@ function checkpointed(t: ExecutionContext, boundFrames?: number): { up: UpperDb;
   const up = UpperDb.open(path.join(dir, 'db'));
   const file = path.join(dir, 'db', 'db.sqlite');
   up.db.pragma('wal_autocheckpoint = 0');
+  // The daemon's writes wait for an idle worker's cut in settle(), asynchronously; these are
+  // made directly, and wait in SQLite's busy handler instead (a cut can come between two of
+  // them when the machine is loaded: the worker idles after 300 ms here).
+  up.db.pragma('busy_timeout = 5000');
   const cp = new Checkpointer(file, 300, boundFrames);
   t.teardown(async () => {
     const closing = cp.close();
