@@ -33,7 +33,9 @@ export const DEFAULT_MOUNT_OPTIONS: MountOptions = { entryTimeout: 86400, attrTi
  * fuse-native arms a 15 s timer for every request, answering ETIMEDOUT if the callback has not
  * run: a timer set and cleared per operation (~2% of the daemon's CPU in a cold walk). Every
  * operation here answers synchronously except getattr, which may wait for a closure copy
- * (bounded by withBusyRetry's deadline), so only getattr keeps the safety net.
+ * (it fails after 10 s without progress: closure-pieces.ts), so only getattr keeps the safety
+ * net. A copy that goes on longer (a huge closure under a busy lower store) answers ETIMEDOUT
+ * rather than a path Nix calls invalid; the copy goes on, and the next lookup waits for it.
  */
 function timeouts(ops: Record<string, unknown>): Record<string, number | false> {
   const t: Record<string, number | false> = {};

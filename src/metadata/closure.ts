@@ -1,7 +1,7 @@
 import { copyLowerRows, withLowerAttached } from './copy-rows';
 import { LowerDb } from './lower-db';
 import { OutputRow, PathRow } from './rows';
-import { LowerFileChanged } from './sqlite';
+import { isBusy, LowerFileChanged } from './sqlite';
 import { UpperDb } from './upper-db';
 
 /**
@@ -26,16 +26,23 @@ import { UpperDb } from './upper-db';
  * where it is not (made by other tools) is caught afterwards and copied row by row in
  * dependency order instead (copyClosureRowByRow).
  *
+ * `maxRows`: a closure walk that finds more lower rows than this throws ClosureTooLarge before
+ * copying anything (the walk stops there), for the caller to copy it in pieces instead
+ * (closure-pieces.ts). Any failure while the lower DB file changed is thrown as
+ * LowerFileChanged: a torn read can also miss a reference's row (IncompleteClosure).
+ *
  * `beforeCommit`, when given, is the transaction's last step before its COMMIT, with the
- * largest upper id before the copy (the new rows are above it); it may throw to roll back.
+ * largest upper id before the copy (the new rows are above it); it may throw to roll back, and
+ * what it throws is thrown as it is.
  */
-export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly string[], beforeCommit?: (before: number) => void): number {
+export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly string[], opts: { maxRows?: number; beforeCommit?: (before: number) => void } = {}): number {
   // Paths the upper DB has, or the lower DB lacks (a lower dir without a row), need nothing:
   // answered without attaching or a transaction.
   const todo = paths.filter((p) => upper.idOf(p) === undefined && lower.pathRow(p) !== undefined);
   if (todo.length === 0) return 0;
   const db = upper.db;
   const file = lower.fileIdentity();
+  let hookThrew = false;
   try {
     return withLowerAttached(db, lower, () => db.transaction((): number => {
       db.exec('CREATE TEMP TABLE IF NOT EXISTS lower_ids (id INTEGER PRIMARY KEY)');
@@ -53,25 +60,43 @@ export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly stri
           SELECT r.reference FROM closure c JOIN lower.Refs r ON r.referrer = c.id
           ${stopAtUpper ? `WHERE NOT EXISTS (SELECT 1 FROM main.ValidPaths u
                             WHERE u.path = (SELECT x.path FROM lower.ValidPaths x WHERE x.id = c.id))` : ''}
+          LIMIT ?
         )
         SELECT id FROM closure`);
-      for (const p of todo) collect.run(p);
+      // LIMIT inside the recursive CTE ends the walk there: a closure too large costs a bounded walk.
+      const limit = opts.maxRows === undefined ? -1 : opts.maxRows + 1;
+      for (const p of todo) collect.run(p, limit);
+      if (opts.maxRows !== undefined && (db.prepare('SELECT count(*) FROM temp.lower_ids').pluck().get() as number) > opts.maxRows) {
+        throw new ClosureTooLarge(opts.maxRows);
+      }
       const { count, before } = copyLowerRows(db, { where: 'l.id IN (SELECT id FROM temp.lower_ids)', params: [], order: 'id' });
       db.exec('DELETE FROM temp.lower_ids');
       const late = db.prepare('SELECT count(*) FROM main.Refs WHERE referrer > ? AND reference > referrer').pluck().get(before) as number;
       // A closure that a torn read cut short must not pass for whole (sqlite.ts, LowerFileChanged).
       if (lower.fileIdentity() !== file) throw new LowerFileChanged('a closure copy');
       if (late > 0) throw new ReferencesAfterReferrers();
-      beforeCommit?.(before);
+      hookThrew = true;
+      opts.beforeCommit?.(before);
+      hookThrew = false;
       return count;
     }).immediate());
   } catch (err) {
-    if (!(err instanceof ReferencesAfterReferrers)) throw err;
-    return copyClosureRowByRow(upper, lower, todo, beforeCommit);
+    if (err instanceof ReferencesAfterReferrers) return copyClosureRowByRow(upper, lower, todo, opts.beforeCommit);
+    if (hookThrew) throw err;
+    if (!isBusy(err) && !(err instanceof LowerFileChanged) && !(err instanceof ClosureTooLarge) && lower.fileIdentity() !== file) throw new LowerFileChanged('a closure copy');
+    throw err;
   }
 }
 
-class ReferencesAfterReferrers extends Error {}
+/** Thrown inside the copy's transaction, after the copy's reads and checks: the lower DB is not in Nix's id order. */
+export class ReferencesAfterReferrers extends Error {}
+
+/** copyClosure's walk found more rows than `maxRows`; nothing was copied. */
+export class ClosureTooLarge extends Error {
+  constructor(readonly maxRows: number) {
+    super(`the closure has more than ${maxRows} rows to copy`);
+  }
+}
 
 /** copyClosure one row at a time, in dependency order; for lower DBs not in Nix's id order. */
 export function copyClosureRowByRow(upper: UpperDb, lower: LowerDb, paths: readonly string[], beforeCommit?: (before: number) => void): number {

@@ -184,6 +184,18 @@ export class LowerDb {
       SELECT o.* FROM closure c JOIN DerivationOutputs o ON o.drv = c.id`).all(path) as OutputRow[]);
   }
 
+  /** The ids of those of `paths` that are valid. */
+  idsOf(paths: readonly string[]): number[] {
+    return this.read(() => this.stmt('SELECT v.id FROM json_each(?) j CROSS JOIN ValidPaths v ON v.path = j.value')
+      .pluck().all(JSON.stringify(paths)) as number[]);
+  }
+
+  /** The ids the rows with ids `ids` refer to (each once; self-references included). */
+  referenceIds(ids: readonly number[]): number[] {
+    return this.read(() => this.stmt('SELECT DISTINCT r.reference FROM json_each(?) j CROSS JOIN Refs r ON r.referrer = j.value')
+      .pluck().all(JSON.stringify(ids)) as number[]);
+  }
+
   /** References of the row with id `id`, as paths. */
   references(id: number): string[] {
     return this.read(() => this.stmt('SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?')

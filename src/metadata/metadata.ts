@@ -6,16 +6,21 @@ import { growingCache } from '../util/cache';
 import { log } from '../util/log';
 import { Checkpointer } from './checkpointer';
 import { copyClosure } from './closure';
+import { copyClosureInPieces } from './closure-pieces';
 import { GcLock, tryGcLockShared } from './gc-lock';
 import { commitUnlocked, HeldLocks, LocksTaken } from './held-locks';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
 import { ImportResult, LIST_LIMIT, Mirror } from './mirror';
-import { isBusy, isTornRead, withBusyRetry } from './sqlite';
+import { isBusy, isTornRead } from './sqlite';
 import { UpperDb } from './upper-db';
 
 export type MetadataMode = 'mirror' | 'lazy';
+
+/** copyAwaited's first wait after a failed copy, and its longest. */
+const AWAIT_FIRST_MS = 1_000;
+const AWAIT_MAX_MS = 60_000;
 
 /**
  * Keeps the upper DB consistent with the lower store.
@@ -35,9 +40,10 @@ export class Metadata {
   /**
    * Lazy mode: lower objects served whose closure copy failed or found no row (the lower DB
    * changed between the lookup's check and the copy). The kernel keeps the answer for a day,
-   * so no lookup copies the closure later: the follower does, when the lower DB grows.
+   * so no lookup copies the closure later: the follower does, when the lower DB grows, each
+   * not before `at` (awaitRow: a copy that keeps failing is tried ever less often).
    */
-  private readonly awaitingRow = growingCache<string, true>(10_000);
+  private readonly awaitingRow = growingCache<string, { failures: number; at: number }>(10_000);
   private timer: NodeJS.Timeout | null = null;
   /** After close(): work still queued (roots changes, row restores) must not touch the DBs. */
   private closed = false;
@@ -148,26 +154,34 @@ export class Metadata {
     let p = this.inflight.get(storePath);
     if (p) return p;
     const t0 = Date.now();
-    const copy = (): Promise<number> => withBusyRetry(() => copyClosure(this.upper, this.lower, [storePath]));
-    // First, if the WAL is past its bound or an idle worker is cutting it back, wait (Checkpointer.settle).
-    const settled = this.checkpointer?.settle() ?? null;
-    p = (settled ? settled.then(() => (this.closed ? null : copy())) : copy()).then((n) => {
+    // In one transaction when it can, else in pieces that yield the thread (closure-pieces.ts):
+    // a writer checkpointing into the lower DB file does not make it fail. Each write first
+    // waits, if the WAL is past its bound or an idle worker is cutting it back (Checkpointer.settle).
+    p = copyClosureInPieces(this.upper, this.lower, [storePath], {
+      beforeWrite: () => this.checkpointer?.settle() ?? null,
+      wrote: () => this.checkpointer?.wrote(),
+      stopped: () => this.closed,
+    }).then((r) => {
       this.inflight.delete(storePath);
-      if (n === null) return; // the mount closed while the copy waited: the lookup is answered anyway
+      if (r.stopped) return; // the mount closed while the copy waited: the lookup is answered anyway
+      const n = r.rows;
       // The lookup resolved to the lower layer because the lower DB lists the path, so its
       // row is normally found; if it was not (the lower DB changed in between), the object
-      // stays unsettled: asked again next time, and copied when the lower DB next grows.
-      if (n === 0 && this.upper.idOf(storePath) === undefined) this.awaitingRow.set(storePath, true);
+      // stays unsettled: asked again next time, and tried again by copyAwaited.
+      if (this.upper.idOf(storePath) === undefined) this.awaitRow(storePath);
+      else this.awaitingRow.delete(storePath);
       if (n > 0) {
-        this.checkpointer?.wrote();
         this.known.set(storePath, true);
         this.stats.count('closureSyncs');
         this.stats.count('rowsCopied', n);
       }
-      this.stats.trace?.('closure', storePath, `${n} rows`, Date.now() - t0);
+      if (r.transactions > 1) this.stats.count('closuresInPieces');
+      if (r.torn > 0) this.stats.count('tornReads', r.torn);
+      this.stats.trace?.('closure', storePath,
+        `${n} rows${r.transactions > 1 ? ` in ${r.transactions} transactions` : ''}${r.torn > 0 ? `, ${r.torn} torn reads read again` : ''}`, Date.now() - t0);
     }, (err) => {
       this.inflight.delete(storePath);
-      this.awaitingRow.set(storePath, true); // tried again when the lower DB next grows
+      this.awaitRow(storePath); // tried again by copyAwaited, after a while
       throw err;
     });
     this.inflight.set(storePath, p);
@@ -204,7 +218,7 @@ export class Metadata {
       // A client holding the path's lock (mirror.ts): not before it is free; looked at again,
       // last, before the COMMIT.
       if (held !== null && held(() => [storePath]).size > 0) return false;
-      const n = copyClosure(this.upper, this.lower, [storePath], held ? (before) => commitUnlocked(this.upper.db, before, held) : undefined);
+      const n = copyClosure(this.upper, this.lower, [storePath], { beforeCommit: held ? (before) => commitUnlocked(this.upper.db, before, held) : undefined });
       this.stats.count('rowsCopied', n);
       this.stats.trace?.('closure', storePath, `restored ${n} rows`);
       log.info(`restored the DB row of ${storePath} (its lower copy is visible again)`);
@@ -386,6 +400,8 @@ export class Metadata {
           if (lock !== null) lock.release();
         }
       }
+      // Lazy mode: copies that failed are tried again when due, whether the lower DB grew or not.
+      if (this.mode === 'lazy' && this.awaitingRow.size > 0 && this.timer !== null) this.copyAwaited();
       this.lastFollow = { at: Date.now() };
       if (this.failing.count > 0) log.info(`follower: caught up after ${this.failing.count} failed checks`);
       this.failing = { count: 0, message: '' };
@@ -440,7 +456,6 @@ export class Metadata {
     // lower store" for a name a merged client looked up just before it added the same path,
     // and that duplicate was rooted (uncollectable until a remount).
     if (imported !== null) this.rootImported(imported);
-    if (!mirrored) this.copyAwaited();
   }
 
   private rootImported(imported: ImportResult): void {
@@ -457,13 +472,27 @@ export class Metadata {
 
   /**
    * Lazy mode: tries again the closure copies of the objects served without their rows
-   * (usually none). One whose row is still missing, or whose copy fails again, goes back on the list.
+   * (usually none: a torn read no longer fails a copy), those whose wait is over. One whose
+   * row is still missing, or whose copy fails again, goes back on the list (awaitRow).
    */
   private copyAwaited(): void {
-    for (const p of [...this.awaitingRow.keys()]) {
-      this.awaitingRow.delete(p);
-      this.lowerLookup(p.slice(this.storeDir.length + 1))?.catch((err) => log.warn(`closure sync for ${p} failed: ${String(err)}`));
+    const now = Date.now();
+    for (const [p, { at }] of [...this.awaitingRow.entries()]) {
+      if (at > now) continue;
+      const copy = this.lowerLookup(p.slice(this.storeDir.length + 1));
+      if (copy === null) this.awaitingRow.delete(p); // copied meanwhile
+      else copy.catch((err) => log.warn(`closure sync for ${p} failed: ${String(err)}`));
     }
+  }
+
+  /**
+   * `storePath` is served without its row: copyAwaited tries again after 1 s, doubling with
+   * each failure up to a minute. Every lower DB change used to retry every such copy at once,
+   * and a lower store with a busy writer changes 20 times a second.
+   */
+  private awaitRow(storePath: string): void {
+    const failures = (this.awaitingRow.get(storePath)?.failures ?? 0) + 1;
+    this.awaitingRow.set(storePath, { failures, at: Date.now() + Math.min(AWAIT_MAX_MS, AWAIT_FIRST_MS * 2 ** (failures - 1)) });
   }
 
   /**

@@ -187,7 +187,7 @@ export class Mirror {
         const paths = [...(this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? []), ...this.waiting.values()]
           .filter((p) => !backPaths.has(p));
         const before = maxUpperId(db);
-        const count = copyClosure(this.upper, this.lower, paths, (b) => commitUnlocked(db, b, held));
+        const count = copyClosure(this.upper, this.lower, paths, { beforeCommit: (b) => commitUnlocked(db, b, held) });
         this.setWaiting(back, locked);
         return { count, paths: newPaths(db, before, count) };
       } catch (err) {

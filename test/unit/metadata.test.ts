@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { mirrorRoot } from '../../bench/synth';
 import { Checkpointer } from '../../src/metadata/checkpointer';
 import { copyClosure } from '../../src/metadata/closure';
+import { copyClosureInPieces, WHOLE_ROWS } from '../../src/metadata/closure-pieces';
 import type { HeldLocks } from '../../src/metadata/held-locks';
 import { LowerRoots } from '../../src/metadata/gc-roots';
 import { LowerDb } from '../../src/metadata/lower-db';
@@ -895,4 +896,126 @@ test('mirror: a read torn with an error (SQLITE_CORRUPT) is read again, as one w
   const r = mirror.importNew();
   t.true(thrown > 1, 'the first read failed, and the import was read again');
   t.is(r.count, lo.conn().prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number, 'every row imported');
+});
+
+/** The lower DB's rows, references and derivation outputs of the closure of `top`, as rows()/refs()/outputs() give them. */
+function lowerClosure(file: string, top: string): { rows: Map<string, Omit<Row, 'id'>>; refs: string[]; outputs: string[] } {
+  const db = new Database(file, { readonly: true });
+  try {
+    db.exec(`CREATE TEMP TABLE c AS WITH RECURSIVE closure(id) AS (SELECT id FROM ValidPaths WHERE path = '${top}'
+      UNION SELECT r.reference FROM Refs r JOIN closure ON r.referrer = closure.id) SELECT id FROM closure`);
+    const inClosure = (p: string): boolean => (db.prepare('SELECT 1 FROM c JOIN ValidPaths v ON v.id = c.id WHERE v.path = ?').get(p) !== undefined);
+    const r = rows(db);
+    for (const p of [...r.keys()]) if (!inClosure(p)) r.delete(p);
+    return {
+      rows: r,
+      refs: refs(db).filter((e) => inClosure(e.split(' -> ')[0])),
+      outputs: outputs(db).filter((o) => inClosure(o.split(' ')[0])),
+    };
+  } finally {
+    db.close();
+  }
+}
+
+test.serial('lazy: a closure copy whose lower DB file a writer rewrites more often than a whole copy takes still copies the exact closure, in pieces', async (t) => {
+  const dir = tempDir(t);
+  const root = await mirrorRoot(dir, 5000);
+  const file = dbFile(path.join(root, 'root'));
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(file);
+  const stats = new OverlayStats();
+  const traced: string[] = [];
+  stats.trace = (kind, _path, detail) => traced.push(`${kind} ${detail}`);
+  const md = new Metadata(up, lo, 'lazy', stats);
+  t.teardown(() => md.close());
+  // The largest id: an output whose closure is 3,314 rows, so first tried in one transaction.
+  const top = lo.conn().prepare('SELECT path FROM ValidPaths ORDER BY id DESC LIMIT 1').pluck().get() as string;
+  const want = lowerClosure(file, top);
+  t.true(want.rows.size > 3000, `a big closure (${want.rows.size} rows)`);
+  // A writer checkpointing into the lower DB file after every 1,500 rows a copy inserts
+  // (rolled back or not): no copy of the whole closure is ever read whole. Before, the lookup
+  // failed after 4 such tries and was answered with no rows.
+  let sinceCheckpoint = 0;
+  const rewrite = rewriteLowerDuringInserts(up, file, () => {
+    if (++sinceCheckpoint < 1500) return false;
+    sinceCheckpoint = 0;
+    return true;
+  });
+  await md.lowerLookup(top.slice('/nix/store/'.length));
+  rewrite.stop();
+  t.true(rewrite.times() >= 2, `the writer checkpointed during the copy (${rewrite.times()} times)`);
+  t.deepEqual(rows(up.db), want.rows, 'exactly the closure\'s rows');
+  t.deepEqual(refs(up.db), want.refs, 'and references');
+  t.deepEqual(outputs(up.db), want.outputs, 'and derivation outputs');
+  t.deepEqual(up.db.pragma('foreign_key_check'), []);
+  t.is(stats.counters.closuresInPieces, 1);
+  t.true(stats.counters.tornReads >= 1);
+  t.regex(traced.join('\n'), /closure \d+ rows in \d+ transactions, \d+ torn reads read again/);
+});
+
+// Serial: making the lower DB holds the thread for seconds on a loaded machine, and the
+// concurrent tests time their waits.
+test.serial('closure copy in pieces: a closure larger than one transaction takes goes in pieces, each committed with every reference of its rows', async (t) => {
+  const dir = tempDir(t);
+  const root = await mirrorRoot(dir, 8_000);
+  const file = dbFile(path.join(root, 'root'));
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(file);
+  t.teardown(() => { lo.close(); up.close(); });
+  const top = lo.conn().prepare('SELECT path FROM ValidPaths ORDER BY id DESC LIMIT 1').pluck().get() as string;
+  const want = lowerClosure(file, top);
+  t.true(want.rows.size > WHOLE_ROWS, `larger than one transaction copies (${want.rows.size} rows)`);
+  // After each commit: every row the merged DB has has as many references as in the lower DB.
+  const check = new Database(path.join(dir, 'db', 'db.sqlite'), { readonly: true });
+  t.teardown(() => check.close());
+  check.exec(`ATTACH DATABASE '${lo.uri()}' AS lower`);
+  const short = check.prepare(`SELECT count(*) FROM main.ValidPaths u JOIN lower.ValidPaths l ON l.path = u.path
+    WHERE (SELECT count(*) FROM main.Refs r WHERE r.referrer = u.id) != (SELECT count(*) FROM lower.Refs r WHERE r.referrer = l.id)`).pluck();
+  const commits: number[] = [];
+  let topBefore = false;
+  let turns = 0;
+  const ticker = setInterval(() => turns++, 0);
+  const r = await copyClosureInPieces(up, lo, [top], {
+    wrote: () => {
+      commits.push(short.get() as number);
+      if (up.idOf(top) !== undefined && (up.db.prepare('SELECT count(*) FROM ValidPaths').pluck().get() as number) < want.rows.size) topBefore = true;
+    },
+  });
+  clearInterval(ticker);
+  t.is(r.rows, want.rows.size);
+  t.true(r.transactions > 1 && commits.length === r.transactions, `${r.transactions} transactions`);
+  t.deepEqual(commits, commits.map(() => 0), 'no row without its references at any commit');
+  t.false(topBefore, 'the path asked for got its row last');
+  t.true(turns > 0, 'timers ran between the pieces');
+  t.deepEqual(rows(up.db), want.rows);
+  t.deepEqual(refs(up.db), want.refs);
+  t.deepEqual(outputs(up.db), want.outputs);
+  t.deepEqual(await copyClosureInPieces(up, lo, [top]), { rows: 0, transactions: 1, torn: 0, stopped: false }, 'nothing left to copy');
+});
+
+test('lazy: a closure copy that keeps failing is tried again ever less often, not at every change of the lower DB', async (t) => {
+  const { lower, file, up, lo } = await freshDbs(t);
+  const md = new Metadata(up, lo, 'lazy', new OverlayStats());
+  t.teardown(() => md.close());
+  const target = lower.manifest.paths.appOut;
+  let tries = 0;
+  up.db.function('refuse', () => { tries++; return 0; });
+  up.db.exec("CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.ValidPaths BEGIN SELECT refuse(); SELECT RAISE(ABORT, 'test: the copy fails'); END");
+  await t.throwsAsync(md.lowerLookup(target.slice('/nix/store/'.length)) ?? Promise.resolve(), { any: true, message: /the copy fails/ });
+  t.is(tries, 1);
+  md.startFollower(20, () => undefined);
+  // A lower store that a writer changes every 60 ms, 20 times.
+  const writer = new Database(file);
+  for (let i = 0; i < 20; i++) {
+    writer.prepare('INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 1)')
+      .run(`/nix/store/${'a'.repeat(32)}-grow-${i}`, `sha256:${'0'.repeat(52)}`);
+    writer.pragma('wal_checkpoint(TRUNCATE)');
+    await new Promise((r) => setTimeout(r, 60));
+  }
+  writer.close();
+  t.true(tries <= 3, `tried ${tries} times in 1.2 s (before: once at every change, 20)`);
+  up.db.exec('DROP TRIGGER temp.refuse');
+  const deadline = Date.now() + 6000;
+  while (up.idOf(target) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.not(up.idOf(target), undefined, 'copied at a later try, with no further lookup or change');
 });
