@@ -6,11 +6,14 @@ import { UpperDb } from './upper-db';
 
 /**
  * Closures up to this many rows are first copied in one transaction (copyClosure): the common
- * case, and the fastest (a 1,000-row closure in ~12 ms). A larger one would hold the JS thread,
- * and with it every FUSE request that JS answers, for as long as its copy takes (an 88k-row
- * closure 1-2 s), so it goes in pieces from the start.
+ * case, and the fastest (a 1,000-row closure in ~12 ms, a 10,000-row one in ~100). A larger one
+ * goes in pieces from the start, so that it does not hold the JS thread, and with it every FUSE
+ * request that JS answers, for as long as its copy takes (an 88k-row closure 1-2 s). Pieces
+ * cost more in all: with a bound of 4,000 rows the bench's 10,000-path first lookups took p50
+ * 157-170 ms against 95-103 in one transaction (lazy-lookup --reps 3, 2026-12-01), so the
+ * bound sits above them; one copy holds the thread at most ~150 ms.
  */
-export const WHOLE_ROWS = 4_000;
+export const WHOLE_ROWS = 16_000;
 /** Rows per piece: the first, the most (a piece holds the thread ~12 ms per 1,000), the fewest. */
 const FIRST_PIECE = 2_000;
 const MAX_PIECE = 4_000;
@@ -45,7 +48,8 @@ export interface CopyReport {
  * lower DB file (a busy lower store: `nix-store --add` 20 times a second tore every try of an
  * 88k-row copy, ~1-2 s long, and 7 of 10 tries of 8k-row ones).
  *
- * First, the closure in one transaction (copyClosure), if it has at most WHOLE_ROWS rows.
+ * First, the closure in one transaction (copyClosure), if it has at most `wholeRows` rows
+ * (WHOLE_ROWS).
  * When that read is torn, or the closure is larger, in pieces that a tear cannot defeat:
  *  1. the closure's lower ids are collected by a walk in batches (WALK_BATCH ids whose
  *     references one read asks for), each batch read again if the file changed meanwhile; a
@@ -72,7 +76,7 @@ export interface CopyReport {
  * got done for STALL_MS. Throws what is not a torn read or SQLITE_BUSY.
  */
 export async function copyClosureInPieces(
-  upper: UpperDb, lower: LowerDb, paths: readonly string[], hooks: CopyHooks = {},
+  upper: UpperDb, lower: LowerDb, paths: readonly string[], hooks: CopyHooks = {}, wholeRows = WHOLE_ROWS,
 ): Promise<CopyReport> {
   const report: CopyReport = { rows: 0, transactions: 0, torn: 0, stopped: false };
   const wait = new Backoff();
@@ -80,7 +84,7 @@ export async function copyClosureInPieces(
   for (;;) {
     if (!(await beforeWrite(hooks))) return stop();
     try {
-      report.rows = copyClosure(upper, lower, paths, { maxRows: WHOLE_ROWS });
+      report.rows = copyClosure(upper, lower, paths, { maxRows: wholeRows });
       report.transactions = 1;
       if (report.rows > 0) hooks.wrote?.();
       return report;
