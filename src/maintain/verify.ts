@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { copyClosure } from '../metadata/closure';
-import { PathRow } from '../metadata/rows';
+import { maxValidId, PathRow, pathsAbove } from '../metadata/rows';
 import { isWhiteoutDevice } from '../layers/layers';
 import { narHash } from '../store/nar';
 import { optimise } from './optimise';
@@ -110,10 +110,10 @@ export async function verify(view: RootView, opts: { checkContents: boolean; rep
     for (const p of missing) {
       const pr = add('missing-row', p, 'the lower store has it, the upper DB does not');
       if (opts.repair) {
-        const before = view.upperDb.db.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
+        const before = maxValidId(view.upperDb.db);
         copyClosure(view.upperDb, view.lowerDb, [p]);
         // Rooted like the follower's imports, or Nix's GC would drop the row again.
-        const copied = view.upperDb.db.prepare('SELECT path FROM ValidPaths WHERE id > ?').pluck().all(before) as string[];
+        const copied = pathsAbove(view.upperDb.db, before);
         const inUpper = copied.map((c) => c.slice(STORE_DIR.length + 1)).filter((n) => fs.existsSync(path.join(upperDir, n)));
         view.lowerRoots().added(copied, new Set(inUpper));
         pr.repaired = true;

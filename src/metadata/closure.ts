@@ -1,6 +1,6 @@
 import { copyLowerRows, withLowerAttached } from './copy-rows';
 import { LowerDb } from './lower-db';
-import { OutputRow, PathRow } from './rows';
+import { maxValidId, OutputRow, PathRow } from './rows';
 import { isBusy, LowerFileChanged } from './sqlite';
 import { UpperDb } from './upper-db';
 
@@ -139,7 +139,7 @@ export function copyClosureRowByRow(upper: UpperDb, lower: LowerDb, paths: reado
   if (fk && !upper.db.inTransaction) upper.db.pragma('foreign_keys = OFF');
   try {
     upper.db.transaction(() => {
-      const before = upper.db.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
+      const before = maxValidId(upper.db);
       for (const row of order) {
         const id = upper.insertPath(row);
         newIds.set(row.path, id);

@@ -1,4 +1,5 @@
 import type { Database as Db } from 'better-sqlite3';
+import { pathsAbove } from './rows';
 
 /**
  * Which of the store paths `paths()` lists a client of the merged store holds the lock of:
@@ -24,6 +25,6 @@ export class LocksTaken extends Error {
  * (which rolls it back) when a client holds the lock of a path the rows above `before` make valid.
  */
 export function commitUnlocked(db: Db, before: number, held: HeldLocks): void {
-  const taken = held(() => db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(before) as string[]);
+  const taken = held(() => pathsAbove(db, before));
   if (taken.size > 0) throw new LocksTaken(taken);
 }

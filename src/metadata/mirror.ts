@@ -3,6 +3,7 @@ import { copyClosure } from './closure';
 import { copyLowerRows, IncompleteClosure, withLowerAttached } from './copy-rows';
 import { commitUnlocked, HeldLocks, LocksTaken } from './held-locks';
 import { LowerDb } from './lower-db';
+import { maxValidId, pathsAbove } from './rows';
 import { isTornRead, LowerFileChanged } from './sqlite';
 import { UpperDb } from './upper-db';
 
@@ -137,7 +138,7 @@ export class Mirror {
         if (!(err instanceof IncompleteClosure)) throw err;
         // An older lower path they refer to lost its row in the merged DB (Nix deleted a
         // duplicate's, and it is not restored yet): copy the new paths' closures whole instead.
-        const before = maxUpperId(db);
+        const before = maxValidId(db);
         const count = copyClosure(this.upper, this.lower, this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? []);
         result = { count, paths: newPaths(db, before, count) };
       }
@@ -186,7 +187,7 @@ export class Mirror {
         const backPaths = new Set(back.values());
         const paths = [...(this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? []), ...this.waiting.values()]
           .filter((p) => !backPaths.has(p));
-        const before = maxUpperId(db);
+        const before = maxValidId(db);
         const count = copyClosure(this.upper, this.lower, paths, { beforeCommit: (b) => commitUnlocked(db, b, held) });
         this.setWaiting(back, locked);
         return { count, paths: newPaths(db, before, count) };
@@ -242,12 +243,8 @@ function holdBack(db: Db, since: number, end: number, locked: ReadonlySet<string
   return new Map(rows.map((r) => [r.id, r.path]));
 }
 
-function maxUpperId(db: Db): number {
-  return db.prepare('SELECT coalesce(max(id), 0) FROM main.ValidPaths').pluck().get() as number;
-}
-
 /** The paths of the `count` rows above `before`, or null when there are more than LIST_LIMIT. */
 function newPaths(db: Db, before: number, count: number): string[] | null {
   if (count === 0) return [];
-  return count <= LIST_LIMIT ? db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(before) as string[] : null;
+  return count <= LIST_LIMIT ? pathsAbove(db, before) : null;
 }

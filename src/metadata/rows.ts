@@ -1,3 +1,4 @@
+import type { Database as Db } from 'better-sqlite3';
 /** A ValidPaths row as Nix 2.8 stores it (column names as in the schema). */
 export interface PathRow {
   id: number;
@@ -36,4 +37,14 @@ export function* pagedValidNames(storeDir: string, page: (after: string) => stri
     if (paths.length < VALID_PAGE) return;
     after = paths[paths.length - 1];
   }
+}
+
+/** The largest ValidPaths id of `db`'s main DB (0 when empty): rows a copy adds come above it. */
+export function maxValidId(db: Db): number {
+  return db.prepare('SELECT coalesce(max(id), 0) FROM main.ValidPaths').pluck().get() as number;
+}
+
+/** The paths of `db`'s main ValidPaths rows with ids above `id` (what a copy that began at `id` added). */
+export function pathsAbove(db: Db, id: number): string[] {
+  return db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(id) as string[];
 }

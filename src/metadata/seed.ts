@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LowerDb } from './lower-db';
+import { maxValidId } from './rows';
 import { NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION } from './schema';
 import { Db, isTornRead, openDb } from './sqlite';
 import { FILE_MODE } from '../util/own-files';
@@ -48,7 +49,7 @@ export function seedFromLower(lower: LowerDb, dbDir: string): SeedResult {
     }
     if (lower.fileIdentity() !== before) continue;
     const copy = openDb(tmp);
-    const maxId = copy.prepare('SELECT coalesce(max(id), 0) FROM ValidPaths').pluck().get() as number;
+    const maxId = maxValidId(copy);
     copy.close();
     fs.renameSync(tmp, file);
     fs.writeFileSync(path.join(dbDir, 'schema'), String(NIX_SCHEMA_VERSION), { mode: FILE_MODE });

@@ -182,48 +182,50 @@ export function procState(statFile: string): string {
   return stat.slice(end + 2, end + 3);
 }
 
-/** Mount points from /proc/self/mountinfo (octal escapes decoded), with their fs type. */
-export function mountTable(): Map<string, string> {
-  const out = new Map<string, string>();
+interface MountEntry { point: string; fsType: string; dev: [number, number] }
+
+/** The mounts in a mountinfo file, in its order (a later one at a point is on top): octal escapes decoded. */
+function mountEntries(mountinfo = '/proc/self/mountinfo'): MountEntry[] {
   let text = '';
-  try { text = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch { return out; }
+  try { text = fs.readFileSync(mountinfo, 'utf8'); } catch { return []; }
+  const out: MountEntry[] = [];
   for (const line of text.split('\n')) {
     const f = line.split(' ');
     if (f.length < 10) continue;
-    const sep = f.indexOf('-');
-    out.set(unescapeMount(f[4]), f[sep + 1]);
+    const [major, minor] = f[2]!.split(':').map(Number);
+    out.push({ point: unescapeMount(f[4]!), fsType: f[f.indexOf('-') + 1]!, dev: [major!, minor!] });
   }
   return out;
 }
 
+/** Mount points from /proc/self/mountinfo, with their fs type. */
+export function mountTable(): Map<string, string> {
+  return new Map(mountEntries().map((e) => [e.point, e.fsType]));
+}
+
+/** `dir` as the mount table names it: its parent canonicalised, never itself (it may be a dead mount). */
+function mountPointName(dir: string): string {
+  const abs = path.resolve(dir);
+  return path.join(canonicalPath(path.dirname(abs)), path.basename(abs));
+}
+
 /**
- * The device (major, minor) of the filesystem mounted at `dir`, from /proc/self/mountinfo (the
- * last mount there, the one on top); null when nothing is mounted there. Reads no file of the
- * mount itself, so the process serving it may call it.
+ * The device (major, minor) of the filesystem mounted at `dir` (the last mount there, the one
+ * on top); null when nothing is mounted there. Reads no file of the mount itself, so the
+ * process serving it may call it.
  */
 export function mountDevice(dir: string, mountinfo = '/proc/self/mountinfo'): [number, number] | null {
-  const abs = path.resolve(dir);
-  const want = path.join(canonicalPath(path.dirname(abs)), path.basename(abs));
-  let text = '';
-  try { text = fs.readFileSync(mountinfo, 'utf8'); } catch { return null; }
-  let dev: [number, number] | null = null;
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 10 || unescapeMount(f[4]!) !== want) continue;
-    const m = /^(\d+):(\d+)$/.exec(f[2]!);
-    if (m) dev = [Number(m[1]), Number(m[2])];
-  }
-  return dev;
+  const want = mountPointName(dir);
+  return mountEntries(mountinfo).filter((e) => e.point === want).pop()?.dev ?? null;
 }
 
 function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
 }
 
-/** Whether `dir` is a mount point; its parent (never itself: it may be a dead mount) is canonicalised. */
+/** Whether `dir` is a mount point. */
 export function isMountPoint(dir: string): boolean {
-  const abs = path.resolve(dir);
-  return mountTable().has(path.join(canonicalPath(path.dirname(abs)), path.basename(abs)));
+  return mountTable().has(mountPointName(dir));
 }
 
 /** Merged roots (with a config.json) whose store dir is a FUSE mount that no daemon serves. */
