@@ -512,6 +512,229 @@ static int lo_ftruncate(const char *path, off_t size, struct fuse_file_info *fi)
   return 0;
 }
 
+// ---- listings JS serves ------------------------------------------------------------------------
+
+// JS lists a directory whole (the store dir, whose names come from both layers and the table,
+// and any directory while the fast path is off). Filled at offset 0, libfuse would keep that
+// listing in the handle and count offsets in bytes into it; the channel serves READDIRs
+// without a handle, so a continuation may reach a handle that listed the directory at another
+// time, and byte offsets into another copy skip or repeat names that were there throughout
+// whenever the directory changed in between (seen: 1,918 of 2,000 names missing from a
+// listing of the store dir). So every entry JS lists gets a key from its name, the listing is
+// kept sorted by key, each entry is filled with its own key as the offset to go on from, and a
+// continuation from `off` gives the entries whose keys are above it, from whichever copy is
+// newest: a name there from the listing's start to its end is in every copy made meanwhile,
+// at the same key, so it comes exactly once. ext4 lists by hashes of names for the same
+// reason. A key is 56 bits of a hash of the name and, below them, the name's place (0-127)
+// among names with the same 56 bits; '.' and '..' keep keys 1 and 2 and come first. Two names
+// with the same 56 bits whose group changes between two READDIRs of one listing can still be
+// skipped or repeated (for a million names, about one listing in 10^5 has such a pair at all).
+// A copy is kept (up to LO_LISTINGS directories) from a listing's start until a continuation
+// finds nothing left or a newer copy replaces it; a continuation with no copy lists again.
+
+#define LO_LISTINGS 16
+#define LO_KEY_GROUP 7 // bits of the place among names sharing a hash
+
+typedef struct {
+  uint64_t key;
+  size_t at; // the name's offset into the listing's names, while JS fills it
+  const char *name;
+  ino_t ino;
+  mode_t mode;
+  int stat; // JS gave the entry's inode and type
+} lo_jsent;
+
+typedef struct {
+  char *path;
+  uint64_t made; // order of the JS listings (lo_listing_clock)
+  int refs;
+  int failed; // out of memory while collecting
+  lo_jsent *ents;
+  size_t n, cap;
+  char *names;
+  size_t names_len, names_cap;
+} lo_listing;
+
+static pthread_mutex_t lo_listings_lock = PTHREAD_MUTEX_INITIALIZER;
+static lo_listing *lo_listings[LO_LISTINGS];
+static uint64_t lo_listing_clock;
+
+static uint64_t lo_name_hash(const char *s) {
+  uint64_t h = 14695981039346656037ull; // FNV-1a, then murmur3's finaliser to spread it
+  for (; *s; s++) h = (h ^ (uint8_t) *s) * 1099511628211ull;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  return h;
+}
+
+static void lo_listing_free(lo_listing *l) {
+  free(l->path);
+  free(l->ents);
+  free(l->names);
+  free(l);
+}
+
+static void lo_listing_put(lo_listing *l) {
+  pthread_mutex_lock(&lo_listings_lock);
+  int last = --l->refs == 0;
+  pthread_mutex_unlock(&lo_listings_lock);
+  if (last) lo_listing_free(l);
+}
+
+// The filler JS's listing goes to. It runs on the JS thread while the libfuse thread that asked
+// waits, so the copy needs no lock; its first entry dates it.
+static int lo_collect(void *buf, const char *name, const struct stat *st, off_t off) {
+  (void) off;
+  lo_listing *l = buf;
+  if (l->made == 0) l->made = __atomic_add_fetch(&lo_listing_clock, 1, __ATOMIC_RELAXED);
+  size_t len = strlen(name) + 1;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    lo_jsent *e = realloc(l->ents, cap * sizeof(*e));
+    if (e == NULL) return l->failed = 1;
+    l->ents = e;
+    l->cap = cap;
+  }
+  if (l->names_len + len > l->names_cap) {
+    size_t cap = l->names_cap ? l->names_cap * 2 : 4096;
+    while (cap < l->names_len + len) cap *= 2;
+    char *p = realloc(l->names, cap);
+    if (p == NULL) return l->failed = 1;
+    l->names = p;
+    l->names_cap = cap;
+  }
+  memcpy(l->names + l->names_len, name, len);
+  lo_jsent *e = &l->ents[l->n++];
+  e->at = l->names_len;
+  e->stat = st != NULL;
+  e->ino = st ? st->st_ino : 0;
+  e->mode = st ? st->st_mode : 0;
+  int dot = strcmp(name, ".") == 0, dotdot = strcmp(name, "..") == 0;
+  uint64_t h = lo_name_hash(name) >> (64 - 56);
+  e->key = dot ? 1 : dotdot ? 2 : (h == 0 ? 1 : h) << LO_KEY_GROUP;
+  l->names_len += len;
+  return 0;
+}
+
+static int lo_jsent_cmp(const void *a, const void *b) {
+  const lo_jsent *x = a, *y = b;
+  if (x->key != y->key) return x->key < y->key ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+// Sorts the copy by key and numbers the names that share a hash.
+static void lo_listing_sort(lo_listing *l) {
+  for (size_t i = 0; i < l->n; i++) l->ents[i].name = l->names + l->ents[i].at;
+  qsort(l->ents, l->n, sizeof(*l->ents), lo_jsent_cmp);
+  const uint64_t group = ~(uint64_t) ((1 << LO_KEY_GROUP) - 1);
+  uint64_t place = 0;
+  for (size_t i = 1; i < l->n; i++) {
+    uint64_t base = l->ents[i].key;
+    if (base > 2 && base == (l->ents[i - 1].key & group)) {
+      if (place < (1 << LO_KEY_GROUP) - 1) place++;
+      l->ents[i].key = base | place;
+    } else {
+      place = 0;
+    }
+  }
+}
+
+// The newest copy of `path`'s listing, with a reference; or NULL.
+static lo_listing *lo_listing_find(const char *path) {
+  lo_listing *l = NULL;
+  pthread_mutex_lock(&lo_listings_lock);
+  for (int i = 0; i < LO_LISTINGS; i++) {
+    if (lo_listings[i] && strcmp(lo_listings[i]->path, path) == 0) {
+      l = lo_listings[i];
+      l->refs++;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&lo_listings_lock);
+  return l;
+}
+
+// Keeps `l` as its directory's copy unless a newer one is kept; the oldest kept copy makes room.
+static void lo_listing_keep(lo_listing *l) {
+  lo_listing *gone = NULL;
+  pthread_mutex_lock(&lo_listings_lock);
+  int slot = -1;
+  for (int i = 0; i < LO_LISTINGS; i++) {
+    if (lo_listings[i] && strcmp(lo_listings[i]->path, l->path) == 0) {
+      slot = lo_listings[i]->made < l->made ? i : -2;
+      break;
+    }
+  }
+  if (slot == -1) {
+    for (int i = 0; i < LO_LISTINGS; i++) {
+      if (lo_listings[i] == NULL) { slot = i; break; }
+      if (slot < 0 || lo_listings[i]->made < lo_listings[slot]->made) slot = i;
+    }
+  }
+  if (slot >= 0) {
+    gone = lo_listings[slot];
+    if (gone && --gone->refs > 0) gone = NULL;
+    lo_listings[slot] = l;
+    l->refs++;
+  }
+  pthread_mutex_unlock(&lo_listings_lock);
+  if (gone) lo_listing_free(gone);
+}
+
+// Lets `l` go as its directory's copy (its listing has ended).
+static void lo_listing_drop(lo_listing *l) {
+  pthread_mutex_lock(&lo_listings_lock);
+  for (int i = 0; i < LO_LISTINGS; i++) {
+    if (lo_listings[i] == l) {
+      lo_listings[i] = NULL;
+      l->refs--; // the caller still holds one
+      break;
+    }
+  }
+  pthread_mutex_unlock(&lo_listings_lock);
+}
+
+// readdir through JS, with offsets that hold across copies (above).
+static int lo_js_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off, struct fuse_file_info *fi) {
+  lo_listing *l = off == 0 ? NULL : lo_listing_find(path);
+  if (l == NULL) {
+    l = calloc(1, sizeof(*l));
+    if (l == NULL || (l->path = strdup(path)) == NULL) {
+      free(l);
+      return -ENOMEM;
+    }
+    l->refs = 1;
+    int r = lo_js.readdir(path, l, lo_collect, 0, fi);
+    if (r == 0 && l->failed) r = -ENOMEM;
+    if (r != 0) {
+      lo_listing_put(l);
+      return r;
+    }
+    lo_listing_sort(l);
+    lo_listing_keep(l);
+  }
+  size_t lo = 0, hi = l->n; // the first entry whose key is above off
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (l->ents[mid].key <= (uint64_t) off) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo == l->n && off != 0) lo_listing_drop(l);
+  struct stat st;
+  for (size_t i = lo; i < l->n; i++) {
+    const lo_jsent *e = &l->ents[i];
+    memset(&st, 0, sizeof(st));
+    st.st_ino = e->ino;
+    st.st_mode = e->mode;
+    if (filler(buf, e->name, e->stat ? &st : NULL, (off_t) e->key)) break; // the reply is full
+  }
+  lo_listing_put(l);
+  return 0;
+}
+
 // Each entry goes to libfuse's filler with the layer's own offset for the entry after it (its
 // d_off, what telldir gives), and a listing continued from offset `off` starts where seekdir
 // puts it, as kernel OverlayFS lists a directory that is not merged. So libfuse does not keep
@@ -524,17 +747,23 @@ static int lo_ftruncate(const char *path, off_t size, struct fuse_file_info *fi)
 // process listing the directory.
 static int lo_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off, struct fuse_file_info *fi) {
   lo_fast *f = lo_get();
-  if (f == NULL) return lo_js.readdir(path, buf, filler, off, fi);
+  if (f == NULL) return lo_js_readdir(path, buf, filler, off, fi);
   int top = 0;
   int r = lo_resolve(f, path, &top);
   if (r == LO_R_ABSENT) return -ENOENT;
-  if (r == LO_R_PASS) LO_PASS_TO(readdir, path, buf, filler, off, fi);
+  if (r == LO_R_PASS) {
+    lo_count(f, LO_C_PASSED);
+    return lo_js_readdir(path, buf, filler, off, fi);
+  }
   lo_on(f, r);
   int dfd = openat(f->fd[r], lo_rel(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
   if (d == NULL) {
     if (dfd >= 0) close(dfd);
-    if (top) LO_PASS_TO(readdir, path, buf, filler, off, fi);
+    if (top) {
+      lo_count(f, LO_C_PASSED);
+      return lo_js_readdir(path, buf, filler, off, fi);
+    }
     return -errno;
   }
   if (off != 0) seekdir(d, off);
@@ -721,11 +950,11 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 // that handle. The handle stays (lo_dirs) while the listing goes on; at its end (or when a
 // newer listing of the directory replaces it) a RELEASEDIR of the channel's own gives it back,
 // served by the next thread that reads a request. A continuation may thus reach a handle other
-// than the one that served the listing's start: the fast path's readdir gives the layer's own
-// offsets, which do not depend on the handle (lo_readdir). JS fills at offset 0, so libfuse
-// keeps a JS listing (the root's) and its offsets are byte offsets into that copy: a
-// continuation served by another handle after the directory changed can skip names (not
-// fixed: offsets that name their copy, and an error when it is gone, would be). FSYNCDIR and
+// than the one that served the listing's start, so no offset may depend on the handle: the
+// fast path's readdir gives the layer's own offsets (lo_readdir), and JS's listings are keyed
+// by name (lo_js_readdir); libfuse keeps no listing in a handle. A listing that crosses a
+// switch of the fast path (tracing, refresh) is continued by the other side from an offset it
+// did not give, and can skip or repeat names (not fixed). FSYNCDIR and
 // directory ioctls without a handle are answered ENOSYS here.
 //
 // READDIRPLUS: see lo_readdirplus. Passthrough: see lo_passthrough_id.

@@ -697,16 +697,17 @@ test('O_DIRECT: reads and writes of upper files and lower files succeed, with an
 // listings run (`race`: one of DIR from the start; `evict`: one each of 64 other directories
 // left open part way), then lists on. Prints what the first listing saw, as JSON.
 const listingWhileChanged = `
-import json, os, sys
-d, how, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def name(i): return 'f%05d-' % i + 'x' * (i * 7 % 150)
+import json, os, re, sys
+d, how, n, top = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == 'top'
+def name(i): return ('%032d-' % i if top else 'f%05d-' % i) + 'x' * (i * 7 % 150)
+ours = re.compile(r'^[0-9]{32}-x*$' if top else r'^f[0-9]{5}-x*$')
 created = {name(i) for i in range(n)}
 a = os.scandir(d)
 seen = [next(a).name for _ in range(50)]
 held = []
 if how == 'evict':
     for k in range(64):
-        it = os.scandir(os.path.join(d + '-others', 'o%02d' % k)); next(it); held.append(it)
+        it = os.scandir(os.path.join(sys.argv[5], 'o%02d' % k)); next(it); held.append(it)
 removed = {name(i) for i in range(0, n, 3)}
 for x in removed: os.unlink(os.path.join(d, x))
 if how == 'race':
@@ -715,25 +716,47 @@ try:
     seen += [e.name for e in a]; err = None
 except OSError as e:
     err = str(e)
+seen = [x for x in seen if ours.match(x)]
 throughout = created - removed
 print(json.dumps({'error': err, 'missing': len(throughout - set(seen)), 'neverCreated': len([x for x in seen if x not in created]), 'duplicates': len(seen) - len(set(seen))}))
 `;
+
+/** Makes `obj`/d-others/o00..o63, each with more than one READDIR's worth of names (a listing of it stays kept). */
+async function otherDirs(obj: string): Promise<string> {
+  const others = Array.from({ length: 64 }, (_, k) => `o${String(k).padStart(2, '0')}`);
+  await fs.promises.mkdir(obj);
+  await check('sh', ['-c', `cd '${obj}' && mkdir -p d-others && cd d-others && for o in ${others.join(' ')}; do mkdir $o; (cd $o && touch $(seq -f 'entry-with-a-rather-long-name-%04g' 1 100)); done`]);
+  return path.join(obj, 'd-others');
+}
+
+/**
+ * Lists `dir` (3,000 names made here) 50 names in, removes every third name, then ('race') lists
+ * it whole on another handle or ('evict') starts 64 other listings, and goes on: every name there
+ * throughout must come once and no other.
+ */
+async function continuedListings(t: ExecutionContext, dir: string, others: string, top: boolean): Promise<void> {
+  const names = Array.from({ length: 3000 }, (_, i) => (top ? String(i).padStart(32, '0') : `f${String(i).padStart(5, '0')}`) + `-${'x'.repeat(i * 7 % 150)}`);
+  for (const how of ['race', 'evict']) {
+    if (!top) await fs.promises.mkdir(dir);
+    await check('sh', ['-c', 'cd "$1" && shift && touch "$@"', 'sh', dir, ...names]);
+    const out = JSON.parse(await check('python3', ['-c', listingWhileChanged, dir, how, String(names.length), top ? 'top' : 'below', others])) as Record<string, unknown>;
+    t.deepEqual(out, { error: null, missing: 0, neverCreated: 0, duplicates: 0 }, how);
+    if (top) await check('sh', ['-c', 'cd "$1" && shift && rm -f "$@"', 'sh', dir, ...names]);
+    else await fs.promises.rm(dir, { recursive: true });
+  }
+}
 
 test('a listing continued after its directory changed and other listings ran gives every name there throughout, once (readdir offsets do not depend on the kept handle)', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root);
   const obj = path.join(m.store, '0000000000000000000000000000007a-fast-offsets');
-  const names = Array.from({ length: 3000 }, (_, i) => `f${String(i).padStart(5, '0')}-${'x'.repeat(i * 7 % 150)}`);
-  const others = Array.from({ length: 64 }, (_, k) => `o${String(k).padStart(2, '0')}`);
-  await fs.promises.mkdir(obj);
-  // Each of the other directories takes more than one READDIR (its listing stays kept).
-  await check('sh', ['-c', `cd '${obj}' && mkdir -p d-others && cd d-others && for o in ${others.join(' ')}; do mkdir $o; (cd $o && touch $(seq -f 'entry-with-a-rather-long-name-%04g' 1 100)); done`]);
-  for (const how of ['race', 'evict']) {
-    const d = path.join(obj, 'd');
-    await fs.promises.mkdir(d);
-    await check('sh', ['-c', 'cd "$1" && shift && touch "$@"', 'sh', d, ...names]);
-    const out = JSON.parse(await check('python3', ['-c', listingWhileChanged, d, how, String(names.length)])) as Record<string, unknown>;
-    t.deepEqual(out, { error: null, missing: 0, neverCreated: 0, duplicates: 0 }, how);
-    await fs.promises.rm(d, { recursive: true });
-  }
+  const others = await otherDirs(obj);
+  await continuedListings(t, path.join(obj, 'd'), others, false);
+});
+
+test('the same for the store dir, whose listings JS serves', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const others = await otherDirs(path.join(m.store, '0000000000000000000000000000007b-js-offsets'));
+  await continuedListings(t, m.store, others, true);
 });
