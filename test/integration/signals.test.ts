@@ -1,7 +1,9 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { processAlive } from '../../src/mount/records';
+import { check, CLI, cli } from '../helpers/exec';
 import { sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
 
@@ -48,4 +50,26 @@ test('libfuse\'s threads and the watchdog take no asynchronous signal; Node\'s m
   t.false(main !== undefined && isBlocked(main.blocked, 'SIGTERM'), 'the main thread takes SIGTERM');
   await m.unmount();
   t.false(processAlive(m.pid), 'the daemon is gone');
+});
+
+test('the daemon keeps no descriptor its caller left open: a pipe `mount` inherited reaches EOF once mount returns', async (t) => {
+  const lower = await sharedLower();
+  const dir = tempDir(t);
+  const root = path.join(dir, 'merged');
+  t.teardown(async () => { await cli(['unmount', root]); });
+  // As a CI runner or a shell's job control does: `mount` runs with the write end of a pipe
+  // open (not close-on-exec), and the reader waits for EOF to know the step has finished.
+  const out = await check('python3', ['-c', `
+import json, os, select, subprocess, sys
+r, w = os.pipe()
+os.dup2(w, 100)  # low numbers (4-9) came out close-on-exec in Node here, 100 does not
+os.close(w)
+m = subprocess.run(sys.argv[1:], pass_fds=[100], capture_output=True, text=True)
+os.close(100)
+eof = bool(select.select([r], [], [], 5)[0]) and os.read(r, 1) == b''
+print(json.dumps({'code': m.returncode, 'stderr': m.stderr, 'eof': eof}))
+`, process.execPath, CLI, 'mount', '--lower', lower.root, '--upper', path.join(dir, 'upper'), '--root', root]);
+  const r = JSON.parse(out) as { code: number; stderr: string; eof: boolean };
+  t.is(r.code, 0, r.stderr);
+  t.true(r.eof, 'the pipe reached EOF: the daemon did not keep its write end');
 });

@@ -80,8 +80,31 @@ async function mount(argv: MountArgs): Promise<number> {
   return startDaemon(cfg, argv);
 }
 
+/** Linux's O_CLOEXEC as /proc/PID/fdinfo shows it in `flags` (octal). */
+const O_CLOEXEC = 0o2000000;
+
+/**
+ * Closes every descriptor this process inherited, but stdin, stdout, stderr and `keep`: Node,
+ * libuv and the native modules open theirs close-on-exec, so one without it came from whoever
+ * ran `mount`. Kept for the daemon's life, the write end of a caller's pipe (a CI runner's, a
+ * job control's, a make jobserver's) would keep its reader from ever seeing EOF.
+ */
+function closeInherited(keep: number): void {
+  for (const name of fs.readdirSync('/proc/self/fd')) {
+    const fd = Number(name);
+    if (fd <= 2 || fd === keep) continue;
+    let info: string;
+    try { info = fs.readFileSync(`/proc/self/fdinfo/${name}`, 'utf8'); } catch { continue; } // the listing's own
+    const flags = parseInt(/^flags:\s+([0-7]+)$/m.exec(info)?.[1] ?? '', 8);
+    if (Number.isNaN(flags) || (flags & O_CLOEXEC) !== 0) continue;
+    try { fs.closeSync(fd); } catch { /* already gone */ }
+  }
+}
+
 /** Serves the mount in this process; returns when it has been unmounted. */
 async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<number> {
+  // The daemon `mount` started (the ready pipe is its sign) keeps nothing of its caller's.
+  if (readyFd !== undefined) closeInherited(readyFd);
   const { Daemon } = await import('../../mount/daemon');
   // A FUSE daemon that dies leaves "Transport endpoint is not connected" behind for every
   // process using the store: log what escaped and keep serving.
