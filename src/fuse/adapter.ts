@@ -17,6 +17,8 @@ import { log } from '../util/log';
  * - big_writes, max_write: writes arrive in 128 KiB requests instead of 4 KiB.
  * - allow_other + default_permissions: builders and test suites switch users; the kernel
  *   checks POSIX permissions.
+ * - nonempty: the mount point holds the guard file (mount/guard.ts), which libfuse 2 would
+ *   take for a reason to refuse; validate.ts lets nothing else be there.
  * fuse-native 2.2.6 passes only some of these itself, so the adapter builds the list.
  */
 export interface MountOptions {
@@ -51,7 +53,7 @@ class StoreFuse extends Fuse {
 
   override _fuseOptions(): string {
     const o = [
-      'fsname=local-overlay', 'subtype=local-overlay', 'allow_other', 'default_permissions',
+      'fsname=local-overlay', 'subtype=local-overlay', 'allow_other', 'default_permissions', 'nonempty',
       'use_ino', 'auto_cache', 'big_writes', 'max_write=131072', 'max_read=131072',
       `entry_timeout=${this.mo.entryTimeout}`, `attr_timeout=${this.mo.attrTimeout}`, `ac_attr_timeout=${this.mo.attrTimeout}`,
       `negative_timeout=${this.mo.negativeTimeout}`,

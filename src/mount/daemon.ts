@@ -17,6 +17,7 @@ import { PollChoice, PollGovernor, cpuWaitedUs, defaultPoll } from './poll';
 import { Tracer } from '../overlay/trace';
 import { outputLockProbe } from './output-locks';
 import { controlSocketPath, isMountPoint, mountDevice, removeRecord, writeRecord, writeRootConfig } from './records';
+import { placeGuard } from './guard';
 import { validateMount } from './validate';
 
 /** How many lower objects a mirror mount settles at start (native/fastpath.c keeps 2^19). */
@@ -84,6 +85,7 @@ export class Daemon {
 
     // The process's umask is 0 (the CLI's serve()): everything of our own gets its mode explicitly.
     for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) makeDir(d);
+    placeGuard(merged.storeDir, cfg); // hidden by the mount; stops Nix on this root whenever it is down
     tightenDir(merged.stateDir); // an earlier version made it (and daemon.json) world-writable
     if (cfg.logFile) makeDir(path.dirname(cfg.logFile));
     if (fs.statSync(cfg.upperDir).dev !== fs.statSync(cfg.workDir).dev) {

@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { LocalOverlayError } from '../util/errno';
 import { NIX_SCHEMA_VERSION } from '../metadata/schema';
 import { canonicalPath, MountConfig, rootLayout } from './config';
+import { isGuardOrNixLinks } from './guard';
 import { configPath, isMountPoint, liveRecord, readRootConfig, runningRecords } from './records';
 
 const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
@@ -62,7 +63,11 @@ export function validateMount(cfg: MountConfig): void {
   }
   if (fs.existsSync(merged.storeDir)) {
     if (!isDir(merged.storeDir)) fail('mountpoint-not-dir', `mount point ${merged.storeDir} is not a directory`);
-    if (fs.readdirSync(merged.storeDir).length > 0) fail('mountpoint-not-empty', `mount point ${merged.storeDir} is not empty`);
+    const others = fs.readdirSync(merged.storeDir).filter((n) => !isGuardOrNixLinks(merged.storeDir, n));
+    if (others.length > 0) {
+      const shown = others.slice(0, 5).join(', ') + (others.length > 5 ? `, and ${others.length - 5} more` : '');
+      fail('mountpoint-not-empty', `mount point ${merged.storeDir} is not empty (${shown}): if Nix wrote them while the root was not mounted, they are not in the merged store; move them away and mount again`);
+    }
   }
   if (fs.existsSync(merged.dbFile)) {
     checkSchema(merged.dbDir, 'merged');

@@ -570,3 +570,37 @@ test('verify --repair copies back a lower row the merged DB lost, and roots it: 
   t.is(gc.code, 0, gc.stderr);
   t.true(await valid(m, top), 'still valid after a GC');
 });
+
+test('an unmounted root stops Nix: verify there drops no row, a build writes nothing; mount takes back a root Nix left an empty .links in', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const added = await addText(m, m.dir, 'kept.txt', 'kept while unmounted\n');
+  await m.unmount();
+  const rows = (): number => {
+    const db = new Database(path.join(m.root, 'nix/var/nix/db/db.sqlite'), { readonly: true });
+    try { return (db.prepare('SELECT count(*) AS n FROM ValidPaths').get() as { n: number }).n; } finally { db.close(); }
+  };
+  const before = rows();
+  const verify = await nix('nix-store', ['--store', m.root, '--verify']);
+  t.not(verify.code, 0, 'Nix refuses the unmounted root');
+  t.regex(verify.stderr, /nix\/store\/\.links' is not a directory/);
+  t.is(rows(), before, 'no row dropped');
+  const drv = await derivation(m.dir, 'while-unmounted', {}, 'echo x > $out');
+  t.not((await nix('nix-build', ['--store', m.root, '--no-out-link', ...drv])).code, 0, 'no build either');
+  t.deepEqual(await fs.promises.readdir(m.store), ['.links'], 'only the guard is in the mount point');
+  t.regex(await fs.promises.readFile(path.join(m.store, '.links'), 'utf8'), /not mounted[^]*Mount it: local-overlay mount --lower /);
+
+  // A root unmounted by an earlier version has no guard, and Nix made .links a dir there.
+  await fs.promises.rm(path.join(m.store, '.links'));
+  await fs.promises.mkdir(path.join(m.store, '.links'));
+  const again = await mountMerged(t, lower.root, { dir: m.dir });
+  t.true(await valid(again, added), 'the row and the object are still there');
+  await again.unmount();
+  t.true((await fs.promises.lstat(path.join(m.store, '.links'))).isFile(), 'the guard replaced the dir');
+
+  // Anything else Nix left there is not taken for nothing.
+  await fs.promises.writeFile(path.join(m.store, 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-stray'), 'x');
+  const refused = await cli(['mount', '--lower', lower.root, '--upper', again.upper, '--root', m.root, '--work', again.work]);
+  t.is(refused.code, 2, refused.stderr);
+  t.regex(refused.stderr, /not empty \(aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-stray\): if Nix wrote them while the root was not mounted/);
+});
