@@ -30,6 +30,8 @@ export interface CopyHooks {
   wrote?: () => void;
   /** True once the DBs are closing: the copy stops before its next read or transaction. */
   stopped?: () => boolean;
+  /** Each transaction's last step before its COMMIT, as copyClosure's `beforeCommit`. */
+  beforeCommit?: (before: number) => void;
 }
 
 export interface CopyReport {
@@ -84,7 +86,7 @@ export async function copyClosureInPieces(
   for (;;) {
     if (!(await beforeWrite(hooks))) return stop();
     try {
-      report.rows = copyClosure(upper, lower, paths, { maxRows: wholeRows });
+      report.rows = copyClosure(upper, lower, paths, { maxRows: wholeRows, beforeCommit: hooks.beforeCommit });
       report.transactions = 1;
       if (report.rows > 0) hooks.wrote?.();
       return report;
@@ -107,7 +109,7 @@ export async function copyClosureInPieces(
     if (!(await beforeWrite(hooks))) return stop();
     const piece = ids.slice(i, i + size);
     try {
-      const n = copyPiece(upper, lower, piece);
+      const n = copyPiece(upper, lower, piece, hooks.beforeCommit);
       report.rows += n;
       report.transactions++;
       if (n > 0) hooks.wrote?.();
@@ -116,7 +118,7 @@ export async function copyClosureInPieces(
       wait.progress();
     } catch (err) {
       if (err instanceof OutOfOrder) {
-        report.rows += copyClosureRowByRow(upper, lower, todo);
+        report.rows += copyClosureRowByRow(upper, lower, todo, hooks.beforeCommit);
         report.transactions++;
         if (report.rows > 0) hooks.wrote?.();
         return report;
@@ -196,10 +198,14 @@ async function walk(lower: LowerDb, paths: readonly string[], report: CopyReport
 /** A piece could not be copied in lower id order (its references come later): not Nix's order. */
 class OutOfOrder extends Error {}
 
-/** The rows with lower ids `ids` the merged DB lacks, in one transaction; their references must be there or among them. */
-function copyPiece(upper: UpperDb, lower: LowerDb, ids: readonly number[]): number {
+/**
+ * The rows with lower ids `ids` the merged DB lacks, in one transaction; their references must be
+ * there or among them. `beforeCommit` as copyClosure's (what it throws is thrown as it is).
+ */
+function copyPiece(upper: UpperDb, lower: LowerDb, ids: readonly number[], beforeCommit?: (before: number) => void): number {
   const db = upper.db;
   const file = lower.fileIdentity();
+  let hookThrew = false;
   try {
     return withLowerAttached(db, lower, () => db.transaction((): number => {
       db.exec('CREATE TEMP TABLE IF NOT EXISTS lower_ids (id INTEGER PRIMARY KEY)');
@@ -210,10 +216,13 @@ function copyPiece(upper: UpperDb, lower: LowerDb, ids: readonly number[]): numb
       const late = db.prepare('SELECT count(*) FROM main.Refs WHERE referrer > ? AND reference > referrer').pluck().get(before) as number;
       if (lower.fileIdentity() !== file) throw new LowerFileChanged('a piece of a closure copy');
       if (late > 0) throw new ReferencesAfterReferrers();
+      hookThrew = true;
+      if (count > 0) beforeCommit?.(before);
+      hookThrew = false;
       return count;
     }).immediate());
   } catch (err) {
-    if (isBusy(err) || err instanceof LowerFileChanged) throw err;
+    if (hookThrew || isBusy(err) || err instanceof LowerFileChanged) throw err;
     // A torn read can miss a reference's row too: whatever failed, it was a torn read.
     if (lower.fileIdentity() !== file) throw new LowerFileChanged('a piece of a closure copy');
     if (err instanceof IncompleteClosure || err instanceof ReferencesAfterReferrers) throw new OutOfOrder();

@@ -28,3 +28,13 @@ export function commitUnlocked(db: Db, before: number, held: HeldLocks): void {
   const taken = held(() => pathsAbove(db, before));
   if (taken.size > 0) throw new LocksTaken(taken);
 }
+
+/**
+ * Sets aside the upper layer's objects among `paths`, which a transaction is about to make
+ * valid (called just before its COMMIT): a copy adds only rows the merged DB lacks, so such an
+ * object had no row, i.e. it is what an add or a substitution that did not finish left (Nix
+ * 2.8 restores into the final path), and the lower copy's row would make it valid. Returns the
+ * paths it left alone because a merged-store client holds their lock (it is writing them now).
+ * The mount's (mount/daemon.ts).
+ */
+export type Leftovers = (paths: readonly string[]) => Set<string>;

@@ -8,11 +8,12 @@ import { Checkpointer } from './checkpointer';
 import { copyClosure } from './closure';
 import { copyClosureInPieces } from './closure-pieces';
 import { GcLock, tryGcLockShared } from './gc-lock';
-import { commitUnlocked, HeldLocks, LocksTaken } from './held-locks';
+import { commitUnlocked, HeldLocks, Leftovers, LocksTaken } from './held-locks';
 import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
 import { ImportResult, LIST_LIMIT, Mirror } from './mirror';
+import { pathsAbove } from './rows';
 import { isBusy, isTornRead } from './sqlite';
 import { UpperDb } from './upper-db';
 
@@ -98,6 +99,27 @@ export class Metadata {
    * (mirror.ts says which races that closes); null: nothing is held back.
    */
   heldLocks: HeldLocks | null = null;
+  /**
+   * Once mounted: sets aside the rowless upper objects a copy of lower rows is about to make
+   * valid (held-locks.ts Leftovers), in the mirror's imports, row restores and lazy lookups.
+   */
+  private leftovers: Leftovers | null = null;
+
+  /** Sets `leftovers` (the daemon, once the rowless upper objects of the mount are settled). */
+  setLeftovers(f: Leftovers): void {
+    this.leftovers = f;
+    this.mirror.leftovers = f;
+  }
+
+  /**
+   * A copy's last step before its COMMIT (copyClosure's beforeCommit): the upper objects its
+   * rows (those above `before`) make valid go (leftovers). A lazy lookup's copy cannot hold a
+   * path back (the lookup needs its closure): one a client is writing is left to that client.
+   */
+  private setAsideLeftovers(before: number, held: HeldLocks | null): void {
+    const locked = this.leftovers?.(pathsAbove(this.upper.db, before));
+    if (locked !== undefined && locked.size > 0 && held !== null) throw new LocksTaken(locked);
+  }
 
   /** Whether the last check found new lower rows and left them for a GC to end (gcLockFile). */
   get waitingForGc(): boolean {
@@ -159,6 +181,7 @@ export class Metadata {
     // waits, if the WAL is past its bound or an idle worker is cutting it back (Checkpointer.settle).
     p = copyClosureInPieces(this.upper, this.lower, [storePath], {
       beforeWrite: () => this.checkpointer?.settle() ?? null,
+      beforeCommit: (before) => this.setAsideLeftovers(before, null),
       wrote: () => this.checkpointer?.wrote(),
       stopped: () => this.closed,
     }).then((r) => {
@@ -218,7 +241,12 @@ export class Metadata {
       // A client holding the path's lock (mirror.ts): not before it is free; looked at again,
       // last, before the COMMIT.
       if (held !== null && held(() => [storePath]).size > 0) return false;
-      const n = copyClosure(this.upper, this.lower, [storePath], { beforeCommit: held ? (before) => commitUnlocked(this.upper.db, before, held) : undefined });
+      const n = copyClosure(this.upper, this.lower, [storePath], {
+        beforeCommit: (before) => {
+          this.setAsideLeftovers(before, held);
+          if (held) commitUnlocked(this.upper.db, before, held);
+        },
+      });
       this.stats.count('rowsCopied', n);
       this.stats.trace?.('closure', storePath, `restored ${n} rows`);
       log.info(`restored the DB row of ${storePath} (its lower copy is visible again)`);

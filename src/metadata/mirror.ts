@@ -1,7 +1,7 @@
 import type { Database as Db } from 'better-sqlite3';
 import { copyClosure } from './closure';
 import { copyLowerRows, IncompleteClosure, withLowerAttached } from './copy-rows';
-import { commitUnlocked, HeldLocks, LocksTaken } from './held-locks';
+import { commitUnlocked, HeldLocks, Leftovers, LocksTaken } from './held-locks';
 import { LowerDb } from './lower-db';
 import { maxValidId, pathsAbove } from './rows';
 import { isTornRead, LowerFileChanged } from './sqlite';
@@ -56,6 +56,11 @@ export interface ImportResult {
  *   daemon never hears of a flock: the kernel keeps it). The window is the COMMIT itself.
  * - Not covered: locks taken other than through the mount (a Nix pointed at the upper dir), and
  *   row copies other than the mirror's and the row restores (lazy lookups, `sync`, `verify --repair`).
+ *
+ * Given `leftovers` (set once mounted), every import's last steps set aside the upper objects
+ * of the paths it makes valid, which had no row: partial adds that would otherwise shadow the
+ * lower copy under its row. One whose lock a client holds is held back instead, as above. The
+ * mount's first import has none: the daemon settles the rowless upper objects after it.
  */
 export class Mirror {
   private lastId = 0;
@@ -63,6 +68,8 @@ export class Mirror {
   private waiting = new Map<number, string>();
   /** Of `waiting`, the paths whose own lock was held when last looked at; the rest refer to one. */
   private locked = new Set<string>();
+  /** Sets aside rowless upper objects an import is about to make valid (see the class). */
+  leftovers: Leftovers | null = null;
 
   constructor(private readonly upper: UpperDb, private readonly lower: LowerDb) {}
 
@@ -132,14 +139,18 @@ export class Mirror {
           });
           // A row a torn read missed would be missed for good: lastId moves past it.
           if (this.lower.fileIdentity() !== file) throw new LowerFileChanged('the mirror\'s import');
-          return count === 0 ? { count: 0, paths: [] } : { count, paths: newPaths(db, before, count) };
+          if (count === 0) return { count: 0, paths: [] };
+          const paths = newPaths(db, before, count);
+          this.setAsideLeftovers(db, before, paths, undefined);
+          return { count, paths };
         }).immediate());
       } catch (err) {
         if (!(err instanceof IncompleteClosure)) throw err;
         // An older lower path they refer to lost its row in the merged DB (Nix deleted a
         // duplicate's, and it is not restored yet): copy the new paths' closures whole instead.
         const before = maxValidId(db);
-        const count = copyClosure(this.upper, this.lower, this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? []);
+        const count = copyClosure(this.upper, this.lower, this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? [],
+          { beforeCommit: (b) => this.setAsideLeftovers(db, b, null, undefined) });
         result = { count, paths: newPaths(db, before, count) };
       }
     }
@@ -173,6 +184,7 @@ export class Mirror {
               });
               if (this.lower.fileIdentity() !== file) throw new LowerFileChanged('the mirror\'s import');
               const paths = newPaths(db, before, count);
+              this.setAsideLeftovers(db, before, paths, held);
               commitUnlocked(db, before, held); // last: the window it leaves open is the COMMIT
               return { count, paths };
             }).immediate();
@@ -188,7 +200,9 @@ export class Mirror {
         const paths = [...(this.lower.pathsBetween(since, end, Number.MAX_SAFE_INTEGER) ?? []), ...this.waiting.values()]
           .filter((p) => !backPaths.has(p));
         const before = maxValidId(db);
-        const count = copyClosure(this.upper, this.lower, paths, { beforeCommit: (b) => commitUnlocked(db, b, held) });
+        const count = copyClosure(this.upper, this.lower, paths, {
+          beforeCommit: (b) => { this.setAsideLeftovers(db, b, null, held); commitUnlocked(db, b, held); },
+        });
         this.setWaiting(back, locked);
         return { count, paths: newPaths(db, before, count) };
       } catch (err) {
@@ -199,6 +213,18 @@ export class Mirror {
         locked = new Set([...seen, ...err.paths]);
       }
     }
+  }
+
+  /**
+   * Inside an import's transaction, before its COMMIT: the rows above `before` (`paths`, or null
+   * when not listed) go in without the upper objects of their names (leftovers). Throws
+   * LocksTaken for one a client holds the lock of, which rolls the import back; with `held` it
+   * is then made again with that path held back. Without a probe (`held` undefined) none is held.
+   */
+  private setAsideLeftovers(db: Db, before: number, paths: string[] | null, held: HeldLocks | undefined): void {
+    if (this.leftovers === null) return;
+    const locked = this.leftovers(paths ?? pathsAbove(db, before));
+    if (locked.size > 0 && held !== undefined) throw new LocksTaken(locked);
   }
 
   /** temp.mirror_waiting: the lower ids of `waiting`, for CANDIDATE (outside a transaction). */

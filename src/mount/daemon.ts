@@ -5,6 +5,7 @@ import { GcLock, holdGcLockShared } from '../metadata/gc-lock';
 import { LowerRoots } from '../metadata/gc-roots';
 import { seedFromLower } from '../metadata/seed';
 import { Metadata } from '../metadata/metadata';
+import type { HeldLocks } from '../metadata/held-locks';
 import { isBusy } from '../metadata/sqlite';
 import { UpperDb } from '../metadata/upper-db';
 import { Overlay } from '../overlay/overlay';
@@ -57,6 +58,10 @@ export class Daemon {
   private poll: PollGovernor | null = null;
   /** Health checks under way, by problem name, since when: none is run twice at once. */
   private readonly probes = new Map<string, { since: number; done: Promise<unknown> }>();
+  /** Which store paths a client of the mount holds the lock of (probeOutputLocks); null: unknown. */
+  private locks: HeldLocks | null = null;
+  /** The deletion of the trash dir's contents under way (emptyTrash). */
+  private trashing: Promise<void> = Promise.resolve();
   /** Hears what a slow start is doing (the CLI shows it when mounting takes a while). */
   onProgress: ((text: string) => void) | undefined;
 
@@ -65,15 +70,18 @@ export class Daemon {
 
   constructor(readonly cfg: MountConfig) {}
 
-  /** Deletes what settleRowless moved aside (now, or left by an earlier mount), in the background. */
+  /**
+   * Deletes what dropUpper moved aside (now, or left by an earlier mount), in the background;
+   * one deletion at a time.
+   */
   private emptyTrash(): void {
     const dir = this.trashDir;
     if (!fs.existsSync(dir)) return;
-    void (async () => {
+    this.trashing = this.trashing.then(async () => {
       for (const name of await fs.promises.readdir(dir)) {
         await removeTree(path.join(dir, name));
       }
-    })().catch((err) => log.warn(`could not empty ${dir}: ${String(err)}`));
+    }).catch((err) => log.warn(`could not empty ${dir}: ${String(err)}`));
   }
 
   /** Validates, creates the merged root, imports metadata and mounts. Resolves once mounted. */
@@ -131,6 +139,8 @@ export class Daemon {
       log.warn(LAZY_GC_WARNING);
     }
     this.settleRowless(rowless, lowerDb, merged.dbFile, hadDb);
+    // From now on a rowless upper object goes when a copy is about to give it the lower row.
+    this.metadata.setLeftovers((paths) => this.dropLeftovers(paths));
     this.overlay.hooks = {
       lowerLookup: (name) => this.metadata.lowerLookup(name),
       lowerSettled: (name) => this.metadata.lowerSettled(name),
@@ -153,7 +163,7 @@ export class Daemon {
       throw err;
     }
     this.fuse = fuse;
-    if (cfg.metadata === 'mirror') this.probeOutputLocks(merged.storeDir);
+    this.probeOutputLocks(merged.storeDir, cfg.metadata === 'mirror');
     this.metadata.syncRootsInBackground(gcLock);
     this.emptyTrash();
     log.info(`mounted ${merged.storeDir} (lower ${lower.storeDir}, upper ${cfg.upperDir}, metadata ${cfg.metadata})`);
@@ -210,14 +220,16 @@ export class Daemon {
   /**
    * Mirror mode: the follower holds back a new lower path while a client of the mount holds its
    * lock (metadata/mirror.ts), seen in /proc/locks by the mount's device and our inode numbers.
+   * Either mode: dropLeftovers leaves an upper object alone while a client holds its lock.
    */
-  private probeOutputLocks(storeDir: string): void {
+  private probeOutputLocks(storeDir: string, mirror: boolean): void {
     const dev = mountDevice(storeDir);
     if (dev === null) {
       log.warn(`${storeDir} is not in /proc/self/mountinfo: new lower paths are imported even while a client of the mount holds their lock`);
       return;
     }
-    this.metadata.heldLocks = outputLockProbe(dev, this.metadata.storeDir, (name) => this.overlay.upperIno(name));
+    this.locks = outputLockProbe(dev, this.metadata.storeDir, (name) => this.overlay.upperIno(name));
+    if (mirror) this.metadata.heldLocks = this.locks;
   }
 
   /**
@@ -282,14 +294,50 @@ export class Daemon {
         continue;
       }
       if (!hadDb) continue;
-      makeDir(this.trashDir);
-      fs.renameSync(path.join(this.cfg.upperDir, name), path.join(this.trashDir, `${name}-${process.pid}-${Date.now()}`));
-      this.overlay.index.upperRemoved(name);
+      this.dropUpper(name);
       log.warn(`dropped the upper copy of /nix/store/${name}: the merged DB had no row for it (a deletion or an add that did not finish), and the lower store has it`);
     }
     if (invalid.length === 0) return;
     const why = hadDb ? 'an add that did not finish, or a deletion' : `the merged DB ${dbFile} was made anew`;
     this.warn(`${invalid.length} upper store object${invalid.length === 1 ? ' has' : 's have'} no row in the merged DB (${why}): Nix takes ${invalid.length === 1 ? 'it' : 'them'} for invalid, and its GC deletes ${invalid.length === 1 ? 'it' : 'them'}: ${invalid.slice(0, 5).map((n) => `/nix/store/${n}`).join(', ')}${invalid.length > 5 ? ', ...' : ''} (\`local-overlay verify\` lists them all)`);
+  }
+
+  /**
+   * Metadata's Leftovers, once mounted: of `paths`, which a copy of lower rows is about to make
+   * valid, the upper objects (they have no row: copies add only rows the merged DB lacks) are
+   * what an add that did not finish left, not a client's work in progress (a client adding or
+   * building a path holds its lock, through the mount, from before its files exist until its row
+   * is in): moved aside, so that the lower copy shows under its row. Those whose lock is held now
+   * are left alone and returned. A rename that fails leaves the object as it is (logged).
+   */
+  private dropLeftovers(paths: readonly string[]): Set<string> {
+    const prefix = `${this.metadata.storeDir}/`;
+    const upper = paths.filter((p) => p.startsWith(prefix) && this.overlay.index.upperKind(p.slice(prefix.length)) === 'object');
+    if (upper.length === 0) return new Set();
+    const locked = this.locks?.(() => upper) ?? new Set<string>();
+    for (const p of upper) {
+      if (locked.has(p)) continue;
+      const name = p.slice(prefix.length);
+      try {
+        this.dropUpper(name);
+      } catch (err) {
+        log.warn(`could not set aside the upper copy of ${p}, which has no row in the merged DB (an add that did not finish): ${String(err)}`);
+        continue;
+      }
+      log.warn(`dropped the upper copy of ${p}: the merged DB had no row for it (an add that did not finish), and the lower store's row of it was being copied in`);
+    }
+    this.emptyTrash();
+    return locked;
+  }
+
+  /**
+   * Moves upper object `name` to the trash dir: the lower object of that name shows from now on
+   * (the fast path's table forgets the upper one).
+   */
+  private dropUpper(name: string): void {
+    makeDir(this.trashDir);
+    fs.renameSync(path.join(this.cfg.upperDir, name), path.join(this.trashDir, `${name}-${process.pid}-${Date.now()}`));
+    this.overlay.index.upperRemoved(name);
   }
 
   /** A warning for the operator: in the log, and on the stderr of `mount` (serve passes them on). */

@@ -1,5 +1,6 @@
 import test from 'ava';
 import Database = require('better-sqlite3');
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cli } from '../helpers/exec';
@@ -156,6 +157,90 @@ test('live lower growth: a path added to the lower store is visible and valid wi
   t.false(fs.existsSync(path.join(m.upper, rel(added))));
 });
 
+/**
+ * A file of `size` bytes the test's name makes unique, and its store path as `nix-store --add`
+ * gives it (added to a scratch store: the path depends only on the name and the contents).
+ */
+async function addable(dir: string, name: string, size: number): Promise<{ src: string; content: Buffer; out: string }> {
+  const content = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) content[i] = (i * 7 + name.length) & 0xff;
+  content.write(name);
+  const src = path.join(dir, name);
+  await fs.promises.writeFile(src, content);
+  const out = (await nixOk('nix-store', ['--store', path.join(dir, 'scratch'), '--add', src])).trim();
+  return { src, content, out };
+}
+
+test('a partial upper object without a row (an add killed halfway) is set aside once the lower store gains the path while mounted; a duplicate with its own row stays', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm') });
+  const x = await addable(dir, `partial-${Date.now()}`, 1 << 20);
+  // What a client killed while it restored X leaves (Nix 2.8 restores into the final path): its
+  // first bytes, written through the mount, and no row.
+  await fs.promises.writeFile(path.join(m.store, rel(x.out)), x.content.subarray(0, 100_000));
+  t.not((await nix('nix-store', ['--store', m.root, '--check-validity', x.out])).code, 0, 'the partial copy is not valid');
+  // A duplicate: added through the mount (its own row), then to the lower store too.
+  const d = await addable(dir, `duplicate-${Date.now()}`, 1000);
+  t.is((await nixOk('nix-store', ['--store', m.root, '--add', d.src])).trim(), d.out);
+
+  await nixOk('nix-store', ['--store', lower.root, '--add', x.src]);
+  await nixOk('nix-store', ['--store', lower.root, '--add', d.src]);
+  const r = await cli(['refresh', m.root]); // the follower has imported the new rows once it returns
+  t.is(r.code, 0, r.stderr);
+
+  const v = await nix('nix-store', ['--store', m.root, '--verify-path', x.out]);
+  t.is(v.code, 0, `the merged root serves X as valid with other contents: ${v.stderr}`);
+  t.true((await fs.promises.readFile(path.join(m.store, rel(x.out)))).equals(x.content), 'the merged X is not the lower copy');
+  t.false(fs.existsSync(path.join(m.upper, rel(x.out))), 'the partial upper copy is still in the upper dir');
+  t.true(fs.existsSync(path.join(m.upper, rel(d.out))), 'the duplicate\'s upper copy (with its row) was dropped');
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', d.out]);
+});
+
+test('a rowless upper object whose lock a merged-store client holds is left alone, its lower row held back until the lock is free', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm') });
+  const x = await addable(dir, `locked-${Date.now()}`, 100_000);
+  // A client adding X: it holds X.lock through the mount and has written part of X.
+  // flock(1) holds the lock itself (-o: not its child), in a process group of its own.
+  const holder = spawn('flock', ['-o', path.join(m.store, `${rel(x.out)}.lock`), 'sleep', '600'], { stdio: 'ignore', detached: true });
+  const exited = new Promise((res) => holder.once('exit', res));
+  const kill = async (): Promise<void> => {
+    try { process.kill(-holder.pid!, 'SIGKILL'); } catch { /* gone */ }
+    await exited;
+  };
+  t.teardown(kill);
+  await untilLocked(path.join(m.store, `${rel(x.out)}.lock`));
+  await fs.promises.writeFile(path.join(m.store, rel(x.out)), x.content.subarray(0, 1000));
+
+  await nixOk('nix-store', ['--store', lower.root, '--add', x.src]);
+  t.is((await cli(['refresh', m.root])).code, 0);
+  t.not((await nix('nix-store', ['--store', m.root, '--check-validity', x.out])).code, 0, 'valid while a client held its lock');
+  t.is((await fs.promises.readFile(path.join(m.upper, rel(x.out)))).length, 1000, 'the upper copy being written was touched');
+
+  // The client dies: what it wrote is a leftover, and the lower copy goes in.
+  await kill();
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; await new Promise((res) => setTimeout(res, 100))) {
+    if ((await nix('nix-store', ['--store', m.root, '--check-validity', x.out])).code === 0) break;
+  }
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', x.out]);
+  t.true((await fs.promises.readFile(path.join(m.store, rel(x.out)))).equals(x.content));
+  t.false(fs.existsSync(path.join(m.upper, rel(x.out))));
+});
+
+/** Resolves once /proc/locks lists a flock on `file` (a path through the mount; polled, at most `ms`). */
+async function untilLocked(file: string, ms = 10_000): Promise<void> {
+  const hex = (n: number): string => n.toString(16).padStart(2, '0');
+  for (const deadline = Date.now() + ms; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+    const st = await fs.promises.stat(file).catch(() => null);
+    if (st === null) continue;
+    const id = `${hex((st.dev >> 8) & 0xfff)}:${hex((st.dev & 0xff) | ((st.dev >> 12) & 0xfff00))}:${st.ino}`;
+    if ((await fs.promises.readFile('/proc/locks', 'latin1')).split('\n').some((l) => l.includes(' FLOCK ') && l.includes(` ${id} `))) return;
+  }
+  throw new Error(`no flock on ${file} after ${ms} ms`);
+}
+
 /** Resolves once `dir` has an entry ending in `suffix` (polled every 50 ms, at most `ms`). */
 async function untilEntry(dir: string, suffix: string, ms = 60_000): Promise<string> {
   for (const deadline = Date.now() + ms; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
@@ -218,6 +303,23 @@ test('same output built at once by the lower store and a merged client: its row 
     if ((JSON.parse((await cli(['status', m.root, '--json'])).stdout) as typeof s).follower.waitingForLocks === 0) break;
   }
   t.is((JSON.parse((await cli(['status', m.root, '--json'])).stdout) as typeof s).follower.waitingForLocks, 0, 'nothing held back once the lock is free');
+});
+
+test('lazy metadata: a lookup whose closure copy brings the row of a partial upper object without one sets that object aside', async (t) => {
+  const lower = await sharedLower();
+  const dir = tempDir(t);
+  const p = lower.manifest.paths;
+  // A partial copy of singleFile (which appOut refers to) that an add killed halfway left, no row.
+  const upper = path.join(dir, 'upper');
+  fs.mkdirSync(upper);
+  const full = await fs.promises.readFile(path.join(lower.root, p.singleFile));
+  await fs.promises.writeFile(path.join(upper, rel(p.singleFile)), full.subarray(0, Math.floor(full.length / 2)));
+  const m = await mountMerged(t, lower.root, { metadata: 'lazy', dir, upper });
+  await fs.promises.lstat(path.join(m.store, rel(p.appOut))); // copies appOut's closure
+  const v = await nix('nix-store', ['--store', m.root, '--verify-path', p.singleFile]);
+  t.is(v.code, 0, `the merged root serves singleFile as valid with other contents: ${v.stderr}`);
+  t.true((await fs.promises.readFile(path.join(m.store, rel(p.singleFile)))).equals(full));
+  t.false(fs.existsSync(path.join(m.upper, rel(p.singleFile))), 'the partial upper copy is still in the upper dir');
 });
 
 test('lazy metadata: the first lookup of a lower object copies its closure into the upper DB', async (t) => {
