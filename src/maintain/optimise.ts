@@ -11,8 +11,11 @@ import { diskBytes, RootView, STORE_DIR } from './view';
 export interface DuplicateReport {
   path: string;
   bytes: number;
-  /** What decided that both copies are the same object. */
-  matchedBy: 'db-hash' | 'contents';
+  /**
+   * What decided that the upper copy can go: both DB rows' NAR hash, both copies' contents, or
+   * (`damaged`) the upper copy's contents not matching the merged row, the lower copy's matching.
+   */
+  matchedBy: 'db-hash' | 'contents' | 'damaged';
   removed: boolean;
   /** Why the upper copy is kept (in a dry run: would be kept). */
   skipped?: string;
@@ -125,7 +128,13 @@ function findDuplicates(view: RootView, report: OptimiseReport, opts: OptimiseOp
     if (opts.checkContents || !upperRow) {
       d.matchedBy = 'contents';
       const actual = narHash(upperCopy).hash;
-      if (actual !== lowerRow.hash) { d.skipped = `the upper copy's contents (${actual}) differ from the lower DB's ${lowerRow.hash}`; continue; }
+      // With the merged row the lower copy's, an upper copy that does not match it is damaged
+      // (an add that did not finish, a file changed by hand) and served under a row it does not
+      // match: once the lower copy is seen to match that row, removing the upper one repairs
+      // the path. Without a merged row nothing says which copy is right.
+      const damaged = actual !== lowerRow.hash && upperRow !== undefined && narHash(path.join(view.lowerStore, name)).hash === lowerRow.hash;
+      if (damaged) d.matchedBy = 'damaged';
+      else if (actual !== lowerRow.hash) { d.skipped = `the upper copy's contents (${actual}) differ from the lower DB's ${lowerRow.hash}`; continue; }
     }
     removable.push(d);
   }

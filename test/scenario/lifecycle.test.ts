@@ -604,3 +604,27 @@ test('an unmounted root stops Nix: verify there drops no row, a build writes not
   t.is(refused.code, 2, refused.stderr);
   t.regex(refused.stderr, /not empty \(aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-stray\): if Nix wrote them while the root was not mounted/);
 });
+
+test('optimise --check-contents removes a damaged upper copy of a duplicate (the lower copy matches the row); its dry run names it', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const name = `damaged-${Date.now()}`;
+  const p = await addText(m, dir, `lower-extra-${name}`, `${name}\n`);
+  await lowerAdd(lower.root, name);
+  // As an add that did not finish, or a hand edit, leaves it: the merged row is the lower copy's.
+  const copy = path.join(m.upper, rel(p));
+  await fs.promises.chmod(copy, 0o644);
+  await fs.promises.writeFile(copy, 'half\n');
+  await fs.promises.chmod(copy, 0o444);
+  t.not((await nix('nix-store', ['--store', m.root, '--verify-path', p])).code, 0, 'served damaged');
+
+  const dry = await cli(['optimise', m.root, '--check-contents', '--dry-run']);
+  t.is(dry.code, 0, dry.stderr);
+  t.regex(dry.stdout, new RegExp(`would remove ${p} \\(5 bytes\\): the upper copy was damaged`));
+  const real = await cli(['optimise', m.root, '--check-contents']);
+  t.is(real.code, 0, real.stderr);
+  t.regex(real.stdout, /removed 1 upper copy, 5 bytes freed/);
+  t.is(await fs.promises.readFile(path.join(m.store, rel(p)), 'utf8'), `${name}\n`, 'the lower copy is served');
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', p]);
+});

@@ -46,7 +46,8 @@ function describe(r: OptimiseReport): string {
   let out = '';
   for (const d of r.duplicates) {
     const verb = d.skipped ? (r.dryRun ? 'would keep  ' : 'kept   ') : r.dryRun ? 'would remove' : 'removed';
-    out += `${verb} ${d.path} (${d.bytes} bytes)${d.skipped ? `: ${d.skipped}` : ''}\n`;
+    const why = d.skipped ? `: ${d.skipped}` : d.matchedBy === 'damaged' ? ': the upper copy was damaged (its contents do not match the row; the lower copy\'s do)' : '';
+    out += `${verb} ${d.path} (${d.bytes} bytes)${why}\n`;
   }
   const bytes = r.dryRun ? r.duplicates.filter((d) => !d.skipped).reduce((a, d) => a + d.bytes, 0) : r.bytesFreed;
   const count = r.dryRun ? r.duplicates.filter((d) => !d.skipped).length : r.removed;
