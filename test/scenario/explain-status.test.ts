@@ -1,4 +1,5 @@
 import test from 'ava';
+import Database = require('better-sqlite3');
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cli } from '../helpers/exec';
@@ -136,6 +137,45 @@ test('status --json: counters move under a scripted workload', async (t) => {
   const all = await cli(['status', '--json']);
   const roots = (JSON.parse(all.stdout) as { root: string }[]).map((s) => s.root);
   t.true(roots.includes(m.root) && roots.includes(m2.root), 'status without a root lists every mount');
+});
+
+test('status: a follower whose checks fail makes the mount unhealthy (text, --json, exit 1) until a check succeeds', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const json = async (): Promise<{ code: number; s: { healthy: boolean; health: { ok: boolean; problems: string[] }; follower: { failing: { count: number } } } }> => {
+    const r = await cli(['status', m.root, '--json']);
+    return { code: r.code, s: JSON.parse(r.stdout) as never };
+  };
+  const until = async (f: () => Promise<boolean>): Promise<boolean> => {
+    for (const end = Date.now() + 15_000; Date.now() < end; await new Promise((r) => setTimeout(r, 100))) if (await f()) return true;
+    return false;
+  };
+  t.is((await json()).code, 0);
+
+  // A writer of the merged DB (a long Nix transaction) holds its write lock while the lower
+  // store grows: every check of the follower fails ("database is locked") until it commits.
+  const nixSide = new Database(path.join(m.root, 'nix/var/nix/db/db.sqlite'));
+  t.teardown(() => { if (nixSide.inTransaction) nixSide.exec('ROLLBACK'); nixSide.close(); });
+  nixSide.exec('BEGIN IMMEDIATE');
+  const added = await lowerAdd(lower.root, `failing-follower-${Date.now()}`);
+  t.true(await until(async () => (await json()).s.follower.failing.count >= 2), 'the follower\'s checks fail');
+  const bad = await json();
+  t.is(bad.code, 1, 'status exits 1');
+  t.false(bad.s.healthy);
+  t.false(bad.s.health.ok);
+  t.true(bad.s.health.problems.some((p) => /^follower failing: its last \d+ checks failed: database is locked/.test(p)), JSON.stringify(bad.s.health));
+  const text = await cli(['status', m.root]);
+  t.is(text.code, 1);
+  t.regex(text.stdout, /UNHEALTHY \(follower failing: its last \d+ checks failed: database is locked\)/);
+
+  nixSide.exec('COMMIT');
+  t.true(await until(async () => (await json()).code === 0), 'healthy again once a check succeeds');
+  const good = await json();
+  t.true(good.s.healthy && good.s.health.ok, JSON.stringify(good.s.health));
+  t.is(good.s.follower.failing.count, 0);
+  t.regex((await cli(['status', m.root])).stdout, / {2}healthy\n/);
+  t.true(fs.existsSync(path.join(m.store, rel(added))), 'and the new lower path is imported');
 });
 
 test('trace: resolution decisions, refused writes and closure syncs, filtered by prefix, switchable at run time', async (t) => {

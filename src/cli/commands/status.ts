@@ -10,7 +10,7 @@ interface StatusArgs { root?: string; json: boolean }
 
 export const statusCommand: CommandModule<object, StatusArgs> = {
   command: 'status [root]',
-  describe: 'Show running mounts: settings, uptime, counters, follower state, upper layer size and health; exits 1 if a mount is unhealthy (its daemon does not answer, or a layer or DB does not, within 2 s)',
+  describe: 'Show running mounts: settings, uptime, counters, follower state, upper layer size and health; exits 1 if a mount is unhealthy (its daemon does not answer, or a layer or DB does not, within 2 s; or its follower\'s checks of the lower DB fail)',
   builder: (y: Argv) => y
     .positional('root', { type: 'string', describe: 'one merged root, or a path inside it such as ROOT/nix/store [default: every running mount]' })
     .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
@@ -40,7 +40,9 @@ async function status(argv: StatusArgs): Promise<number> {
     try {
       const reply = await controlRequest(rec.controlSocket, { cmd: 'status' });
       live = (reply.status as Record<string, unknown>) ?? {};
-      // A daemon that answers but finds a layer or DB unreadable is not healthy either.
+      live = withFollowerHealth(live);
+      // A daemon that answers but finds a layer or DB unreadable, or whose follower's checks
+      // fail, is not healthy either.
       if ((live.health as { ok?: boolean } | undefined)?.ok === false) healthy = false;
     } catch (err) {
       healthy = false;
@@ -56,6 +58,19 @@ async function status(argv: StatusArgs): Promise<number> {
     for (const s of out) process.stdout.write((s.answering === false ? formatStale(s) : formatStatus(s)) + '\n');
   }
   return out.every((s) => s.healthy) ? EXIT.ok : EXIT.failed;
+}
+
+/**
+ * The daemon's health, with the follower's failing checks added as a problem: while they fail
+ * (the merged DB locked past the busy timeout, its filesystem full, ...), new lower paths stay
+ * invisible and unimported. Healthy again once a check succeeds (the daemon resets the count).
+ */
+function withFollowerHealth(live: Record<string, unknown>): Record<string, unknown> {
+  const failing = (live.follower as { failing?: { count?: unknown; message?: unknown } } | undefined)?.failing;
+  if (typeof failing?.count !== 'number' || failing.count === 0) return live;
+  const health = (live.health as { ok?: boolean; problems?: string[] } | undefined) ?? {};
+  const problem = `follower failing: its last ${failing.count} checks failed: ${String(failing.message)}`;
+  return { ...live, health: { ...health, ok: false, problems: [...health.problems ?? [], problem] } };
 }
 
 /**
