@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LowerDb } from '../metadata/lower-db';
-import { PathRow } from '../metadata/rows';
+import { PathRow, RowDifference, rowDifferences } from '../metadata/rows';
 import { UpperDb } from '../metadata/upper-db';
 import { MountConfig, rootLayout } from '../mount/config';
 import { isWhiteoutDevice } from '../layers/layers';
@@ -46,6 +46,8 @@ export interface Explanation {
   upperDb: DbRowReport | null;
   lowerDb: DbRowReport | null;
   dbRowsEqual: boolean | null;
+  /** The fields in which the upper row differs from the lower one (as verify's row-differs). */
+  dbRowDifferences: RowDifference[] | null;
   closure: { complete: boolean; size: number; missing: string[] } | null;
   references: { path: string; layer: 'upper' | 'lower' | null }[];
 }
@@ -79,7 +81,7 @@ export class Explainer {
     const base: Explanation = {
       input, storePath: null, name, subPath, layer: null, reason: 'absent', realPath: null,
       inUpper: false, inLower: false, whiteout: null, appearedAfterMount: false,
-      upperDb: null, lowerDb: null, dbRowsEqual: null, closure: null, references: [],
+      upperDb: null, lowerDb: null, dbRowsEqual: null, dbRowDifferences: null, closure: null, references: [],
     };
     if (name === null) return base;
     const storePath = `${STORE_DIR}/${name}`;
@@ -113,9 +115,12 @@ export class Explainer {
     if (base.storePath) {
       const upperRow = this.upperDb?.pathRow(storePath);
       const lowerRow = this.lowerDb?.pathRow(storePath);
-      base.upperDb = upperRow ? report(upperRow, this.upperDb!.references(upperRow.id)) : { valid: false };
-      base.lowerDb = this.lowerDb ? (lowerRow ? report(lowerRow, this.lowerDb.references(lowerRow.id)) : { valid: false }) : null;
-      base.dbRowsEqual = upperRow && lowerRow ? rowsEqual(base.upperDb, base.lowerDb!) : null;
+      const upperRefs = upperRow ? this.upperDb!.references(upperRow.id) : [];
+      const lowerRefs = lowerRow ? this.lowerDb!.references(lowerRow.id) : [];
+      base.upperDb = upperRow ? report(upperRow, upperRefs) : { valid: false };
+      base.lowerDb = this.lowerDb ? (lowerRow ? report(lowerRow, lowerRefs) : { valid: false }) : null;
+      base.dbRowDifferences = upperRow && lowerRow ? rowDifferences(upperRow, upperRefs, lowerRow, lowerRefs) : null;
+      base.dbRowsEqual = base.dbRowDifferences ? base.dbRowDifferences.length === 0 : null;
       if (lowerRow && this.mounted) {
         base.appearedAfterMount = this.mounted.lowerMaxId !== undefined
           ? lowerRow.id > this.mounted.lowerMaxId
@@ -189,15 +194,8 @@ function report(row: PathRow, references: string[]): DbRowReport {
   return {
     valid: true, registrationTime: row.registrationTime, narHash: row.hash, narSize: row.narSize,
     deriver: row.deriver, signatures: row.sigs ? row.sigs.split(' ').filter(Boolean) : [], ca: row.ca,
-    references: references.sort(),
+    references: [...references].sort(),
   };
-}
-
-function rowsEqual(a: DbRowReport, b: DbRowReport): boolean {
-  return a.narHash === b.narHash && a.narSize === b.narSize && a.deriver === b.deriver && a.ca === b.ca
-    && a.registrationTime === b.registrationTime
-    && JSON.stringify(a.signatures) === JSON.stringify(b.signatures)
-    && JSON.stringify(a.references) === JSON.stringify(b.references);
 }
 
 const REASON_TEXT: Record<Reason, string> = {
@@ -211,6 +209,13 @@ const REASON_TEXT: Record<Reason, string> = {
   absent: 'in neither layer',
 };
 
+/** A row field's value as the human report shows it. */
+function value(v: RowDifference['upper']): string {
+  if (v === null || v === '') return '(none)';
+  if (Array.isArray(v)) return v.length === 0 ? '(none)' : v.join(' ');
+  return String(v);
+}
+
 /** The short aligned human report. */
 export function formatExplanation(e: Explanation): string {
   const lines: string[] = [e.storePath ? `${e.storePath}${e.subPath ? '/' + e.subPath : ''}` : e.input];
@@ -223,8 +228,10 @@ export function formatExplanation(e: Explanation): string {
     return `valid, registered ${new Date((r.registrationTime ?? 0) * 1000).toISOString()}, ${r.narHash}, ${r.narSize ?? '?'} bytes, ${r.references?.length ?? 0} references`;
   };
   if (e.storePath) {
-    row('upper DB', db(e.upperDb) + (e.dbRowsEqual === true ? ' (equal to the lower row)' : e.dbRowsEqual === false ? ' (DIFFERS from the lower row)' : ''));
+    const diffs = e.dbRowDifferences ?? [];
+    row('upper DB', db(e.upperDb) + (e.dbRowsEqual === true ? ' (equal to the lower row)' : e.dbRowsEqual === false ? ` (DIFFERS from the lower row: ${diffs.map((d) => d.field).join(', ')})` : ''));
     row('lower DB', db(e.lowerDb));
+    for (const d of diffs) row(`  ${d.field}`, `upper ${value(d.upper)}, lower ${value(d.lower)}`);
     if (e.closure) row('closure', e.closure.complete ? `complete in the upper DB (${e.closure.size} ${e.closure.size === 1 ? 'path' : 'paths'})` : `INCOMPLETE in the upper DB: missing ${e.closure.missing.join(', ')}`);
     for (const [i, r] of e.references.entries()) row(i === 0 ? 'references' : '', `${r.path} (${r.layer ?? 'missing'})`);
   }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { copyClosure } from '../metadata/closure';
-import { maxValidId, PathRow, pathsAbove } from '../metadata/rows';
+import { maxValidId, PathRow, pathsAbove, rowDifferences } from '../metadata/rows';
 import { isWhiteoutDevice } from '../layers/layers';
 import { narHash } from '../store/nar';
 import { optimise } from './optimise';
@@ -20,8 +20,6 @@ export type ProblemKind =
 export interface Problem { kind: ProblemKind; path: string; detail: string; repaired: boolean }
 
 export interface VerifyReport { checked: number; problems: Problem[]; repaired: number }
-
-const rowFields = (r: PathRow): string => JSON.stringify([r.hash, r.narSize, r.deriver, r.ca, r.sigs ?? '']);
 
 /**
  * Checks the upper DB against both layers. `repair` fixes what it can without touching the
@@ -76,14 +74,13 @@ export async function verify(view: RootView, opts: { checkContents: boolean; rep
     if (lower && !upper) {
       const lrow = view.lowerDb.pathRow(row.path);
       if (lrow) {
-        const refsU = up.references(row.id).sort().join(' ');
-        const refsL = view.lowerDb.references(lrow.id).sort().join(' ');
-        if (rowFields(row) !== rowFields(lrow) || refsU !== refsL) {
-          const pr = add('row-differs', row.path, 'the upper DB row differs from the lower DB row of the object it serves');
+        const diffs = rowDifferences(row, up.references(row.id), lrow, view.lowerDb.references(lrow.id));
+        if (diffs.length > 0) {
+          const pr = add('row-differs', row.path, `the upper DB row differs from the lower DB row of the object it serves (${diffs.map((d) => d.field).join(', ')}; \`local-overlay explain\` shows both)`);
           if (opts.repair) {
             up.db.prepare('UPDATE ValidPaths SET hash = ?, narSize = ?, deriver = ?, ca = ?, sigs = ?, ultimate = ?, registrationTime = ? WHERE id = ?')
               .run(lrow.hash, lrow.narSize, lrow.deriver, lrow.ca, lrow.sigs, lrow.ultimate, lrow.registrationTime, row.id);
-            pr.repaired = refsU === refsL;
+            pr.repaired = !diffs.some((d) => d.field === 'references');
             if (!pr.repaired) pr.detail += ' (its references differ too: not rewritten)';
           }
         }

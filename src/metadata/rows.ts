@@ -48,3 +48,25 @@ export function maxValidId(db: Db): number {
 export function pathsAbove(db: Db, id: number): string[] {
   return db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(id) as string[];
 }
+
+/** A field in which a path's rows in two DBs differ, with each DB's value (null: none). */
+export interface RowDifference {
+  field: 'narHash' | 'narSize' | 'deriver' | 'ca' | 'signatures' | 'references';
+  upper: string | number | string[] | null;
+  lower: string | number | string[] | null;
+}
+
+/**
+ * How the upper DB's row of a path differs from the lower DB's: what `verify` calls
+ * row-differs and `explain` shows. Not compared: registrationTime and ultimate, which say when
+ * and how this store registered the path (`nix-store --load-db` resets ultimate; a path added
+ * to the merged store first has its own time). No signatures (NULL) and none ('') are alike.
+ */
+export function rowDifferences(upper: PathRow, upperRefs: readonly string[], lower: PathRow, lowerRefs: readonly string[]): RowDifference[] {
+  const sigs = (r: PathRow): string[] => (r.sigs ?? '').split(' ').filter(Boolean);
+  const pairs: [RowDifference['field'], RowDifference['upper'], RowDifference['lower']][] = [
+    ['narHash', upper.hash, lower.hash], ['narSize', upper.narSize, lower.narSize], ['deriver', upper.deriver, lower.deriver],
+    ['ca', upper.ca, lower.ca], ['signatures', sigs(upper), sigs(lower)], ['references', [...upperRefs].sort(), [...lowerRefs].sort()],
+  ];
+  return pairs.filter(([, u, l]) => JSON.stringify(u) !== JSON.stringify(l)).map(([field, u, l]) => ({ field, upper: u, lower: l }));
+}

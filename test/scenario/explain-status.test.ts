@@ -2,10 +2,10 @@ import test from 'ava';
 import Database = require('better-sqlite3');
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { cli } from '../helpers/exec';
+import { cli, run } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
-import { nixOk } from '../helpers/nix';
+import { nixEnv, nixOk } from '../helpers/nix';
 
 // explain --json, status --json and tracing on scenarios with known answers.
 
@@ -14,6 +14,7 @@ const rel = (p: string): string => p.replace(/^\/nix\/store\//, '');
 interface Ex {
   storePath: string | null; layer: string | null; reason: string; realPath: string | null;
   appearedAfterMount: boolean; dbRowsEqual: boolean | null; whiteout: string | null;
+  dbRowDifferences: { field: string; upper: unknown; lower: unknown }[] | null;
   upperDb: { valid: boolean; narHash?: string; references?: string[] } | null;
   lowerDb: { valid: boolean; narHash?: string } | null;
   closure: { complete: boolean; size: number } | null;
@@ -86,6 +87,31 @@ test('explain: in lazy mode a lower path is valid in the lower DB but not yet in
   const [after] = await explain([p, '--root', m.root]);
   t.true(after.upperDb?.valid);
   t.true(after.closure?.complete);
+});
+
+test('explain names the fields in which the merged DB\'s row differs from the lower one, as verify does', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const p = lower.manifest.paths;
+  // Nix 2.8's dump drops ca, sigs and ultimate; loading it back rewrites every row without them.
+  const dump = await nixOk('nix-store', ['--store', m.root, '--dump-db']);
+  const load = await run('nix-store', ['--store', m.root, '--load-db'], { env: nixEnv(), input: dump });
+  t.is(load.code, 0, load.stderr);
+
+  const [single, app] = await explain([p.singleFile, p.appOut, '--root', m.root]);
+  t.false(single.dbRowsEqual);
+  t.deepEqual(single.dbRowDifferences?.map((d) => d.field), ['ca']);
+  t.is(single.dbRowDifferences?.[0].upper, null);
+  t.regex(String(single.dbRowDifferences?.[0].lower), /^fixed:r:sha256:/);
+  t.true(app.dbRowsEqual, 'a built path (no ca; ultimate reset by --load-db) is still equal');
+  t.deepEqual(app.dbRowDifferences, []);
+
+  const text = await cli(['explain', p.singleFile, '--root', m.root]);
+  t.regex(text.stdout, /\(DIFFERS from the lower row: ca\)/);
+  t.regex(text.stdout, /\n {4}ca +upper \(none\), lower fixed:r:sha256:\S+\n/);
+  const verify = await cli(['verify', m.root]);
+  t.regex(verify.stdout, new RegExp(`row-differs +${p.singleFile}: .*\\(ca;`));
+  t.notRegex(verify.stdout, new RegExp(`row-differs +${p.appOut}`));
 });
 
 test('explain: a path in neither layer exits 1; human output names the layer', async (t) => {
