@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { copyClosure } from '../metadata/closure';
+import type { Db } from '../metadata/sqlite';
 import { maxValidId, PathRow, pathsAbove, rowDifferences } from '../metadata/rows';
 import { isWhiteoutDevice } from '../layers/layers';
 import { narHash } from '../store/nar';
@@ -22,9 +23,45 @@ export interface Problem { kind: ProblemKind; path: string; detail: string; repa
 export interface VerifyReport { checked: number; problems: Problem[]; repaired: number }
 
 /**
+ * Drops the rows of vanished objects (the lower store's GC deleted them) that no other valid
+ * path refers to, once those referrers' rows are dropped too: a whole deleted chain goes in
+ * one run, referrers first (Nix's schema restricts deleting a row that is referred to). Rows
+ * that a path with an object still refers to stay, and say so.
+ */
+function dropVanished(db: Db, vanished: Map<number, Problem>): void {
+  const referrers = db.prepare('SELECT referrer FROM Refs WHERE reference = ? AND referrer != ?').pluck();
+  const droppable = new Set(vanished.keys());
+  for (let changed = true; changed;) {
+    changed = false;
+    for (const id of droppable) {
+      if ((referrers.all(id, id) as number[]).some((r) => !droppable.has(r))) { droppable.delete(id); changed = true; }
+    }
+  }
+  const del = db.prepare('DELETE FROM ValidPaths WHERE id = ?');
+  db.transaction(() => {
+    const left = new Set(droppable);
+    for (let progress = true; left.size > 0 && progress;) {
+      progress = false;
+      for (const id of left) {
+        if ((referrers.all(id, id) as number[]).some((r) => left.has(r))) continue;
+        del.run(id);
+        left.delete(id);
+        vanished.get(id)!.repaired = true;
+        progress = true;
+      }
+    }
+  })();
+  for (const [id, pr] of vanished) {
+    if (pr.repaired) continue;
+    const kept = (referrers.all(id, id) as number[]).filter((r) => !droppable.has(r));
+    pr.detail += ` (not dropped: ${kept.length} valid paths refer to it; \`nix-store --query --referrers-closure\` lists what to delete first)`;
+  }
+}
+
+/**
  * Checks the upper DB against both layers. `repair` fixes what it can without touching the
- * lower layer: rows of vanished objects without referrers are dropped, duplicates are
- * optimised away, rows that differ from the lower DB for lower-only objects are replaced by
+ * lower layer: rows of vanished objects are dropped unless a path with an object refers to them
+ * (dropVanished), duplicates are optimised away, rows that differ from the lower DB for lower-only objects are replaced by
  * the lower's, missing rows and broken closures are copied from the lower DB, and whiteouts
  * that hide objects the DB calls valid are removed. Duplicates that running Nix clients use are
  * kept (optimise), and stay problems until a later repair removes them.
@@ -43,6 +80,7 @@ export async function verify(view: RootView, opts: { checkContents: boolean; rep
     const p = path.join(upperDir, n);
     return fs.lstatSync(p, { throwIfNoEntry: false }) !== undefined && !isWhiteoutDevice(p);
   };
+  const vanished = new Map<number, Problem>();
   const whiteout = (n: string): boolean => isWhiteoutDevice(path.join(upperDir, n)) || fs.existsSync(path.join(upperDir, `.wh.${n}`));
 
   for (const [i, row] of rows.entries()) {
@@ -59,16 +97,7 @@ export async function verify(view: RootView, opts: { checkContents: boolean; rep
         }
         continue;
       }
-      const pr = add('row-without-object', row.path, 'the upper DB has a row, but neither layer has the object');
-      if (opts.repair) {
-        const referrers = up.db.prepare('SELECT count(*) FROM Refs WHERE reference = ? AND referrer != ?').pluck().get(row.id, row.id) as number;
-        if (referrers === 0) {
-          up.db.prepare('DELETE FROM ValidPaths WHERE id = ?').run(row.id);
-          pr.repaired = true;
-        } else {
-          pr.detail += ` (not dropped: ${referrers} valid paths refer to it)`;
-        }
-      }
+      vanished.set(row.id, add('row-without-object', row.path, 'the upper DB has a row, but neither layer has the object'));
       continue;
     }
     if (lower && !upper) {
@@ -91,6 +120,8 @@ export async function verify(view: RootView, opts: { checkContents: boolean; rep
       if (actual.hash !== row.hash) add('contents-differ', row.path, `the upper object's NAR hash is ${actual.hash}, the DB says ${row.hash}`);
     }
   }
+
+  if (opts.repair) dropVanished(up.db, vanished);
 
   // Closures: a reference without a row cannot exist with foreign keys on, but a DB written
   // with them off can hold one.

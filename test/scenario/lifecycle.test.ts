@@ -388,6 +388,38 @@ test('verify: finds rows without objects, duplicates and whiteouts hiding valid 
   t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
 });
 
+test('verify --repair drops the rows of a lower chain its GC deleted in one run, but those a merged path built on them still refers to', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const p = lower.manifest.paths;
+  const u = (await nixOk('nix-build', ['--store', m.root, '--no-out-link', ...await derivation(dir, 'on-lib', { lib: p.libOut }, 'echo ${lib} > $out')])).trim();
+  // The lower store's own GC, with its roots gone: every lower path is deleted.
+  fs.rmSync(path.join(lower.root, 'nix/var/nix/gcroots/lower'), { recursive: true, force: true });
+  const gc = await nix('nix-collect-garbage', ['--store', lower.root]);
+  t.is(gc.code, 0, gc.stderr);
+  t.false(fs.existsSync(path.join(lower.root, 'nix/store', rel(p.libOut))));
+  const libClosure = (await nixOk('nix-store', ['--store', m.root, '--query', '--requisites', p.libOut])).trim().split('\n').sort();
+
+  const gone = async (): Promise<string[]> => {
+    const r = await cli(['verify', m.root, '--json']);
+    return (JSON.parse(r.stdout) as { problems: { kind: string; path: string }[] }).problems.filter((q) => q.kind === 'row-without-object').map((q) => q.path).sort();
+  };
+  const first = await cli(['verify', m.root, '--repair']);
+  t.is(first.code, 1, first.stdout);
+  t.regex(first.stdout, new RegExp(`problem +row-without-object +${p.libOut}: .*\\(not dropped: 2 valid paths refer to it`), 'the merged path and its derivation');
+  t.deepEqual(await gone(), libClosure, 'one run dropped every row but those of the closure the merged path refers to');
+
+  // Delete what refers to them (the merged path and its derivation), then repair again.
+  const referrers = (await nixOk('nix-store', ['--store', m.root, '--query', '--referrers-closure', p.libOut])).trim().split('\n').filter((q) => !libClosure.includes(q));
+  t.true(referrers.includes(u));
+  await nixOk('nix-store', ['--store', m.root, '--delete', ...referrers]);
+  const second = await cli(['verify', m.root, '--repair']);
+  t.is(second.code, 0, second.stdout);
+  t.deepEqual(await gone(), []);
+  t.is((await nix('nix-store', ['--store', m.root, '--verify'])).code, 0);
+});
+
 test('Nix verify on a lazy merged root: damage to used lower paths is reported, unused lower paths are not', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
