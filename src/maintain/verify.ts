@@ -159,8 +159,13 @@ export async function verify(view: RootView, opts: { checkContents: boolean; rep
 
   const dups = await optimise(view, { dryRun: !opts.repair, checkContents: opts.checkContents, lockTimeoutS: opts.lockTimeoutS, onLockWait: opts.onLockWait });
   for (const d of dups.duplicates) {
-    const pr = add('duplicate', d.path, d.skipped ? `in both layers; ${d.skipped}` : `in both layers (${d.bytes} bytes in the upper copy)`);
+    const damaged = d.matchedBy === 'damaged' ? '; the upper copy is damaged, the lower copy matches the row' : '';
+    const pr = add('duplicate', d.path, d.skipped ? `in both layers; ${d.skipped}` : `in both layers (${d.bytes} bytes in the upper copy)${damaged}`);
     pr.repaired = d.removed;
+    // The damaged upper copy went: the merged store serves the lower copy, which matches.
+    if (d.removed && d.matchedBy === 'damaged') {
+      for (const c of problems) if (c.kind === 'contents-differ' && c.path === d.path) c.repaired = true;
+    }
   }
   opts.progress?.(rows.length, rows.length);
   return { checked: rows.length, problems, repaired: problems.filter((p) => p.repaired).length };
