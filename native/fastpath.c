@@ -35,6 +35,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/vfs.h>
 #include <time.h>
 
@@ -2267,6 +2268,72 @@ NAPI_METHOD(fuse_native_fast_invalidate) {
   bool all;
   NAPI_STATUS_THROWS(napi_get_value_bool(env, argv[1], &all));
   lo_invalidate(f->chan, all);
+  return NULL;
+}
+
+// fuse_native_fast_forget(thread, name): makes the kernel forget what it keeps of the root's
+// entry `name` (its dentry and, below it, theirs) because the object behind the name changed
+// beside the mount (an upper leftover set aside: src/mount/daemon.ts dropUpper), so that the
+// name's next use is looked up and its attributes and size are the new object's, not up to
+// attr_timeout old. The notification is written from a thread of its own: the kernel takes the
+// root's lock for it (fs/fuse/dev.c fuse_reverse_inval_entry), which a request in the root may
+// hold while it waits for the JS thread. It goes through a duplicate of the device descriptor,
+// taken while the channel is open, so it never reaches a descriptor reused after the mount
+// (ENODEV then, or ENOENT for a name the kernel does not keep: nothing to do either way).
+typedef struct {
+  int fd;
+  size_t len;
+  char name[];
+} lo_forget_job;
+
+#define LO_NOTIFY_INVAL_ENTRY 3
+
+static void *lo_forget_main(void *arg) {
+  lo_forget_job *j = arg;
+  struct {
+    lo_out_header h;
+    uint64_t parent;
+    uint32_t namelen, flags;
+  } msg = { .h = { .len = (uint32_t) (sizeof(msg) + j->len + 1), .error = LO_NOTIFY_INVAL_ENTRY, .unique = 0 },
+            .parent = LO_FUSE_ROOT_ID, .namelen = (uint32_t) j->len, .flags = 0 };
+  struct iovec iov[2] = { { &msg, sizeof(msg) }, { j->name, j->len + 1 } };
+  (void) !writev(j->fd, iov, 2);
+  close(j->fd);
+  free(j);
+  return NULL;
+}
+
+NAPI_METHOD(fuse_native_fast_forget) {
+  NAPI_ARGV(2)
+  lo_fast *f = lo_of(env, argv[0]);
+  if (f == NULL || f->chan == NULL) return NULL;
+  char name[LO_NAME_MAX * 4 + 1];
+  size_t len;
+  NAPI_STATUS_THROWS(napi_get_value_string_utf8(env, argv[1], name, sizeof(name), &len));
+  if (len == 0 || len > LO_NAME_MAX) return NULL;
+  lo_chan *c = f->chan;
+  int fd = -1;
+  pthread_mutex_lock(&c->notify_lock);
+  if (c->ch != NULL) fd = fcntl(fuse_chan_fd(c->ch), F_DUPFD_CLOEXEC, 3);
+  pthread_mutex_unlock(&c->notify_lock);
+  if (fd < 0) return NULL;
+  lo_forget_job *j = malloc(sizeof(*j) + len + 1);
+  if (j == NULL) {
+    close(fd);
+    return NULL;
+  }
+  j->fd = fd;
+  j->len = len;
+  memcpy(j->name, name, len + 1);
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (lo_thread_create(&t, &attr, lo_forget_main, j, "lo-forget") != 0) {
+    close(fd);
+    free(j);
+  }
+  pthread_attr_destroy(&attr);
   return NULL;
 }
 

@@ -235,6 +235,14 @@ export class FuseMount {
     this.fast?.invalidate(all);
   }
 
+  /**
+   * Makes the kernel look the top-level `name` up again on its next use, with fresh attributes:
+   * the object behind it changed beside the mount (daemon.ts dropUpper).
+   */
+  forgetEntry(name: string): void {
+    this.fast?.forget(name);
+  }
+
   /** The fast path's counters (`on`: whether it is answering now), or null before the mount. */
   fastCounters(): FastCounters | null {
     return this.fast ? this.fast.counters() : null;

@@ -79,6 +79,14 @@ export class FastPath implements TopLevelSink {
     Fuse.fastPath.invalidate(this.thread, all);
   }
 
+  /**
+   * Makes the kernel forget its entry for the top-level `name` (and what it keeps below it): the
+   * object behind the name changed beside the mount. Sent from a native thread of its own.
+   */
+  forget(name: string): void {
+    Fuse.fastPath.forget(this.thread, name);
+  }
+
   counters(): FastCounters {
     const values = Fuse.fastPath.counters(this.thread) ?? [];
     const out = { entries: values[COUNTERS.length] ?? 0, on: values[COUNTERS.length + 1] === 1 } as FastCounters;

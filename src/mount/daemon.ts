@@ -332,12 +332,14 @@ export class Daemon {
 
   /**
    * Moves upper object `name` to the trash dir: the lower object of that name shows from now on
-   * (the fast path's table forgets the upper one).
+   * (the fast path's table forgets the upper one, and once mounted the kernel its entry, whose
+   * attributes could otherwise stay the upper object's for up to attr_timeout).
    */
   private dropUpper(name: string): void {
     makeDir(this.trashDir);
     fs.renameSync(path.join(this.cfg.upperDir, name), path.join(this.trashDir, `${name}-${process.pid}-${Date.now()}`));
     this.overlay.index.upperRemoved(name);
+    this.fuse?.forgetEntry(name);
   }
 
   /** A warning for the operator: in the log, and on the stderr of `mount` (serve passes them on). */

@@ -3,7 +3,7 @@ import Database = require('better-sqlite3');
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { cli } from '../helpers/exec';
+import { check, cli } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
 import { derivation, nix, nixOk, requireBuildUsers } from '../helpers/nix';
@@ -180,6 +180,9 @@ test('a partial upper object without a row (an add killed halfway) is set aside 
   // first bytes, written through the mount, and no row.
   await fs.promises.writeFile(path.join(m.store, rel(x.out)), x.content.subarray(0, 100_000));
   t.not((await nix('nix-store', ['--store', m.root, '--check-validity', x.out])).code, 0, 'the partial copy is not valid');
+  // Looked at since: the kernel keeps its attributes (attr_timeout, 60 s).
+  const size = async (): Promise<string> => (await check('stat', ['-c', '%s', path.join(m.store, rel(x.out))])).trim();
+  t.is(await size(), '100000');
   // A duplicate: added through the mount (its own row), then to the lower store too.
   const d = await addable(dir, `duplicate-${Date.now()}`, 1000);
   t.is((await nixOk('nix-store', ['--store', m.root, '--add', d.src])).trim(), d.out);
@@ -191,6 +194,7 @@ test('a partial upper object without a row (an add killed halfway) is set aside 
 
   const v = await nix('nix-store', ['--store', m.root, '--verify-path', x.out]);
   t.is(v.code, 0, `the merged root serves X as valid with other contents: ${v.stderr}`);
+  t.is(await size(), String(1 << 20), 'the kernel was told: the size is the lower copy\'s');
   t.true((await fs.promises.readFile(path.join(m.store, rel(x.out)))).equals(x.content), 'the merged X is not the lower copy');
   t.false(fs.existsSync(path.join(m.upper, rel(x.out))), 'the partial upper copy is still in the upper dir');
   t.true(fs.existsSync(path.join(m.upper, rel(d.out))), 'the duplicate\'s upper copy (with its row) was dropped');
