@@ -169,6 +169,24 @@ export class Metadata {
     return true;
   }
 
+  /**
+   * Copies the closures of lower paths `paths` now (`local-overlay sync` on a mounted root): as a
+   * lookup's copy, in one transaction when it can, else in pieces, and what it makes valid sets
+   * aside the upper leftovers of those paths. Returns the rows copied.
+   */
+  async sync(paths: readonly string[]): Promise<number> {
+    const r = await copyClosureInPieces(this.upper, this.lower, paths, {
+      beforeWrite: () => this.checkpointer?.settle() ?? null,
+      beforeCommit: (before) => this.setAsideLeftovers(before, null),
+      wrote: () => this.checkpointer?.wrote(),
+      stopped: () => this.closed,
+    });
+    if (r.stopped) throw new Error('the mount is closing');
+    for (const p of paths) if (this.upper.idOf(p) !== undefined) this.known.set(p, true);
+    this.stats.count('rowsCopied', r.rows);
+    return r.rows;
+  }
+
   /** Lookup hook: null when nothing needs doing, else the pending closure copy. */
   lowerLookup(name: string): Promise<void> | null {
     const storePath = `${this.storeDir}/${name}`;

@@ -7,6 +7,7 @@ import { log } from '../util/log';
 interface Controlled {
   status(): Promise<Record<string, unknown>>;
   refresh(): Promise<void>;
+  sync(paths: string[]): Promise<number>;
   trace(on: boolean, file?: string, prefix?: string): string | null;
   stop(): Promise<void>;
 }
@@ -51,10 +52,14 @@ export class ControlServer {
 
   private async handle(line: string): Promise<Record<string, unknown>> {
     try {
-      const req = JSON.parse(line) as { cmd?: string; on?: boolean; file?: string; prefix?: string };
+      const req = JSON.parse(line) as { cmd?: string; on?: boolean; file?: string; prefix?: string; paths?: unknown };
       switch (req.cmd) {
         case 'status': return { ok: true, status: await this.target.status() };
         case 'refresh': await this.target.refresh(); return { ok: true };
+        case 'sync': {
+          if (!Array.isArray(req.paths) || !req.paths.every((p) => typeof p === 'string')) return { ok: false, error: 'sync: paths must be a list of store paths' };
+          return { ok: true, rows: await this.target.sync(req.paths as string[]) };
+        }
         case 'trace': return { ok: true, file: this.target.trace(req.on !== false, req.file, req.prefix) };
         case 'stop': setImmediate(() => process.kill(process.pid, 'SIGTERM')); return { ok: true };
         default: return { ok: false, error: `unknown command ${String(req.cmd)}` };

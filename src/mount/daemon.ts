@@ -225,7 +225,7 @@ export class Daemon {
   private probeOutputLocks(storeDir: string, mirror: boolean): void {
     const dev = mountDevice(storeDir);
     if (dev === null) {
-      log.warn(`${storeDir} is not in /proc/self/mountinfo: new lower paths are imported even while a client of the mount holds their lock`);
+      log.warn(`${storeDir} is not in /proc/self/mountinfo: new lower paths are imported even while a client of the mount holds their lock, and upper objects without a row are not set aside when the lower copy gets its row (a client could be writing them)`);
       return;
     }
     this.locks = outputLockProbe(dev, this.metadata.storeDir, (name) => this.overlay.upperIno(name));
@@ -314,7 +314,9 @@ export class Daemon {
     const prefix = `${this.metadata.storeDir}/`;
     const upper = paths.filter((p) => p.startsWith(prefix) && this.overlay.index.upperKind(p.slice(prefix.length)) === 'object');
     if (upper.length === 0) return new Set();
-    const locked = this.locks?.(() => upper) ?? new Set<string>();
+    // Without the lock probe (probeOutputLocks) a client's work in progress cannot be told from
+    // a leftover: every one is left alone, as if locked.
+    const locked = this.locks?.(() => upper) ?? new Set<string>(upper);
     for (const p of upper) {
       if (locked.has(p)) continue;
       const name = p.slice(prefix.length);
@@ -411,6 +413,13 @@ export class Daemon {
    * returns). Reopening the lower DB's snapshot without importing would hide its new rows from
    * the follower, which imports only when the files differ from the snapshot's.
    */
+  /** `local-overlay sync` on this mount: the closures of lower paths `paths` copied now (Metadata.sync). */
+  async sync(paths: string[]): Promise<number> {
+    const n = await this.metadata.sync(paths);
+    log.info(`sync: copied ${n} rows for ${paths.length} lower path${paths.length === 1 ? '' : 's'}`);
+    return n;
+  }
+
   async refresh(): Promise<void> {
     this.overlay.refresh();
     this.fuse?.invalidateListings(true);

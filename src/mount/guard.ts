@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MountConfig } from './config';
-import { writeFileAtomic } from '../util/own-files';
+import { FILE_MODE } from '../util/own-files';
 
 /**
  * The guard: a regular file named `.links` in the mount point itself (ROOT/nix/store, under the
@@ -32,11 +32,13 @@ export function placeGuard(storeDir: string, cfg: MountConfig): void {
   if (fs.lstatSync(p, { throwIfNoEntry: false })?.isDirectory()) fs.rmdirSync(p);
   const mount = ['local-overlay mount', '--lower', cfg.lowerRoot, '--upper', cfg.upperDir, '--root', cfg.mergedRoot,
     ...(cfg.metadata === 'lazy' ? ['--metadata', 'lazy'] : [])].join(' ');
-  writeFileAtomic(p, [
+  // Written in place, not through a temp file beside it: a crash leaves at worst a short
+  // guard, still a file in Nix's way, and nothing else in the mount point.
+  fs.writeFileSync(p, [
     `${storeDir} is the mount point of a local-overlay merged store, and it is not mounted.`,
     'This file stops every Nix command on this root (Nix needs .links to be a directory), so that',
     'none takes the empty directory for an empty store and drops the rows of the DB beside it.',
     `Mount it: ${mount}`,
     '',
-  ].join('\n'));
+  ].join('\n'), { mode: FILE_MODE });
 }

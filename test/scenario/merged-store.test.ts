@@ -326,6 +326,37 @@ test('lazy metadata: a lookup whose closure copy brings the row of a partial upp
   t.false(fs.existsSync(path.join(m.upper, rel(p.singleFile))), 'the partial upper copy is still in the upper dir');
 });
 
+test('lazy metadata: sync, mounted (through the daemon) or not, sets aside a partial upper object without a row that the copy makes valid', async (t) => {
+  const lower = await sharedLower();
+  const p = lower.manifest.paths;
+  const full = await fs.promises.readFile(path.join(lower.root, p.singleFile));
+  const partial = (upper: string): Promise<void> => fs.promises.writeFile(path.join(upper, rel(p.singleFile)), full.subarray(0, Math.floor(full.length / 2)));
+  for (const mounted of [true, false]) {
+    const dir = tempDir(t);
+    const upper = path.join(dir, 'upper');
+    fs.mkdirSync(upper);
+    // Mounted: left before the mount (in lazy mode the lower store's name cannot be written
+    // through it). Not mounted: left after a mount made the root.
+    if (mounted) await partial(upper);
+    let m = await mountMerged(t, lower.root, { metadata: 'lazy', dir, upper });
+    if (!mounted) {
+      await m.unmount();
+      await partial(upper);
+    }
+    const r = await cli(['sync', '--root', m.root, p.appOut]);
+    t.is(r.code, 0, r.stderr);
+    t.regex(r.stdout, /^copied \d+ rows into the upper DB$/m);
+    if (!mounted) {
+      t.regex(r.stderr, new RegExp(`removed the upper copy of ${p.singleFile}: it had no row`));
+      m = await mountMerged(t, lower.root, { metadata: 'lazy', dir, upper });
+    }
+    const v = await nix('nix-store', ['--store', m.root, '--verify-path', p.singleFile]);
+    t.is(v.code, 0, `${mounted ? 'mounted' : 'unmounted'}: the merged root serves singleFile as valid with other contents: ${v.stderr}`);
+    t.true((await fs.promises.readFile(path.join(m.store, rel(p.singleFile)))).equals(full));
+    t.false(fs.existsSync(path.join(upper, rel(p.singleFile))), 'the partial upper copy is still in the upper dir');
+  }
+});
+
 test('lazy metadata: the first lookup of a lower object copies its closure into the upper DB', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root, { metadata: 'lazy' });
