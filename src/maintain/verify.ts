@@ -39,7 +39,8 @@ function dropVanished(db: Db, vanished: Map<number, Problem>): void {
   }
   const del = db.prepare('DELETE FROM ValidPaths WHERE id = ?');
   db.transaction(() => {
-    const left = new Set(droppable);
+    // Newest first: Nix registers references before their referrers, so one pass mostly does.
+    const left = new Set([...droppable].sort((a, b) => b - a));
     for (let progress = true; left.size > 0 && progress;) {
       progress = false;
       for (const id of left) {
