@@ -93,7 +93,13 @@ export class Daemon {
 
     // The process's umask is 0 (the CLI's serve()): everything of our own gets its mode explicitly.
     for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) makeDir(d);
-    placeGuard(merged.storeDir, cfg); // hidden by the mount; stops Nix on this root whenever it is down
+    // Hidden by the mount; stops Nix on this root whenever it is down. A mount point that cannot
+    // take it (a read-only filesystem) still mounts, with a warning.
+    try {
+      placeGuard(merged.storeDir, cfg);
+    } catch (err) {
+      this.warn(`could not put the guard in ${merged.storeDir} (${err instanceof Error ? err.message : String(err)}): while this root is not mounted, Nix would take its store for empty (nix-store --verify would drop the DB's rows)`);
+    }
     tightenDir(merged.stateDir); // an earlier version made it (and daemon.json) world-writable
     if (cfg.logFile) makeDir(path.dirname(cfg.logFile));
     if (fs.statSync(cfg.upperDir).dev !== fs.statSync(cfg.workDir).dev) {

@@ -663,3 +663,17 @@ test('a duplicate whose upper copy is damaged (the lower copy matches the row): 
   t.is(await fs.promises.readFile(path.join(m.store, rel(p)), 'utf8'), `${name}\n`, 'the lower copy is served');
   await nixOk('nix-store', ['--store', m.root, '--verify-path', p]);
 });
+
+test('a mount point that cannot take the guard (immutable) still mounts, with a warning saying what is at stake', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  await m.unmount();
+  await fs.promises.rm(path.join(m.store, '.links'));
+  await run('chattr', ['+i', m.store]);
+  t.teardown(async () => { await run('chattr', ['-i', m.store]); });
+  t.not((await run('touch', [path.join(m.store, 'x')])).code, 0, 'chattr +i makes the mount point take no file');
+  const again = await mountMerged(t, lower.root, { dir: m.dir });
+  t.regex(again.mountStderr, /warning: could not put the guard in .*nix\/store .*while this root is not mounted, Nix would take its store for empty/);
+  t.true(await valid(again, lower.manifest.paths.appOut), 'and serves');
+  await again.unmount();
+});
