@@ -519,9 +519,26 @@ export class Overlay {
   }
 
   chmod(path: string, mode: number): Errno {
+    if (this.optimiserToggle(path, mode)) return 0;
     const loc = this.locateWritable(path, 'chmod');
     if (typeof loc === 'number') return loc;
     return tryOp(() => fs.chmodSync(loc.real, mode & 0o7777));
+  }
+
+  /**
+   * Whether `chmod(path, mode)` is Nix's optimiser making a lower directory writable before it
+   * replaces a file in it (`nix-store --optimise`, auto-optimise-store): owner write added to a
+   * directory of a lower object, nothing else changed. Nix takes a failure there for fatal and
+   * ends the whole run; the replacement that follows fails with EMLINK (rename), on which it
+   * skips the file. So that chmod is answered as done, and the directory stays as it is, as it
+   * would in effect: nothing can be written into it.
+   */
+  private optimiserToggle(path: string, mode: number): boolean {
+    if (path === '/') return false;
+    const loc = this.locate(path);
+    if (typeof loc === 'number' || loc.layer !== Layer.Lower) return false;
+    const st = fs.lstatSync(loc.real, { throwIfNoEntry: false });
+    return st !== undefined && st.isDirectory() && (mode & 0o7777) === ((st.mode & 0o7777) | 0o200);
   }
 
   chown(path: string, uid: number, gid: number): Errno {

@@ -332,7 +332,7 @@ test('optimise during a build that reads a duplicate: the build succeeds, the du
   t.is(await lowerRootDigest(lower.root), lowerDigest, 'the lower root changed');
 });
 
-test('nix-store --optimise on the merged root works on upper objects only', async (t) => {
+test('nix-store --optimise on the merged root works on upper objects only, and runs through when an upper file equals one deep in a lower object', async (t) => {
   const lower = await sharedLower();
   const before = await lowerRootDigest(lower.root);
   const m = await mountMerged(t, lower.root);
@@ -345,6 +345,17 @@ test('nix-store --optimise on the merged root works on upper objects only', asyn
   const sb = await fs.promises.stat(path.join(m.upper, rel(b)));
   t.is(sa.ino, sb.ino, 'identical upper files were hard-linked');
   for (const q of Object.values(lower.manifest.paths)) t.true(await valid(m, q));
+  // An upper file with the contents of a file deep in a lower object: once .links has it, the
+  // optimiser makes that lower file's directory writable to replace the file.
+  const tree = path.join(m.dir, 'opt-tree');
+  await fs.promises.mkdir(tree);
+  await fs.promises.copyFile(path.join(m.lowerStore, rel(lower.manifest.paths.dirObject), 'share/doc/sample/notes.txt'), path.join(tree, 'notes.txt'));
+  await nixOk('nix-store', ['--store', m.root, '--add', tree]);
+  for (const run of [1, 2]) {
+    const again = await nix('nix-store', ['--store', m.root, '--optimise']);
+    t.is(again.code, 0, `run ${run}: ${again.stderr}`);
+  }
+  t.is((await fs.promises.stat(path.join(m.lowerStore, rel(lower.manifest.paths.dirObject), 'share/doc/sample'))).mode & 0o777, 0o555, 'the lower dir is as it was');
   t.is((await nix('nix-store', ['--store', m.root, '--verify', '--check-contents'])).code, 0);
   await m.unmount();
   t.is(await lowerRootDigest(lower.root), before, 'the lower root changed');
