@@ -219,6 +219,46 @@ export function mountDevice(dir: string, mountinfo = '/proc/self/mountinfo'): [n
   return mountEntries(mountinfo).filter((e) => e.point === want).pop()?.dev ?? null;
 }
 
+/**
+ * Processes in other mount namespaces that show at `storeDir` a local-overlay mount other than
+ * ours (device `dev`): an earlier mount of the root, which they keep after it was unmounted
+ * here, dead once its daemon is gone ("Transport endpoint is not connected"). Nix 2.8 run as
+ * root (a `nix-daemon --store ROOT`) unshares a mount namespace at its start, and where mounts
+ * are private nothing mounted here later reaches it. As `PID (comm)`; reads /proc only.
+ */
+export function staleMountUsers(storeDir: string, dev: [number, number]): string[] {
+  const want = mountPointName(storeDir);
+  const ns = (pid: string): string => { try { return fs.readlinkSync(`/proc/${pid}/ns/mnt`); } catch { return ''; } };
+  const ours = ns('self');
+  const seen = new Map<string, boolean>(); // namespace: whether it shows a stale mount
+  const users: string[] = [];
+  for (const pid of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(pid)) continue;
+    const id = ns(pid);
+    if (id === '' || id === ours) continue;
+    let stale = seen.get(id);
+    if (stale === undefined) {
+      const top = mountEntries(`/proc/${pid}/mountinfo`).filter((e) => e.point === want).pop();
+      stale = top !== undefined && top.fsType === 'fuse.local-overlay' && (top.dev[0] !== dev[0] || top.dev[1] !== dev[1]);
+      seen.set(id, stale);
+    }
+    if (!stale) continue;
+    let comm = '?';
+    try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { /* gone */ }
+    users.push(`${pid} (${comm})`);
+  }
+  return users;
+}
+
+/** What to say of processes that still see an earlier mount of the store dir (staleMountUsers), or null. */
+export function staleMountWarning(storeDir: string): string | null {
+  const dev = mountDevice(storeDir);
+  const users = dev === null ? [] : staleMountUsers(storeDir, dev);
+  if (users.length === 0) return null;
+  const shown = users.slice(0, 5).join(', ') + (users.length > 5 ? `, and ${users.length - 5} more` : '');
+  return `${users.length === 1 ? 'a process sees' : `${users.length} processes see`} an earlier mount of ${storeDir}, dead since it was unmounted, in a mount namespace of ${users.length === 1 ? 'its' : 'their'} own: ${shown}. Restart ${users.length === 1 ? 'it' : 'them'} (a nix-daemon run as root takes a namespace of its own at start)`;
+}
+
 function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
 }

@@ -170,3 +170,28 @@ test('unmount is not held up by a client that keeps the control socket open', as
   t.is(u.code, 0, `${u.stdout}${u.stderr}`);
   t.true(await waitGone(m.pid, 1000), 'the daemon exited');
 });
+
+test('mount and status name a process that still sees an earlier mount of the root in a mount namespace of its own', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  // What a nix-daemon run as root does at start (Nix 2.8 unshares a mount namespace), where
+  // mounts are private: it keeps the mount it saw.
+  const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '600'], { stdio: 'ignore' });
+  t.teardown(() => { holder.kill('SIGKILL'); });
+  const ns = (pid: number | string): string => { try { return fs.readlinkSync(`/proc/${pid}/ns/mnt`); } catch { return ''; } };
+  for (let i = 0; i < 100 && (ns(holder.pid!) === ns('self') || !fs.readFileSync(`/proc/${holder.pid!}/comm`, 'utf8').startsWith('sleep')); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.not(ns(holder.pid!), ns('self'), 'unshare made a mount namespace of its own');
+  const none = await cli(['status', m.root, '--json']);
+  t.is((JSON.parse(none.stdout) as { staleMount?: string }).staleMount, undefined, 'the same mount is not an earlier one');
+  await m.unmount();
+  const again = await mountMerged(t, lower.root, { dir: m.dir });
+  t.regex(again.mountStderr, new RegExp(`warning: a process sees an earlier mount of ${again.store}, dead since it was unmounted, in a mount namespace of its own: ${holder.pid!} \\(sleep\\)\\. Restart it`));
+  const s = await cli(['status', again.root]);
+  t.regex(s.stdout, new RegExp(`warning +a process sees an earlier mount .*${holder.pid!} \\(sleep\\)`));
+  holder.kill('SIGKILL');
+  await new Promise((r) => holder.once('exit', r));
+  const after = await cli(['status', again.root, '--json']);
+  t.is((JSON.parse(after.stdout) as { staleMount?: string }).staleMount, undefined, 'gone with the process');
+});

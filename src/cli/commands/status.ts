@@ -1,6 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
-import { DaemonRecord, isStale, liveRecord, processAlive, readRecord, runningRecords, staleRoots } from '../../mount/records';
+import { rootLayout } from '../../mount/config';
+import { DaemonRecord, isStale, liveRecord, processAlive, readRecord, runningRecords, staleMountWarning, staleRoots } from '../../mount/records';
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
@@ -48,7 +49,9 @@ async function status(argv: StatusArgs): Promise<number> {
       healthy = false;
       live = { error: `control socket: ${err instanceof Error ? err.message : String(err)}` };
     }
-    out.push({ root: rec.config.mergedRoot, pid: rec.pid, healthy, upper: upperUsage(rec.config.upperDir), ...live });
+    // Not the mount's health: processes elsewhere that need a restart to see it (records.ts staleMountWarning).
+    const staleMount = staleMountWarning(rootLayout(rec.config.mergedRoot).storeDir);
+    out.push({ root: rec.config.mergedRoot, pid: rec.pid, healthy, upper: upperUsage(rec.config.upperDir), ...live, ...(staleMount ? { staleMount } : {}) });
   }
   if (argv.json) {
     process.stdout.write(JSON.stringify(argv.root ? out[0] : out, null, 2) + '\n');
@@ -129,6 +132,7 @@ function formatStatus(s: Record<string, any>): string {
     `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows${c.closuresInPieces ? `, ${c.closuresInPieces} in pieces` : ''}${c.tornReads ? `, ${c.tornReads} torn reads read again` : ''})  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerGc(s.follower?.waitingForGcMs)}${followerLocks(s.follower?.waitingForLocks)}${followerFailing(s.follower?.failing)}`,
   ];
   if (s.fastPath) lines.push(`  fast path  ${fastPathLine(s.fastPath)}`);
+  if (s.staleMount) lines.push(`  warning    ${s.staleMount}`);
   if (s.error) lines.push(`  error      ${s.error}`);
   return lines.join('\n');
 }
