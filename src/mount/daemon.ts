@@ -18,7 +18,7 @@ import { PollChoice, PollGovernor, cpuWaitedUs, defaultPoll } from './poll';
 import { Tracer } from '../overlay/trace';
 import { outputLockProbe } from './output-locks';
 import { controlSocketPath, isMountPoint, mountDevice, removeRecord, writeRecord, writeRootConfig } from './records';
-import { placeGuard } from './guard';
+import { GUARD_NAME, placeGuard } from './guard';
 import { validateMount } from './validate';
 
 /** How many lower objects a mirror mount settles at start (native/fastpath.c keeps 2^19). */
@@ -98,7 +98,14 @@ export class Daemon {
     try {
       placeGuard(merged.storeDir, cfg);
     } catch (err) {
-      this.warn(`could not put the guard in ${merged.storeDir} (${err instanceof Error ? err.message : String(err)}): while this root is not mounted, Nix would take its store for empty (nix-store --verify would drop the DB's rows)`);
+      // Nix stops there all the same, unless it finds the .links dir it made earlier (then it
+      // takes the bare dir for an empty store).
+      const why = err instanceof Error ? err.message : String(err);
+      if (fs.lstatSync(path.join(merged.storeDir, GUARD_NAME), { throwIfNoEntry: false })?.isDirectory()) {
+        this.warn(`could not put the guard in ${merged.storeDir} (${why}), which holds a .links dir: while this root is not mounted, Nix would take its store for empty (nix-store --verify would drop the DB's rows); remove ${merged.storeDir}/.links`);
+      } else {
+        log.info(`could not write the guard in ${merged.storeDir} (${why}); Nix cannot make .links there either, so it refuses the unmounted root all the same`);
+      }
     }
     tightenDir(merged.stateDir); // an earlier version made it (and daemon.json) world-writable
     if (cfg.logFile) makeDir(path.dirname(cfg.logFile));

@@ -226,16 +226,22 @@ export function mountDevice(dir: string, mountinfo = '/proc/self/mountinfo'): [n
  * root (a `nix-daemon --store ROOT`) unshares a mount namespace at its start, and where mounts
  * are private nothing mounted here later reaches it. As `PID (comm)`; reads /proc only.
  */
-export function staleMountUsers(storeDir: string, dev: [number, number]): string[] {
+export function staleMountUsers(storeDir: string, daemonPid: number): string[] {
   const want = mountPointName(storeDir);
-  const ns = (pid: string): string => { try { return fs.readlinkSync(`/proc/${pid}/ns/mnt`); } catch { return ''; } };
-  const ours = ns('self');
+  const ns = (pid: string | number): string => { try { return fs.readlinkSync(`/proc/${pid}/ns/mnt`); } catch { return ''; } };
+  // The daemon's view, not this process's: `status` may run in another namespace.
+  const ours = ns(daemonPid);
+  const dev = mountDevice(storeDir, `/proc/${daemonPid}/mountinfo`);
+  if (ours === '' || dev === null) return [];
   const seen = new Map<string, boolean>(); // namespace: whether it shows a stale mount
   const users: string[] = [];
-  for (const pid of fs.readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(pid)) continue;
+  const pids = fs.readdirSync('/proc').filter((p) => /^[0-9]+$/.test(p)).sort((a, b) => Number(a) - Number(b));
+  for (const pid of pids) {
+    if (pid === String(process.pid)) continue;
     const id = ns(pid);
     if (id === '' || id === ours) continue;
+    // Kernel threads (no command line) live in the first namespace whatever it holds.
+    try { if (fs.readFileSync(`/proc/${pid}/cmdline`).length === 0) continue; } catch { continue; }
     let stale = seen.get(id);
     if (stale === undefined) {
       const top = mountEntries(`/proc/${pid}/mountinfo`).filter((e) => e.point === want).pop();
@@ -250,10 +256,9 @@ export function staleMountUsers(storeDir: string, dev: [number, number]): string
   return users;
 }
 
-/** What to say of processes that still see an earlier mount of the store dir (staleMountUsers), or null. */
-export function staleMountWarning(storeDir: string): string | null {
-  const dev = mountDevice(storeDir);
-  const users = dev === null ? [] : staleMountUsers(storeDir, dev);
+/** What to say of processes that still see an earlier mount of the store dir than daemon `daemonPid` serves (staleMountUsers), or null. */
+export function staleMountWarning(storeDir: string, daemonPid: number): string | null {
+  const users = staleMountUsers(storeDir, daemonPid);
   if (users.length === 0) return null;
   const shown = users.slice(0, 5).join(', ') + (users.length > 5 ? `, and ${users.length - 5} more` : '');
   return `${users.length === 1 ? 'a process sees' : `${users.length} processes see`} an earlier mount of ${storeDir}, dead since it was unmounted, in a mount namespace of ${users.length === 1 ? 'its' : 'their'} own: ${shown}. Restart ${users.length === 1 ? 'it' : 'them'} (a nix-daemon run as root takes a namespace of its own at start)`;
@@ -261,6 +266,12 @@ export function staleMountWarning(storeDir: string): string | null {
 
 function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
+}
+
+/** The filesystem type of what is mounted on top at `dir` (`fuse.local-overlay` for ours), or null. */
+export function mountType(dir: string): string | null {
+  const want = mountPointName(dir);
+  return mountEntries().filter((e) => e.point === want).pop()?.fsType ?? null;
 }
 
 /** Whether `dir` is a mount point. */

@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { processAlive } from '../../src/mount/records';
-import { cli } from '../helpers/exec';
+import { cli, CLI, run } from '../helpers/exec';
 import { sharedLower } from '../helpers/fixture';
 import { mountMerged, tempDir } from '../helpers/mount';
 
@@ -190,8 +190,25 @@ test('mount and status name a process that still sees an earlier mount of the ro
   t.regex(again.mountStderr, new RegExp(`warning: a process sees an earlier mount of ${again.store}, dead since it was unmounted, in a mount namespace of its own: ${holder.pid!} \\(sleep\\)\\. Restart it`));
   const s = await cli(['status', again.root]);
   t.regex(s.stdout, new RegExp(`warning +a process sees an earlier mount .*${holder.pid!} \\(sleep\\)`));
+  // From inside the stale namespace the daemon's view still decides; kernel threads are no one's.
+  const inside = await run('nsenter', ['-t', String(holder.pid!), '-m', '--', process.execPath, CLI, 'status', again.root]);
+  t.regex(inside.stdout, new RegExp(`warning +a process sees an earlier mount .*: ${holder.pid!} \\(sleep\\)\\.`), inside.stdout + inside.stderr);
   holder.kill('SIGKILL');
   await new Promise((r) => holder.once('exit', r));
   const after = await cli(['status', again.root, '--json']);
   t.is((JSON.parse(after.stdout) as { staleMount?: string }).staleMount, undefined, 'gone with the process');
+});
+
+test('unmount leaves alone a mount at the store dir that is not local-overlay\'s', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  await m.unmount();
+  const other = tempDir(t, 'lo-bind-');
+  const bind = await run('mount', ['--bind', other, m.store]);
+  t.is(bind.code, 0, bind.stderr);
+  t.teardown(async () => { await run('umount', [m.store]); });
+  const r = await cli(['unmount', m.root]);
+  t.not(r.code, 0, r.stdout);
+  t.regex(r.stderr, /is a (ext4|xfs|tmpfs|btrfs|\S+) mount, not a local-overlay one: not unmounted/);
+  t.true((await run('mountpoint', ['-q', m.store])).code === 0, 'the bind mount is still there');
 });

@@ -235,6 +235,9 @@ test('trace: resolution decisions, refused writes and closure syncs, filtered by
   t.notRegex(isDir.stderr, /Error: /, 'the daemon\'s error is not wrapped twice');
   const both = await cli(['sync', '--root', m.root, '--all', p.appOut]);
   t.is(both.code, 2, `sync --all with paths is refused: ${both.stdout}${both.stderr}`);
+  const notAPath = await cli(['sync', '--root', m.root, m.root]);
+  t.is(notAPath.code, 2, notAPath.stderr);
+  t.regex(notAPath.stderr, new RegExp(`${m.root} names no store path`));
 });
 
 test('explain: a relative path names its root; paths of two roots are refused; a path in no merged store is said to be so', async (t) => {

@@ -675,17 +675,28 @@ test('a duplicate whose upper copy is damaged (the lower copy matches the row): 
   await nixOk('nix-store', ['--store', m.root, '--verify-path', p]);
 });
 
-test('a mount point that cannot take the guard (immutable) still mounts, with a warning saying what is at stake', async (t) => {
+test('a mount point that cannot take the guard (immutable) still mounts; it warns only when Nix\'s .links dir is in the way, else Nix refuses the root anyway', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root);
   await m.unmount();
-  await fs.promises.rm(path.join(m.store, '.links'));
   t.teardown(async () => { await run('chattr', ['-i', m.store]); });
-  const immutable = await run('chattr', ['+i', m.store]);
-  t.is(immutable.code, 0, `this test needs chattr +i on ${m.store} (e2fsprogs, a filesystem that takes it): ${immutable.stderr}`);
-  t.not((await run('touch', [path.join(m.store, 'x')])).code, 0, 'chattr +i makes the mount point take no file');
-  const again = await mountMerged(t, lower.root, { dir: m.dir });
-  t.regex(again.mountStderr, /warning: could not put the guard in .*nix\/store .*while this root is not mounted, Nix would take its store for empty/);
-  t.true(await valid(again, lower.manifest.paths.appOut), 'and serves');
-  await again.unmount();
+  for (const nixLinks of [true, false]) {
+    await run('chattr', ['-i', m.store]);
+    await fs.promises.rm(path.join(m.store, '.links'), { recursive: true, force: true });
+    if (nixLinks) await fs.promises.mkdir(path.join(m.store, '.links')); // an earlier version's root
+    const immutable = await run('chattr', ['+i', m.store]);
+    t.is(immutable.code, 0, `this test needs chattr +i on ${m.store} (e2fsprogs, a filesystem that takes it): ${immutable.stderr}`);
+    t.not((await run('touch', [path.join(m.store, 'x')])).code, 0, 'chattr +i makes the mount point take no file');
+    const again = await mountMerged(t, lower.root, { dir: m.dir });
+    const warned = /warning: could not put the guard in .*nix\/store .*which holds a \.links dir: while this root is not mounted, Nix would take its store for empty/;
+    if (nixLinks) t.regex(again.mountStderr, warned);
+    else t.notRegex(again.mountStderr, /could not put the guard/);
+    t.true(await valid(again, lower.manifest.paths.appOut), 'and serves');
+    await again.unmount();
+    if (!nixLinks) {
+      const verify = await nix('nix-store', ['--store', m.root, '--verify']);
+      t.not(verify.code, 0, 'Nix refuses the unmounted root without the guard too');
+      t.regex(verify.stderr, /creating directory '.*nix\/store\/\.links': Operation not permitted/);
+    }
+  }
 });

@@ -197,7 +197,7 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   process.stdout.write(`mounted ${rootLayout(cfg.mergedRoot).storeDir} (daemon pid ${String(reply.pid)}, metadata ${cfg.metadata}${argv.log || cfg.logFile ? `, log ${cfg.logFile}` : ''})\n`);
   if (cfg.metadata === 'lazy') process.stderr.write(`local-overlay: warning: ${LAZY_GC_WARNING}\n`);
   for (const w of Array.isArray(reply.warnings) ? reply.warnings : []) process.stderr.write(`local-overlay: warning: ${String(w)}\n`);
-  const stale = staleMountWarning(rootLayout(cfg.mergedRoot).storeDir);
+  const stale = staleMountWarning(rootLayout(cfg.mergedRoot).storeDir, Number(reply.pid));
   if (stale) process.stderr.write(`local-overlay: warning: ${stale}\n`);
   return EXIT.ok;
 }

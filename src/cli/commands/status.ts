@@ -50,7 +50,7 @@ async function status(argv: StatusArgs): Promise<number> {
       live = { error: `control socket: ${err instanceof Error ? err.message : String(err)}` };
     }
     // Not the mount's health: processes elsewhere that need a restart to see it (records.ts staleMountWarning).
-    const staleMount = staleMountWarning(rootLayout(rec.config.mergedRoot).storeDir);
+    const staleMount = staleMountWarning(rootLayout(rec.config.mergedRoot).storeDir, rec.pid);
     out.push({ root: rec.config.mergedRoot, pid: rec.pid, healthy, upper: upperUsage(rec.config.upperDir), ...live, ...(staleMount ? { staleMount } : {}) });
   }
   if (argv.json) {

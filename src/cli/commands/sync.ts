@@ -28,7 +28,11 @@ export const syncCommand: CommandModule<object, SyncArgs> = {
       if (argv.all && argv.paths.length > 0) throw new LocalOverlayError('usage', `--all syncs every lower path: name no paths with it (got ${argv.paths.join(' ')})`);
       const paths = argv.all
         ? (view.lowerDb.conn().prepare('SELECT path FROM ValidPaths').pluck().all() as string[])
-        : argv.paths.map((p) => (p.startsWith('/') ? `${STORE_DIR}/${p.split('/nix/store/')[1]?.split('/')[0]}` : `${STORE_DIR}/${p}`));
+        : argv.paths.map((p) => {
+          const name = p.startsWith('/') ? p.split('/nix/store/')[1]?.split('/')[0] : p;
+          if (!name) throw new LocalOverlayError('usage', `${p} names no store path (give /nix/store/HASH-NAME, ROOT/nix/store/HASH-NAME or HASH-NAME)`);
+          return `${STORE_DIR}/${name}`;
+        });
       if (paths.length === 0) throw new LocalOverlayError('usage', 'name store paths to sync, or --all');
       for (const p of paths) if (!view.lowerDb.pathRow(p)) throw new LocalOverlayError('usage', `${p} is not valid in the lower store`);
       const rec = liveRecord(rc.config.mergedRoot);

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
 import { controlRequest } from '../../mount/control';
-import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, procState, processAlive, readRecord, removeLeftovers } from '../../mount/records';
+import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, mountType, procState, processAlive, readRecord, removeLeftovers } from '../../mount/records';
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
@@ -50,7 +50,11 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
   const leftovers = readRecord(root) !== null || fs.existsSync(controlSocketPath(root));
   if (leftovers) removeLeftovers(root);
   if (isMountPoint(storeDir)) {
-    // A stale mount: detach it.
+    // A stale mount: detach it, if it is one of ours.
+    const type = mountType(storeDir);
+    if (type !== 'fuse.local-overlay') {
+      throw new LocalOverlayError('not-local-overlay', `${storeDir} is a ${type ?? 'unknown'} mount, not a local-overlay one: not unmounted`);
+    }
     execFileSync('fusermount', ['-uz', storeDir], { stdio: 'pipe' });
     process.stdout.write(`unmounted ${storeDir} (no daemon was serving it)\n`);
     return EXIT.ok;
