@@ -1,5 +1,5 @@
-import { ClosureTooLarge, copyClosure, copyClosureRowByRow, ReferencesAfterReferrers } from './closure';
-import { copyLowerRows, IncompleteClosure, withLowerAttached } from './copy-rows';
+import { BeforeCommitFailed, ClosureTooLarge, copyClosure, copyClosureRowByRow, copyIdList, ReferencesAfterReferrers, startIdList } from './closure';
+import { IncompleteClosure, withLowerAttached } from './copy-rows';
 import { LowerDb } from './lower-db';
 import { isBusy, isTornRead, LowerFileChanged } from './sqlite';
 import { UpperDb } from './upper-db';
@@ -205,24 +205,15 @@ class OutOfOrder extends Error {}
 function copyPiece(upper: UpperDb, lower: LowerDb, ids: readonly number[], beforeCommit?: (before: number) => void): number {
   const db = upper.db;
   const file = lower.fileIdentity();
-  let hookThrew = false;
   try {
     return withLowerAttached(db, lower, () => db.transaction((): number => {
-      db.exec('CREATE TEMP TABLE IF NOT EXISTS lower_ids (id INTEGER PRIMARY KEY)');
-      db.exec('DELETE FROM temp.lower_ids');
+      startIdList(db);
       db.prepare('INSERT INTO temp.lower_ids (id) SELECT value FROM json_each(?)').run(JSON.stringify(ids));
-      const { count, before } = copyLowerRows(db, { where: 'l.id IN (SELECT id FROM temp.lower_ids)', params: [], order: 'id' });
-      db.exec('DELETE FROM temp.lower_ids');
-      const late = db.prepare('SELECT count(*) FROM main.Refs WHERE referrer > ? AND reference > referrer').pluck().get(before) as number;
-      if (lower.fileIdentity() !== file) throw new LowerFileChanged('a piece of a closure copy');
-      if (late > 0) throw new ReferencesAfterReferrers();
-      hookThrew = true;
-      if (count > 0) beforeCommit?.(before);
-      hookThrew = false;
-      return count;
+      return copyIdList(db, lower, file, 'a piece of a closure copy', beforeCommit);
     }).immediate());
   } catch (err) {
-    if (hookThrew || isBusy(err) || err instanceof LowerFileChanged) throw err;
+    if (err instanceof BeforeCommitFailed) throw err.reason;
+    if (isBusy(err) || err instanceof LowerFileChanged) throw err;
     // A torn read can miss a reference's row too: whatever failed, it was a torn read.
     if (lower.fileIdentity() !== file) throw new LowerFileChanged('a piece of a closure copy');
     if (err instanceof IncompleteClosure || err instanceof ReferencesAfterReferrers) throw new OutOfOrder();

@@ -42,11 +42,9 @@ export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly stri
   if (todo.length === 0) return 0;
   const db = upper.db;
   const file = lower.fileIdentity();
-  let hookThrew = false;
   try {
     return withLowerAttached(db, lower, () => db.transaction((): number => {
-      db.exec('CREATE TEMP TABLE IF NOT EXISTS lower_ids (id INTEGER PRIMARY KEY)');
-      db.exec('DELETE FROM temp.lower_ids');
+      startIdList(db);
       const shares = db.prepare(`
         SELECT 1 FROM lower.ValidPaths t CROSS JOIN lower.Refs r ON r.referrer = t.id
         JOIN lower.ValidPaths x ON x.id = r.reference
@@ -69,22 +67,46 @@ export function copyClosure(upper: UpperDb, lower: LowerDb, paths: readonly stri
       if (opts.maxRows !== undefined && (db.prepare('SELECT count(*) FROM temp.lower_ids').pluck().get() as number) > opts.maxRows) {
         throw new ClosureTooLarge(opts.maxRows);
       }
-      const { count, before } = copyLowerRows(db, { where: 'l.id IN (SELECT id FROM temp.lower_ids)', params: [], order: 'id' });
-      db.exec('DELETE FROM temp.lower_ids');
-      const late = db.prepare('SELECT count(*) FROM main.Refs WHERE referrer > ? AND reference > referrer').pluck().get(before) as number;
-      // A closure that a torn read cut short must not pass for whole (sqlite.ts, LowerFileChanged).
-      if (lower.fileIdentity() !== file) throw new LowerFileChanged('a closure copy');
-      if (late > 0) throw new ReferencesAfterReferrers();
-      hookThrew = true;
-      opts.beforeCommit?.(before);
-      hookThrew = false;
-      return count;
+      return copyIdList(db, lower, file, 'a closure copy', opts.beforeCommit);
     }).immediate());
   } catch (err) {
+    if (err instanceof BeforeCommitFailed) throw err.reason;
     if (err instanceof ReferencesAfterReferrers) return copyClosureRowByRow(upper, lower, todo, opts.beforeCommit);
-    if (hookThrew) throw err;
     if (!isBusy(err) && !(err instanceof LowerFileChanged) && !(err instanceof ClosureTooLarge) && lower.fileIdentity() !== file) throw new LowerFileChanged('a closure copy');
     throw err;
+  }
+}
+
+/** Inside a copy's transaction: an empty temp.lower_ids, for the lower ids to copy. */
+export function startIdList(db: UpperDb['db']): void {
+  db.exec('CREATE TEMP TABLE IF NOT EXISTS lower_ids (id INTEGER PRIMARY KEY)');
+  db.exec('DELETE FROM temp.lower_ids');
+}
+
+/**
+ * A copy's last steps inside its transaction, once temp.lower_ids lists the lower ids to copy:
+ * copies their rows (returns how many), checks that no reference comes after its referrer
+ * (Nix's id order; else ReferencesAfterReferrers) and that the lower DB file is the one `file`
+ * identifies (a torn read cut short must not pass for whole: LowerFileChanged, naming `what`),
+ * then, if rows were copied, runs `beforeCommit` with the largest id before them; what that
+ * throws comes out as BeforeCommitFailed, for the caller to throw as it is.
+ */
+export function copyIdList(db: UpperDb['db'], lower: LowerDb, file: string, what: string, beforeCommit?: (before: number) => void): number {
+  const { count, before } = copyLowerRows(db, { where: 'l.id IN (SELECT id FROM temp.lower_ids)', params: [], order: 'id' });
+  db.exec('DELETE FROM temp.lower_ids');
+  const late = db.prepare('SELECT count(*) FROM main.Refs WHERE referrer > ? AND reference > referrer').pluck().get(before) as number;
+  if (lower.fileIdentity() !== file) throw new LowerFileChanged(what);
+  if (late > 0) throw new ReferencesAfterReferrers();
+  if (count > 0 && beforeCommit) {
+    try { beforeCommit(before); } catch (err) { throw new BeforeCommitFailed(err); }
+  }
+  return count;
+}
+
+/** What a copy's `beforeCommit` threw (copyIdList), kept apart from the copy's own failures. */
+export class BeforeCommitFailed extends Error {
+  constructor(readonly reason: unknown) {
+    super('the last step before a copy\'s COMMIT failed');
   }
 }
 
