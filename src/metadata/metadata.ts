@@ -6,7 +6,7 @@ import { growingCache } from '../util/cache';
 import { log } from '../util/log';
 import { Checkpointer } from './checkpointer';
 import { copyClosure } from './closure';
-import { copyClosureInPieces } from './closure-pieces';
+import { copyClosureInPieces, CopyHooks } from './closure-pieces';
 import { GcLock, tryGcLockShared } from './gc-lock';
 import { commitUnlocked, HeldLocks, Leftovers, LocksTaken } from './held-locks';
 import { LowerRoots } from './gc-roots';
@@ -170,17 +170,24 @@ export class Metadata {
   }
 
   /**
+   * The hooks of a lookup's closure copy (and sync's): each write first waits, if the WAL is past
+   * its bound or an idle worker is cutting it back (Checkpointer.settle); the rows' upper
+   * leftovers are set aside before COMMIT; the copy stops once the DBs are closing.
+   */
+  private readonly lookupHooks: CopyHooks = {
+    beforeWrite: () => this.checkpointer?.settle() ?? null,
+    beforeCommit: (before) => this.setAsideLeftovers(before, null),
+    wrote: () => this.checkpointer?.wrote(),
+    stopped: () => this.closed,
+  };
+
+  /**
    * Copies the closures of lower paths `paths` now (`local-overlay sync` on a mounted root): as a
    * lookup's copy, in one transaction when it can, else in pieces, and what it makes valid sets
    * aside the upper leftovers of those paths. Returns the rows copied.
    */
   async sync(paths: readonly string[]): Promise<number> {
-    const r = await copyClosureInPieces(this.upper, this.lower, paths, {
-      beforeWrite: () => this.checkpointer?.settle() ?? null,
-      beforeCommit: (before) => this.setAsideLeftovers(before, null),
-      wrote: () => this.checkpointer?.wrote(),
-      stopped: () => this.closed,
-    });
+    const r = await copyClosureInPieces(this.upper, this.lower, paths, this.lookupHooks);
     if (r.stopped) throw new Error('the mount is closing');
     for (const p of paths) if (this.upper.idOf(p) !== undefined) this.known.set(p, true);
     this.stats.count('rowsCopied', r.rows);
@@ -195,14 +202,8 @@ export class Metadata {
     if (p) return p;
     const t0 = Date.now();
     // In one transaction when it can, else in pieces that yield the thread (closure-pieces.ts):
-    // a writer checkpointing into the lower DB file does not make it fail. Each write first
-    // waits, if the WAL is past its bound or an idle worker is cutting it back (Checkpointer.settle).
-    p = copyClosureInPieces(this.upper, this.lower, [storePath], {
-      beforeWrite: () => this.checkpointer?.settle() ?? null,
-      beforeCommit: (before) => this.setAsideLeftovers(before, null),
-      wrote: () => this.checkpointer?.wrote(),
-      stopped: () => this.closed,
-    }).then((r) => {
+    // a writer checkpointing into the lower DB file does not make it fail (lookupHooks).
+    p = copyClosureInPieces(this.upper, this.lower, [storePath], this.lookupHooks).then((r) => {
       this.inflight.delete(storePath);
       if (r.stopped) return; // the mount closed while the copy waited: the lookup is answered anyway
       const n = r.rows;
