@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
-APT_PACKAGES := libfuse2 libfuse-dev fuse3 nix-bin fuse-overlayfs sqlite3 pkg-config patch openssl
+APT_PACKAGES := libfuse2 libfuse-dev fuse3 nix-bin fuse-overlayfs sqlite3 pkg-config patch openssl python3 util-linux e2fsprogs
 NODE_BIN := node_modules/.bin
 
 .PHONY: all setup system-packages deps native build demo test bench bench-small bench-1m clean
