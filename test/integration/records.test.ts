@@ -14,6 +14,8 @@ import { mountMerged, tempDir } from '../helpers/mount';
 
 const mode = (p: string): string => (fs.statSync(p).mode & 0o7777).toString(8);
 
+const fusectlMounted = (): boolean => fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(' /sys/fs/fuse/connections ');
+
 async function waitGone(pid: number, ms = 10_000): Promise<boolean> {
   const end = Date.now() + ms;
   while (processAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
@@ -211,4 +213,38 @@ test('unmount leaves alone a mount at the store dir that is not local-overlay\'s
   t.not(r.code, 0, r.stdout);
   t.regex(r.stderr, /is a (ext4|xfs|tmpfs|btrfs|\S+) mount, not a local-overlay one: not unmounted/);
   t.true((await run('mountpoint', ['-q', m.store])).code === 0, 'the bind mount is still there');
+});
+
+test('unmount --force frees a mount whose daemon does not answer: the waiting request fails, the daemon is killed, the mount detached; the root mounts again', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  const object = path.basename(Object.values(lower.manifest.paths)[0]!);
+  const fusectlBefore = fusectlMounted();
+  // A stopped daemon answers nothing, as one whose threads wait on each other; a client's lookup waits with it.
+  process.kill(m.pid, 'SIGSTOP');
+  t.teardown(() => { try { process.kill(m.pid, 'SIGKILL'); } catch { /* gone */ } });
+  const waiting = run('stat', ['-c', '%s', `${m.store}/${object}`], { timeoutMs: 60_000 });
+  let settled = false;
+  void waiting.then(() => { settled = true; });
+
+  const plain = await cli(['unmount', '--timeout', '0.5', m.root]);
+  t.is(plain.code, 1, plain.stdout);
+  t.regex(plain.stderr, new RegExp(`daemon ${m.pid} did not exit within 0.5 s; .*\`unmount --force\` aborts`));
+  t.false(settled, 'the lookup still waits');
+
+  const forced = await cli(['unmount', '--force', '--timeout', '0.5', m.root]);
+  t.is(forced.code, 0, forced.stderr);
+  t.regex(forced.stdout, new RegExp(`unmounted ${m.store} \\(forced: aborted FUSE connection \\d+, killed daemon ${m.pid}(, detached the mount)?\\)`));
+  const lookup = await waiting;
+  t.not(lookup.code, 0, 'the waiting lookup fails');
+  t.regex(lookup.stderr, /connection abort|not connected/i);
+  t.true(await waitGone(m.pid));
+  t.not((await run('mountpoint', ['-q', m.store])).code, 0, 'the mount is detached');
+  t.is((await cli(['status', m.root])).code, 3, 'status: not mounted');
+  t.is(fusectlMounted(), fusectlBefore, 'fusectl is unmounted again when unmount mounted it');
+
+  const again = await mountMerged(t, lower.root, { dir });
+  const listed = await fs.promises.readdir(again.store);
+  t.true(listed.includes(object), 'the root mounts again and serves the lower objects');
 });

@@ -4,12 +4,13 @@ import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
 import { controlRequest } from '../../mount/control';
 import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, mountType, procState, processAlive, readRecord, removeLeftovers } from '../../mount/records';
+import { abortConnection } from '../../mount/fusectl';
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
 import { checkRanges } from '../ranges';
 
-interface UnmountArgs { root: string; timeout: number }
+interface UnmountArgs { root: string; timeout: number; force: boolean }
 
 export const unmountCommand: CommandModule<object, UnmountArgs> = {
   command: 'unmount <root>',
@@ -18,13 +19,19 @@ export const unmountCommand: CommandModule<object, UnmountArgs> = {
   builder: (y: Argv) => y
     .positional('root', { type: 'string', demandOption: true, describe: 'the merged root given to mount --root, or a path inside it such as ROOT/nix/store' })
     .option('timeout', { type: 'number', default: 30, describe: 'seconds (0.1-86400) to wait for the daemon to exit' })
+    .option('force', {
+      type: 'boolean',
+      default: false,
+      describe: 'for a mount that hangs: when the daemon has not exited within --timeout (or no daemon serves the mount), abort the mount\'s FUSE connection (every waiting request fails with ENOTCONN), kill the daemon and detach the mount. The DB is left as a crash leaves it; the next mount checks it. Needs root',
+    })
     .check(checkRanges({ timeout: { min: 0.1, max: 86_400, unit: 'seconds' } }))
     .example('$0 unmount /tmp/m', '')
+    .example('$0 unmount --force --timeout 5 /tmp/m', 'a mount whose processes hang')
     .strict() as unknown as Argv<UnmountArgs>,
-  handler: (argv) => runCommand(() => unmount(rootOfPath(argv.root), argv.timeout)),
+  handler: (argv) => runCommand(() => unmount(rootOfPath(argv.root), argv.timeout, argv.force)),
 };
 
-export async function unmount(root: string, timeoutS: number): Promise<number> {
+export async function unmount(root: string, timeoutS: number, force = false): Promise<number> {
   const storeDir = rootLayout(root).storeDir;
   const rec = liveRecord(root);
   const pid = rec?.pid ?? await pidFromControl(root);
@@ -39,7 +46,8 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
     const deadline = Date.now() + timeoutS * 1000;
     while (processAlive(pid) && Date.now() < deadline) await sleep(50);
     if (processAlive(pid)) {
-      throw new LocalOverlayError('timeout', `daemon ${pid} did not exit within ${timeoutS} s; ${stuckWhere(pid)}${rec?.logFile ? `; its log: ${rec.logFile}` : ''}`);
+      if (force) return forceUnmount(root, storeDir, pid);
+      throw new LocalOverlayError('timeout', `daemon ${pid} did not exit within ${timeoutS} s; ${stuckWhere(pid)}${rec?.logFile ? `; its log: ${rec.logFile}` : ''}; \`unmount --force\` aborts the mount's connection and kills it`);
     }
     if (!isMountPoint(storeDir)) {
       process.stdout.write(`unmounted ${storeDir}\n`);
@@ -55,11 +63,47 @@ export async function unmount(root: string, timeoutS: number): Promise<number> {
     if (type !== 'fuse.local-overlay') {
       throw new LocalOverlayError('not-local-overlay', `${storeDir} is a ${type ?? 'unknown'} mount, not a local-overlay one: not unmounted`);
     }
+    if (force) return forceUnmount(root, storeDir, null);
     execFileSync('fusermount', ['-uz', storeDir], { stdio: 'pipe' });
     process.stdout.write(`unmounted ${storeDir} (no daemon was serving it)\n`);
     return EXIT.ok;
   }
   throw new LocalOverlayError('not-mounted', `${storeDir} is not mounted`);
+}
+
+/**
+ * The end of `unmount --force`: aborts the mount's FUSE connection first, so that every request
+ * waiting on the daemon fails and no thread of the daemon stays in the kernel waiting for one
+ * (which would keep the device open, and the mount hung, after a kill), then kills the daemon
+ * and detaches the mount. What the daemon had not committed is rolled back by SQLite at the
+ * next open, as after a crash.
+ */
+async function forceUnmount(root: string, storeDir: string, pid: number | null): Promise<number> {
+  const done: string[] = [];
+  let abortError = '';
+  try {
+    done.push(`aborted FUSE connection ${abortConnection(storeDir)}`);
+  } catch (e) {
+    // Killing the daemon is then all there is; it frees the mount unless a thread of it waits in the kernel.
+    abortError = (e as Error).message;
+    process.stderr.write(`local-overlay: warning: ${abortError}\n`);
+  }
+  if (pid !== null && processAlive(pid)) {
+    process.kill(pid, 'SIGKILL');
+    const deadline = Date.now() + 5000;
+    while (processAlive(pid) && Date.now() < deadline) await sleep(50);
+    if (processAlive(pid)) {
+      throw new LocalOverlayError('timeout', `daemon ${pid} did not exit within 5 s of SIGKILL${abortError ? ` (its connection could not be aborted: ${abortError})` : ', its connection aborted'}; ${stuckWhere(pid)}`);
+    }
+    done.push(`killed daemon ${pid}`);
+  }
+  removeLeftovers(root);
+  if (isMountPoint(storeDir)) {
+    execFileSync('fusermount', ['-uz', storeDir], { stdio: 'pipe' });
+    done.push('detached the mount');
+  }
+  process.stdout.write(`unmounted ${storeDir} (forced: ${done.join(', ')})\n`);
+  return EXIT.ok;
 }
 
 /**
