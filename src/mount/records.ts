@@ -182,6 +182,34 @@ export function procState(statFile: string): string {
   return stat.slice(end + 2, end + 3);
 }
 
+/**
+ * Where a daemon's threads wait, for an error about a daemon that does not exit or answer: its threads grouped by kernel wait
+ * channel and name (`fuse_dev_do_read (lo-fuse)`: libfuse's workers reading requests;
+ * `futex_do_wait (node)`: a lock, or Node's idle threads; `anon_pipe_read (node)`...).
+ */
+export function stuckWhere(pid: number): string {
+  const where = new Map<string, number>();
+  let tasks: string[];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 'its threads cannot be read';
+  }
+  for (const tid of tasks) {
+    let w: string;
+    try {
+      const state = procState(`/proc/${pid}/task/${tid}/stat`);
+      const chan = fs.readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').trim();
+      const name = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      w = `${state === 'R' ? 'running' : chan === '0' || chan === '' ? state : chan} (${name})`;
+    } catch {
+      continue;
+    }
+    where.set(w, (where.get(w) ?? 0) + 1);
+  }
+  return `its ${tasks.length} threads: ${[...where].map(([w, n]) => `${n} ${w}`).join(', ')}`;
+}
+
 interface MountEntry { point: string; fsType: string; dev: [number, number] }
 
 /** The mounts in a mountinfo file, in its order (a later one at a point is on top): octal escapes decoded. */

@@ -2,7 +2,7 @@ import test, { ExecutionContext } from 'ava';
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { stuckWhere } from '../../src/cli/commands/unmount';
+import { stuckWhere } from '../../src/mount/records';
 import { processAlive } from '../../src/mount/records';
 import { check, cli, run } from '../helpers/exec';
 import { freshLower, lowerAdd, Manifest } from '../helpers/fixture';

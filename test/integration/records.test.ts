@@ -228,6 +228,11 @@ test('unmount --force frees a mount whose daemon does not answer: the waiting re
   let settled = false;
   void waiting.then(() => { settled = true; });
 
+  const st = await cli(['status', m.root]);
+  t.is(st.code, 1, st.stdout);
+  t.regex(st.stdout, new RegExp(`${m.store} +pid ${m.pid} +NOT ANSWERING\\n +lower +${lower.root} `));
+  t.regex(st.stdout, /does not answer its control socket .*its \d+ threads: .*`local-overlay unmount --force /);
+
   const plain = await cli(['unmount', '--timeout', '0.5', m.root]);
   t.is(plain.code, 1, plain.stdout);
   t.regex(plain.stderr, new RegExp(`daemon ${m.pid} did not exit within 0.5 s; .*\`unmount --force\` aborts`));

@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
 import { rootLayout } from '../../mount/config';
-import { DaemonRecord, isStale, liveRecord, processAlive, readRecord, runningRecords, staleMountWarning, staleRoots } from '../../mount/records';
+import { DaemonRecord, isStale, liveRecord, processAlive, readRecord, runningRecords, staleMountWarning, staleRoots, stuckWhere } from '../../mount/records';
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
@@ -47,7 +47,7 @@ async function status(argv: StatusArgs): Promise<number> {
       if ((live.health as { ok?: boolean } | undefined)?.ok === false) healthy = false;
     } catch (err) {
       healthy = false;
-      live = { error: `control socket: ${err instanceof Error ? err.message : String(err)}` };
+      live = { answering: false, config: rec.config, error: notAnswering(rec, err) };
     }
     // Not the mount's health: processes elsewhere that need a restart to see it (records.ts staleMountWarning).
     const staleMount = staleMountWarning(rootLayout(rec.config.mergedRoot).storeDir, rec.pid);
@@ -89,8 +89,21 @@ function staleStatus(root: string): Record<string, unknown> {
   };
 }
 
+/**
+ * A daemon that runs but does not answer its control socket: busy (its JS thread in a long
+ * import, a layer that does not answer) or hung; where its threads wait tells which.
+ */
+function notAnswering(rec: DaemonRecord, err: unknown): string {
+  const root = rec.config.mergedRoot;
+  return `the daemon does not answer its control socket (${err instanceof Error ? err.message : String(err)}); ${stuckWhere(rec.pid)}. `
+    + `It may be busy; if processes using ${root}/nix/store hang too, \`local-overlay unmount --force ${root}\` aborts the mount's connection and kills the daemon`;
+}
+
 function formatStale(s: Record<string, any>): string {
-  return `${s.root}/nix/store  NOT ANSWERING\n  error      ${s.error}`;
+  const lines = [`${s.root}/nix/store  ${s.config ? `pid ${s.pid}  ` : ''}NOT ANSWERING`];
+  if (s.config) lines.push(`  lower      ${s.config.lowerRoot}    upper ${s.config.upperDir}    metadata ${s.config.metadata}`);
+  lines.push(`  error      ${s.error}`);
+  return lines.join('\n');
 }
 
 /** `on: 12345 requests answered natively, 67 passed to JS (2,100 names known); listings kept by the kernel 40, READDIRPLUS 80, passthrough opens 9; reader handed over 70 times, taken by the watchdog 0, found 900 requests while polling`. */

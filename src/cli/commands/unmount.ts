@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
 import { controlRequest } from '../../mount/control';
-import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, mountType, procState, processAlive, readRecord, removeLeftovers } from '../../mount/records';
+import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, mountType, processAlive, readRecord, removeLeftovers, stuckWhere } from '../../mount/records';
 import { abortConnection } from '../../mount/fusectl';
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
@@ -118,34 +118,6 @@ async function pidFromControl(root: string): Promise<number | null> {
   } catch {
     return null;
   }
-}
-
-/**
- * Where a daemon that does not exit waits, for the error: its threads grouped by kernel wait
- * channel and name (`fuse_dev_do_read (lo-fuse)`: libfuse's workers reading requests;
- * `futex_do_wait (node)`: a lock, or Node's idle threads; `anon_pipe_read (node)`...).
- */
-export function stuckWhere(pid: number): string {
-  const where = new Map<string, number>();
-  let tasks: string[];
-  try {
-    tasks = fs.readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return 'its threads cannot be read';
-  }
-  for (const tid of tasks) {
-    let w: string;
-    try {
-      const state = procState(`/proc/${pid}/task/${tid}/stat`);
-      const chan = fs.readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').trim();
-      const name = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      w = `${state === 'R' ? 'running' : chan === '0' || chan === '' ? state : chan} (${name})`;
-    } catch {
-      continue;
-    }
-    where.set(w, (where.get(w) ?? 0) + 1);
-  }
-  return `its ${tasks.length} threads: ${[...where].map(([w, n]) => `${n} ${w}`).join(', ')}`;
 }
 
 /**
