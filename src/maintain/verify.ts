@@ -1,8 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { copyClosure } from '../metadata/closure';
 import type { Db } from '../metadata/sqlite';
-import { maxValidId, PathRow, pathsAbove, rowDifferences } from '../metadata/rows';
+import { PathRow, rowDifferences } from '../metadata/rows';
 import { isWhiteoutDevice } from '../layers/layers';
 import { narHash } from '../store/nar';
 import { optimise } from './optimise';
@@ -67,7 +66,17 @@ function dropVanished(db: Db, vanished: Map<number, Problem>): void {
  * that hide objects the DB calls valid are removed. Duplicates that running Nix clients use are
  * kept (optimise), and stay problems until a later repair removes them.
  */
-export async function verify(view: RootView, opts: { checkContents: boolean; repair: boolean; lockTimeoutS: number; onLockWait?: () => void; progress?: (done: number, total: number) => void }): Promise<VerifyReport> {
+export interface VerifyOptions {
+  checkContents: boolean;
+  repair: boolean;
+  lockTimeoutS: number;
+  onLockWait?: () => void;
+  progress?: (done: number, total: number) => void;
+  /** Mounted: has the daemon copy the closures of lower paths (it owns the merged DB's writes). */
+  copyMissing?: (paths: string[]) => Promise<unknown>;
+}
+
+export async function verify(view: RootView, opts: VerifyOptions): Promise<VerifyReport> {
   const problems: Problem[] = [];
   const add = (kind: ProblemKind, p: string, detail: string): Problem => {
     const pr = { kind, path: p, detail, repaired: false };
@@ -136,17 +145,20 @@ export async function verify(view: RootView, opts: { checkContents: boolean; rep
     const known = new Set(rows.map((r) => r.path));
     const missing = (view.lowerDb.conn().prepare('SELECT path FROM ValidPaths').pluck().all() as string[])
       .filter((p) => !known.has(p) && !whiteout(p.slice(STORE_DIR.length + 1)));
-    for (const p of missing) {
-      const pr = add('missing-row', p, 'the lower store has it, the upper DB does not');
-      if (opts.repair) {
-        const before = maxValidId(view.upperDb.db);
-        copyClosure(view.upperDb, view.lowerDb, [p]);
-        // Rooted like the follower's imports, or Nix's GC would drop the row again.
-        const copied = pathsAbove(view.upperDb.db, before);
-        const inUpper = copied.map((c) => c.slice(STORE_DIR.length + 1)).filter((n) => fs.existsSync(path.join(upperDir, n)));
-        view.lowerRoots().added(copied, new Set(inUpper));
-        pr.repaired = true;
+    const found = missing.map((p) => add('missing-row', p, 'the lower store has it, the upper DB does not'));
+    if (opts.repair && missing.length > 0) {
+      // As `sync` copies: the upper objects of paths the copy makes valid had no row, and go.
+      if (view.mounted) {
+        if (!opts.copyMissing) throw new Error('verify --repair: the root is mounted, and no way to ask its daemon to copy was given');
+        await opts.copyMissing(missing);
+      } else {
+        const copied = view.copyFromLower(missing, (p) => {
+          add('object-without-row', p, 'in the upper layer without a row (an add that did not finish) while the lower store has the path: removed, or the lower row would have made it valid').repaired = true;
+        });
+        // Rooted like the follower's imports, or Nix's GC would drop the rows again.
+        view.lowerRoots().added(copied, new Set());
       }
+      for (const pr of found) pr.repaired = view.upperDb.idOf(pr.path) !== undefined;
     }
   }
 

@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { copyClosure } from '../metadata/closure';
 import { LowerRoots } from '../metadata/gc-roots';
 import { LowerDb } from '../metadata/lower-db';
+import { pathsAbove } from '../metadata/rows';
 import { UpperDb } from '../metadata/upper-db';
 import { MountConfig, rootLayout } from '../mount/config';
 import { isMountPoint, liveRecord } from '../mount/records';
@@ -55,6 +57,30 @@ export class RootView {
   lowerRoots(): LowerRoots {
     const layout = rootLayout(this.cfg.mergedRoot);
     return new LowerRoots(path.join(layout.gcRootsDir, 'local-overlay-lower-store'), this.lowerDb, path.join(layout.stateDir, 'gc-roots.stamp'));
+  }
+
+  /**
+   * Copies the closures of lower paths `paths` into the upper DB in this process, for a root
+   * that is not mounted (mounted, the daemon copies: Metadata.sync). The upper objects of the
+   * paths the copy makes valid had no row (an add that did not finish), and the lower copy's
+   * row would make them valid: they are removed first (`onRemoved` says which), inside the
+   * copy's transaction. Returns the paths copied.
+   */
+  copyFromLower(paths: readonly string[], onRemoved: (storePath: string) => void): string[] {
+    if (this.mounted) throw new Error('copyFromLower: the root is mounted; its daemon copies');
+    let copied: string[] = [];
+    copyClosure(this.upperDb, this.lowerDb, paths, {
+      beforeCommit: (before) => {
+        copied = pathsAbove(this.upperDb.db, before);
+        for (const p of copied) {
+          const name = p.slice(STORE_DIR.length + 1);
+          if (!fs.existsSync(path.join(this.cfg.upperDir, name))) continue;
+          this.removeUpper(name);
+          onRemoved(p);
+        }
+      },
+    });
+    return copied;
   }
 
   /**

@@ -13,7 +13,7 @@ import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
 import { ImportResult, LIST_LIMIT, Mirror } from './mirror';
-import { pathsAbove } from './rows';
+import { maxValidId, pathsAbove } from './rows';
 import { isBusy, isTornRead } from './sqlite';
 import { UpperDb } from './upper-db';
 
@@ -187,9 +187,16 @@ export class Metadata {
    * aside the upper leftovers of those paths. Returns the rows copied.
    */
   async sync(paths: readonly string[]): Promise<number> {
+    const before = maxValidId(this.upper.db);
     const r = await copyClosureInPieces(this.upper, this.lower, paths, this.lookupHooks);
     if (r.stopped) throw new Error('the mount is closing');
     for (const p of paths) if (this.upper.idOf(p) !== undefined) this.known.set(p, true);
+    // Mirror mode roots what it copies, as the follower's imports (or Nix's GC drops the rows);
+    // the rows above `before` are this copy's and the follower's, rooted either way.
+    if (this.roots && r.rows > 0) {
+      const copied = pathsAbove(this.upper.db, before);
+      this.rootsDo(() => this.roots?.added(copied, this.duplicates()));
+    }
     this.stats.count('rowsCopied', r.rows);
     return r.rows;
   }

@@ -614,6 +614,50 @@ test('verify --repair copies back a lower row the merged DB lost, and roots it: 
   t.true(await valid(m, top), 'still valid after a GC');
 });
 
+test('verify --repair of a lost lower row removes the rowless upper leftover of that path first', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  let m = await mountMerged(t, lower.root, { dir });
+  await m.unmount();
+  const top = lower.manifest.paths.appOut;
+  const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
+  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
+  t.is(del.code, 0, del.stderr);
+  // What an add of the same path that did not finish leaves: part of the object, no row.
+  const leftover = path.join(m.upper, rel(top));
+  t.is((await run('cp', ['-a', path.join(lower.root, top), leftover])).code, 0);
+  t.is((await run('sh', ['-c', 'chmod -R u+w "$1" && find "$1" -type f | head -1 | xargs truncate -s 1', 'sh', leftover])).code, 0);
+
+  const fix = await cli(['verify', m.root, '--repair', '--json']);
+  t.is(fix.code, 0, fix.stderr + fix.stdout);
+  const problems = (JSON.parse(fix.stdout) as { problems: { kind: string; path: string; repaired: boolean }[] }).problems;
+  t.true(problems.some((p) => p.kind === 'missing-row' && p.path === top && p.repaired), fix.stdout);
+  t.true(problems.some((p) => p.kind === 'object-without-row' && p.path === top && p.repaired), fix.stdout);
+  t.false(fs.existsSync(leftover), 'the leftover is gone from the upper dir');
+  m = await mountMerged(t, lower.root, { dir });
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', top]);
+});
+
+test('verify --repair on a mounted root has the daemon copy a lost lower row, and root it', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const top = lower.manifest.paths.appOut;
+  const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
+  // Under the running daemon: a mount would import the row back.
+  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
+  t.is(del.code, 0, del.stderr);
+  fs.rmSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(top)));
+  const fix = await cli(['verify', m.root, '--repair', '--json']);
+  t.is(fix.code, 0, fix.stderr + fix.stdout);
+  t.true((JSON.parse(fix.stdout) as { problems: { kind: string; path: string; repaired: boolean }[] }).problems
+    .some((p) => p.kind === 'missing-row' && p.path === top && p.repaired), fix.stdout);
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', top]);
+  const end = Date.now() + 5000; // the daemon roots in the background (rootsDo)
+  while (!rooted(m, top) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  t.true(rooted(m, top), 'rooted by the daemon');
+});
+
 test('an unmounted root stops Nix: verify there drops no row, a build writes nothing; mount takes back a root Nix left an empty .links in', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root);

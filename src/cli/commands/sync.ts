@@ -1,8 +1,4 @@
 import type { Argv, CommandModule } from 'yargs';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { copyClosure } from '../../metadata/closure';
-import { pathsAbove } from '../../metadata/rows';
 import { controlRequest } from '../../mount/control';
 import { liveRecord } from '../../mount/records';
 import { RootView, STORE_DIR } from '../../maintain/view';
@@ -36,7 +32,7 @@ export const syncCommand: CommandModule<object, SyncArgs> = {
       if (paths.length === 0) throw new LocalOverlayError('usage', 'name store paths to sync, or --all');
       for (const p of paths) if (!view.lowerDb.pathRow(p)) throw new LocalOverlayError('usage', `${p} is not valid in the lower store`);
       const rec = liveRecord(rc.config.mergedRoot);
-      const n = rec ? await syncByDaemon(rec.controlSocket, paths) : syncHere(view, paths);
+      const n = rec ? await syncByDaemon(rec.controlSocket, paths) : view.copyFromLower(paths, sayRemoved).length;
       process.stdout.write(`copied ${n} rows into the upper DB\n`);
       return EXIT.ok;
     } finally {
@@ -49,26 +45,13 @@ export const syncCommand: CommandModule<object, SyncArgs> = {
  * Mounted: the daemon copies (it owns the merged DB's writes while mounted, and it sets aside
  * the upper leftovers the copy makes valid, telling the kernel: Metadata.sync).
  */
-async function syncByDaemon(socket: string, paths: string[]): Promise<number> {
+export async function syncByDaemon(socket: string, paths: string[]): Promise<number> {
   const reply = await controlRequest(socket, { cmd: 'sync', paths }, 600_000);
   if (!reply.ok) throw new LocalOverlayError('sync-failed', String(reply.error));
   return Number(reply.rows);
 }
 
-/**
- * Not mounted: copied here. An upper object of a path the copy makes valid had no row: a
- * leftover of an add that did not finish, which the lower copy's row would make valid. It is
- * removed first (no client can be writing it: nothing is mounted).
- */
-function syncHere(view: RootView, paths: string[]): number {
-  return copyClosure(view.upperDb, view.lowerDb, paths, {
-    beforeCommit: (before) => {
-      for (const p of pathsAbove(view.upperDb.db, before)) {
-        const name = p.slice(STORE_DIR.length + 1);
-        if (!fs.existsSync(path.join(view.cfg.upperDir, name))) continue;
-        view.removeUpper(name);
-        process.stderr.write(`removed the upper copy of ${p}: it had no row (an add that did not finish), and the lower store has the path\n`);
-      }
-    },
-  });
+/** Not mounted: what copyFromLower removed, on stderr. */
+export function sayRemoved(storePath: string): void {
+  process.stderr.write(`removed the upper copy of ${storePath}: it had no row (an add that did not finish), and the lower store has the path\n`);
 }

@@ -8,6 +8,8 @@ import { progress } from '../progress';
 import { checkRanges } from '../ranges';
 import { EXIT, runCommand } from '../run';
 import { lockWait } from './optimise';
+import { syncByDaemon } from './sync';
+import { LocalOverlayError } from '../../util/errno';
 
 interface VerifyArgs { root?: string; 'check-contents': boolean; repair: boolean; 'lock-timeout': number; json: boolean }
 
@@ -31,6 +33,11 @@ export const verifyCommand: CommandModule<object, VerifyArgs> = {
       r = await verify(view, {
         checkContents: argv['check-contents'], repair: argv.repair, lockTimeoutS: argv['lock-timeout'],
         onLockWait: lockWait, progress: progress('verify'),
+        copyMissing: (paths) => {
+          const rec = liveRecord(root);
+          if (!rec) throw new LocalOverlayError('not-mounted', `${root} stopped being mounted during verify; run it again`);
+          return syncByDaemon(rec.controlSocket, paths);
+        },
       });
     } finally {
       view.close();
