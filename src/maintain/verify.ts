@@ -27,7 +27,7 @@ export interface VerifyReport { checked: number; problems: Problem[]; repaired: 
  * one run, referrers first (Nix's schema restricts deleting a row that is referred to). Rows
  * that a path with an object still refers to stay, and say so.
  */
-function dropVanished(db: Db, vanished: Map<number, Problem>): void {
+function dropVanished(db: Db, vanished: Map<number, Problem>, root: string): void {
   const referrers = db.prepare('SELECT referrer FROM Refs WHERE reference = ? AND referrer != ?').pluck();
   const droppable = new Set(vanished.keys());
   for (let changed = true; changed;) {
@@ -54,7 +54,9 @@ function dropVanished(db: Db, vanished: Map<number, Problem>): void {
   for (const [id, pr] of vanished) {
     if (pr.repaired) continue;
     const kept = (referrers.all(id, id) as number[]).filter((r) => !droppable.has(r));
-    pr.detail += ` (not dropped: ${kept.length} valid paths refer to it; \`nix-store --query --referrers-closure\` lists what to delete first)`;
+    pr.detail += ` (not dropped: ${kept.length} valid path${kept.length === 1 ? '' : 's'} with ${kept.length === 1 ? 'its object refers' : 'their objects refer'} to it. Delete those, `
+      + `\`nix-store --store ${root} --delete\` each one \`nix-store --store ${root} --query --referrers-closure ${pr.path}\` lists but this path and others verify calls row-without-object, `
+      + 'rebuild what you need, then repair again)';
   }
 }
 
@@ -127,11 +129,14 @@ export async function verify(view: RootView, opts: VerifyOptions): Promise<Verif
     }
     if (opts.checkContents && upper) {
       const actual = narHash(path.join(upperDir, name));
-      if (actual.hash !== row.hash) add('contents-differ', row.path, `the upper object's NAR hash is ${actual.hash}, the DB says ${row.hash}`);
+      if (actual.hash !== row.hash) {
+        add('contents-differ', row.path, `the upper object's NAR hash is ${actual.hash}, the DB says ${row.hash}`
+          + (view.lowerServes(name) ? '' : `: damaged. Delete it (\`nix-store --store ${view.cfg.mergedRoot} --delete ${row.path}\`, after what refers to it), then build or add it again`));
+      }
     }
   }
 
-  if (opts.repair) dropVanished(up.db, vanished);
+  if (opts.repair) dropVanished(up.db, vanished, view.cfg.mergedRoot);
 
   // Closures: a reference without a row cannot exist with foreign keys on, but a DB written
   // with them off can hold one.

@@ -63,6 +63,10 @@ export class Metadata {
    * follower's first import, which then syncs them in full.
    */
   private rootsAfterImport = false;
+  /** The lower DB's rows when the follower last looked (lowerLostPaths): their top id and how many. */
+  private lowerCensus: { maxId: number; count: number } | null = null;
+  /** The lower store lost paths since the roots were synced (resyncRoots). */
+  private rootsNeedSync = false;
   /** Checks that failed in a row, and the last one's error (logged when it changes). */
   private failing = { count: 0, message: '' };
   /** When the follower's check of the lower DB files began, while it waits for the answer. */
@@ -154,6 +158,7 @@ export class Metadata {
       return 0;
     }
     this.importedSignature = this.lower.openedSignature;
+    this.lowerLostPaths(); // the census the follower compares with
     this.stats.count('rowsMirrored', count);
     log.info(`mirror: imported ${count} lower paths in ${Date.now() - t0} ms`);
     this.stats.trace?.('import', this.storeDir, `${count} rows`, Date.now() - t0);
@@ -340,7 +345,7 @@ export class Metadata {
    * exist; it is released when the sync and the root changes queued behind it are done.
    * Without the lock (it could not be had), the sync runs here and now instead.
    */
-  syncRootsInBackground(gcLock: GcLock | null): void {
+  syncRootsInBackground(gcLock: GcLock | null, signature = this.importedSignature): void {
     const roots = this.roots;
     if (!roots) {
       gcLock?.release();
@@ -364,11 +369,12 @@ export class Metadata {
     const t0 = Date.now();
     const job: RootsJob = {
       dir: roots.dir, stampFile: roots.stampFile, dbFile: this.lower.dbFile, storeDir: this.storeDir, duplicates: [...duplicates],
-      maxId: this.mirror.lastLowerId, signature: this.importedSignature,
+      maxId: this.mirror.lastLowerId, signature,
     };
     // Tests hold the sync back until this file exists, to see a GC wait for the roots.
     const gate = process.env.LOCAL_OVERLAY_TEST_ROOTS_GATE;
-    const synced = (gate ? untilExists(gate) : Promise.resolve()).then(() => runRootsWorker(job)).then(
+    // After root changes already queued (a resync after lower deletions: resyncRoots).
+    const synced = (this.rootsBusy ?? Promise.resolve()).then(() => gate ? untilExists(gate) : undefined).then(() => runRootsWorker(job)).then(
       (r) => { log.info(`gc roots: +${r.added} -${r.removed} in ${Date.now() - t0} ms (in the background)`); },
       (err) => {
         if (this.closed) return;
@@ -435,7 +441,11 @@ export class Metadata {
     try {
       const signature = await this.lower.signatureAsync();
       if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
-      if (signature !== this.lower.openedSignature) this.lower.reopen(signature);
+      if (signature !== this.lower.openedSignature) {
+        this.lower.reopen(signature);
+        if (this.roots !== null && this.lowerLostPaths()) this.rootsNeedSync = true;
+      }
+      if (this.rootsNeedSync) await this.resyncRoots();
       // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too. Paths
       // held back for a merged client's lock are looked at again once one of those locks is free.
       if (this.lower.snapshotMaxId > this.reportedMaxId || (this.heldLocks !== null && this.mirror.lockFreed(this.heldLocks))) {
@@ -467,6 +477,40 @@ export class Metadata {
     } finally {
       this.checkingSince = null;
     }
+  }
+
+  /**
+   * Whether the lower DB has fewer rows up to the census's id than the census counted: its GC
+   * (or a `--verify` there) deleted paths. Then the merged root's GC roots may name paths that are
+   * gone, and paths they kept alive may have no root left: a top the GC deleted kept its
+   * references alive, which are tops now. Once the merged DB drops the deleted top's row
+   * (`verify --repair`, `nix-store --verify`), a merged GC would drop those rows too, of lower
+   * objects that still exist. One count over the ids per change of the lower DB's files.
+   */
+  private lowerLostPaths(): boolean {
+    const before = this.lowerCensus;
+    let now: { upTo: number; total: number; maxId: number };
+    try {
+      now = this.lower.conn().prepare('SELECT count(*) FILTER (WHERE id <= ?) AS upTo, count(*) AS total, coalesce(max(id), 0) AS maxId FROM ValidPaths')
+        .get(before?.maxId ?? 0) as { upTo: number; total: number; maxId: number };
+    } catch (err) {
+      if (isTornRead(err)) return false; // counted again at the next change
+      throw err;
+    }
+    this.lowerCensus = { maxId: now.maxId, count: now.total };
+    return before !== null && now.upTo < before.count;
+  }
+
+  /**
+   * After lower deletions: the full roots sync, in the background under Nix's GC lock held
+   * shared (syncRootsInBackground). While a GC holds it, tried again at every check.
+   */
+  private async resyncRoots(): Promise<void> {
+    const lock = this.gcLockFile === null ? null : await tryGcLockShared(this.gcLockFile);
+    if (lock === 'busy') return;
+    this.rootsNeedSync = false;
+    log.info('gc roots: the lower store lost paths; syncing the roots again');
+    this.syncRootsInBackground(lock, this.lower.openedSignature);
   }
 
   /**

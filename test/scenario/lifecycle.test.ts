@@ -614,6 +614,29 @@ test('verify --repair copies back a lower row the merged DB lost, and roots it: 
   t.true(await valid(m, top), 'still valid after a GC');
 });
 
+test('the lower store\'s GC deletes a top: the mount roots what it kept alive, so a merged GC after verify --repair keeps those lower paths valid', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const { appOut, libOut } = lower.manifest.paths;
+  t.true(await eventually(async () => rooted(m, appOut)), 'the top is rooted (in the background)');
+  t.false(rooted(m, libOut), 'what it refers to is not: the top keeps it alive');
+  // The lower store's own GC: appOut loses its root there and goes; libOut keeps its own.
+  fs.rmSync(path.join(lower.root, 'nix/var/nix/gcroots/lower/appOut'));
+  const lowerGc = await nix('nix-collect-garbage', ['--store', lower.root]);
+  t.is(lowerGc.code, 0, lowerGc.stderr);
+  t.false(fs.existsSync(path.join(lower.root, appOut)), 'the lower GC deleted the top');
+  t.true(await eventually(async () => rooted(m, libOut) && !rooted(m, appOut), 10_000), 'the mount rooted the new top and dropped the dead root');
+
+  const fix = await cli(['verify', m.root, '--repair', '--json']);
+  t.true((JSON.parse(fix.stdout) as { problems: { kind: string; path: string; repaired: boolean }[] }).problems
+    .some((p) => p.kind === 'row-without-object' && p.path === appOut && p.repaired), fix.stdout + fix.stderr);
+  const gc = await nix('nix-collect-garbage', ['--store', m.root]);
+  t.is(gc.code, 0, gc.stderr);
+  t.true(await valid(m, libOut), 'libOut, still in the lower store, is still valid in the merged root');
+  t.true(fs.existsSync(path.join(m.store, rel(libOut))), 'and shown');
+});
+
 test('verify --repair of a lost lower row removes the rowless upper leftover of that path first', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
