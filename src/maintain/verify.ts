@@ -54,7 +54,7 @@ function dropVanished(db: Db, vanished: Map<number, Problem>, root: string): voi
   for (const [id, pr] of vanished) {
     if (pr.repaired) continue;
     const kept = (referrers.all(id, id) as number[]).filter((r) => !droppable.has(r));
-    pr.detail += ` (not dropped: ${kept.length} valid path${kept.length === 1 ? '' : 's'} with ${kept.length === 1 ? 'its object refers' : 'their objects refer'} to it. Delete those, `
+    pr.detail += ` (not dropped: ${kept.length} valid path${kept.length === 1 ? '' : 's'} that stay${kept.length === 1 ? 's' : ''} refer${kept.length === 1 ? 's' : ''} to it. Delete those, `
       + `\`nix-store --store ${root} --delete\` each one \`nix-store --store ${root} --query --referrers-closure ${pr.path}\` lists but this path and others verify calls row-without-object, `
       + 'rebuild what you need, then repair again)';
   }

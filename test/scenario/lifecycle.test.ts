@@ -418,7 +418,7 @@ test('verify --repair drops the rows of a lower chain its GC deleted in one run,
   };
   const first = await cli(['verify', m.root, '--repair']);
   t.is(first.code, 1, first.stdout);
-  t.regex(first.stdout, new RegExp(`problem +row-without-object +${p.libOut}: .*\\(not dropped: 2 valid paths refer to it`), 'the merged path and its derivation');
+  t.regex(first.stdout, new RegExp(`problem +row-without-object +${p.libOut}: .*\\(not dropped: 2 valid paths that stay refer to it. Delete those`), 'the merged path and its derivation');
   t.deepEqual(await gone(), libClosure, 'one run dropped every row but those of the closure the merged path refers to');
 
   // Delete what refers to them (the merged path and its derivation), then repair again.
