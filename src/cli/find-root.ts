@@ -20,22 +20,25 @@ export function rootOfPath(p: string): string {
 }
 
 /**
- * The merged root a command is about: `--root` when given; else the root whose store dir
- * contains `hint` (a path inside a merged store); else the only running mount.
+ * The merged root a command is about: `--root` (or the command's ROOT argument) when given;
+ * else the root that `hint` (a path inside a merged root) is in; else the one the current dir
+ * is in; else the only running mount.
  */
 export function findRoot(root: string | undefined, hint?: string): { root: string; rc: RootConfig } {
   const candidates: string[] = [];
   if (root) candidates.push(rootOfPath(root));
   else {
-    if (hint?.startsWith('/')) {
-      const i = path.resolve(hint).lastIndexOf('/nix/store/');
-      if (i > 0) candidates.push(path.resolve(hint).slice(0, i));
+    // A path inside a merged root names it; so does the current dir, inside one.
+    for (const p of [hint?.startsWith('/') ? hint : undefined, process.cwd()]) {
+      if (p === undefined) continue;
+      const r = rootOfPath(p);
+      if (readRootConfig(r) !== null) { candidates.push(r); break; }
     }
-    if (candidates.length === 0 || !readRootConfig(candidates[0])) {
+    if (candidates.length === 0) {
       const running = runningRecords();
-      if (running.length === 1) candidates.splice(0, candidates.length, running[0].config.mergedRoot);
-      else if (running.length > 1 && candidates.length === 0) {
-        throw new LocalOverlayError('usage', `${running.length} merged stores are mounted (${running.map((r) => r.config.mergedRoot).join(', ')}): say which (the root argument, or --root ROOT)`);
+      if (running.length === 1) candidates.push(running[0].config.mergedRoot);
+      else if (running.length > 1) {
+        throw new LocalOverlayError('usage', `${running.length} merged stores are mounted (${running.map((r) => r.config.mergedRoot).join(', ')}): say which with --root ROOT, or run the command in a dir inside that root`);
       }
     }
   }

@@ -12,6 +12,10 @@ import { syncCommand } from './commands/sync';
 import { traceCommand } from './commands/trace';
 import { EXIT } from './run';
 
+/** Every command's names (its first word, and its aliases): a usage error within one points at its --help. */
+const COMMAND_NAMES = new Set([mountCommand, unmountCommand, statusCommand, explainCommand, refreshCommand, syncCommand, verifyCommand, optimiseCommand, traceCommand]
+  .flatMap((c) => [String(c.command).split(' ')[0]!, ...[c.aliases ?? []].flat()]));
+
 void yargs(hideBin(process.argv))
   .scriptName('local-overlay')
   .usage('$0 <command> [options]\n\nA Nix local-overlay store as a FUSE filesystem: a read-only lower store and a writable upper layer merged into one ordinary local store that any Nix can use with --store ROOT.')
@@ -32,7 +36,12 @@ void yargs(hideBin(process.argv))
   .fail((msg, err, y) => {
     // A .check() that returns a message passes it as `err` too (a string): a usage error.
     if ((err as unknown) instanceof Error) throw err;
-    process.stderr.write(`${y.help().toString()}\n\nlocal-overlay: error: ${msg}\n`);
+    // Within a command, the error and where the options are; without one, the commands.
+    const command = hideBin(process.argv).find((a) => !a.startsWith('-'));
+    const known = command !== undefined && COMMAND_NAMES.has(command);
+    process.stderr.write(known
+      ? `local-overlay: error: ${msg}\n(\`local-overlay ${command} --help\` explains every option)\n`
+      : `${y.help().toString()}\n\nlocal-overlay: error: ${msg}\n`);
     process.exit(EXIT.usage);
   })
   .help()

@@ -16,9 +16,19 @@ export function checkRanges(ranges: Record<string, Range>): (argv: Record<string
       if (values.length !== 1) return `--${name} is given ${values.length} times (${values.map(String).join(', ')}); give it once`;
       if (typeof values[0] !== 'number' || !Number.isFinite(values[0])
         || values[0] < r.min || values[0] > r.max || (r.integer === true && !Number.isInteger(values[0]))) {
-        return `--${name} must be ${r.integer ? 'a whole number' : 'a number'} of ${r.unit} from ${r.min} to ${r.max} (got ${values.map(String).join(', ')})`;
+        return `--${name} must be ${r.integer ? 'a whole number' : 'a number'} of ${r.unit} from ${r.min} to ${r.max} (got ${typeof values[0] === 'number' && Number.isNaN(values[0]) ? given(name) : String(values[0])})`;
       }
     }
     return true;
   };
+}
+
+/** What the command line said for `--name` (yargs made a NaN of it): `--name=V` or `--name V`. */
+function given(name: string): string {
+  const args = process.argv;
+  for (const [i, a] of args.entries()) {
+    if (a.startsWith(`--${name}=`)) return a.slice(name.length + 3);
+    if (a === `--${name}` && i + 1 < args.length) return args[i + 1]!;
+  }
+  return 'not a number';
 }

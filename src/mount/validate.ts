@@ -28,7 +28,10 @@ export function validateMount(cfg: MountConfig): void {
   const lower = rootLayout(cfg.lowerRoot);
   if (!fs.existsSync(cfg.lowerRoot)) fail('lower-missing', `lower root ${cfg.lowerRoot} does not exist`);
   if (!isDir(cfg.lowerRoot)) fail('lower-not-dir', `lower root ${cfg.lowerRoot} is not a directory`);
-  if (!isDir(lower.storeDir)) fail('lower-no-store', `lower root ${cfg.lowerRoot} has no store directory (${lower.storeDir})`);
+  if (!isDir(lower.storeDir)) {
+    const above = storeDirParent(cfg.lowerRoot);
+    fail('lower-no-store', `lower root ${cfg.lowerRoot} has no store directory (${lower.storeDir})${above !== null && isDir(path.join(above, 'nix/var/nix/db')) ? `: the lower root is the dir above nix/store (did you mean --lower ${above}?)` : ''}`);
+  }
   if (!fs.existsSync(lower.dbFile)) fail('lower-no-db', `lower root ${cfg.lowerRoot} has no Nix database (${lower.dbFile})`);
   checkSchema(lower.dbDir, 'lower');
   checkSqlite(lower.dbFile, 'lower');
@@ -41,6 +44,18 @@ export function validateMount(cfg: MountConfig): void {
     fail('work-upper-overlap', `work dir ${cfg.workDir} and upper dir ${cfg.upperDir} must not contain each other`);
   }
   checkSameLayers(cfg);
+  const mergedAbove = storeDirParent(cfg.mergedRoot);
+  if (mergedAbove !== null && readRootConfig(cfg.mergedRoot) === null) {
+    fail('merged-is-store-dir', `merged root ${cfg.mergedRoot} is a store dir: the merged root is the dir above nix/store, where the store is mounted at ROOT/nix/store (did you mean --root ${mergedAbove}?)`);
+  }
+  for (const [name, p] of [['upper dir', cfg.upperDir], ['work dir', cfg.workDir]] as const) {
+    const other = mergedRootAbove(p);
+    if (other !== null) fail(`${name.split(' ')[0]}-in-merged-store`, `${name} ${p} is inside the store dir of the merged root ${other}, which its mount hides (and which must stay empty while it is not mounted)`);
+  }
+  const [upperDev, workDev] = [nearestDev(cfg.upperDir), nearestDev(cfg.workDir)];
+  if (upperDev !== workDev) {
+    fail('work-other-fs', `work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir} (objects are moved between them by rename)`);
+  }
   const merged = rootLayout(cfg.mergedRoot);
   if (within(merged.storeDir, cfg.upperDir) || within(cfg.upperDir, merged.storeDir)) {
     fail('upper-merged-overlap', `upper dir ${cfg.upperDir} and the merged store dir ${merged.storeDir} must be separate`);
@@ -105,6 +120,31 @@ function checkSameLayers(cfg: MountConfig): void {
 }
 
 /** `dir` exists as a directory, or can be made: the nearest existing path above it is a directory. */
+/** X when `p` is X/nix/store; else null. */
+function storeDirParent(p: string): string | null {
+  const abs = path.resolve(p);
+  return abs.endsWith('/nix/store') ? abs.slice(0, -'/nix/store'.length) || '/' : null;
+}
+
+/** The merged root (it has a config.json) whose store dir holds `p`; null if none does. */
+function mergedRootAbove(p: string): string | null {
+  const abs = path.resolve(p);
+  for (let i = abs.indexOf('/nix/store/'); i >= 0; i = abs.indexOf('/nix/store/', i + 1)) {
+    const root = abs.slice(0, i) || '/';
+    if (readRootConfig(root) !== null) return root;
+  }
+  return null;
+}
+
+/** The device of `p`, or of its nearest existing ancestor (where it would be made). */
+function nearestDev(p: string): number {
+  for (let d = path.resolve(p); ; d = path.dirname(d)) {
+    let st: fs.Stats | undefined;
+    try { st = fs.statSync(d, { throwIfNoEntry: false }); } catch { st = undefined; } // ENOTDIR: checkCanMake says so
+    if (st !== undefined || d === '/') return st?.dev ?? -1;
+  }
+}
+
 function checkCanMake(code: string, name: string, dir: string): void {
   for (let p = path.resolve(dir); ; p = path.dirname(p)) {
     let st: fs.Stats | undefined;

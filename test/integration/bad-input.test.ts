@@ -244,3 +244,33 @@ test('a lower DB that is not SQLite, and a merged root that is a regular file, a
   fs.writeFileSync(path.join(d.root, 'nix'), 'a file');
   await refused(t, d, new RegExp(`cannot be made: ${d.root}/nix is not a directory`));
 });
+
+test('a store dir given for the merged or the lower root is refused, naming the root meant', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const c = paths(dir, lower.root);
+  c.root = path.join(dir, 'merged/nix/store');
+  await refused(t, c, new RegExp(`merged root ${c.root} is a store dir: .*\\(did you mean --root ${dir}/merged\\?\\)`));
+  await refused(t, paths(dir, path.join(lower.root, 'nix/store')), new RegExp(`has no store directory .*\\(did you mean --lower ${lower.root}\\?\\)`));
+});
+
+test('a work dir on another filesystem than the upper dir is refused before anything is made', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const c = paths(dir, lower.root);
+  c.work = path.join('/dev/shm', `lo-test-work-${process.pid}-${Date.now()}`);
+  t.teardown(() => fs.rmSync(c.work, { recursive: true, force: true }));
+  t.not(fs.statSync('/dev/shm').dev, fs.statSync(dir).dev, '/dev/shm is another filesystem here');
+  await refused(t, c, /work dir .* must be on the same filesystem as the upper dir/);
+});
+
+test('an upper or work dir inside the store dir of another merged root (hidden by its mount) is refused', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const other = await mountMerged(t, lower.root, { dir: path.join(dir, 'other') });
+  await other.unmount();
+  const c = paths(dir, lower.root);
+  c.upper = path.join(other.store, 'upperX');
+  await refused(t, c, new RegExp(`upper dir ${c.upper} is inside the store dir of the merged root ${other.root}`));
+  t.deepEqual(fs.readdirSync(other.store), ['.links'], 'the other root\'s mount point holds only its guard');
+});

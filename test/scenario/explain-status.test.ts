@@ -258,10 +258,22 @@ test('explain: a relative path names its root; paths of two roots are refused; a
   t.regex(mixed.stderr, new RegExp(`different merged roots \\(${m1.root}: .*; ${m2.root}: .*\\)`));
   const wrongRoot = await cli(['explain', '--root', m1.root, path.join(m2.store, obj)]);
   t.is(wrongRoot.code, 2, wrongRoot.stderr);
-  for (const arg of ['/etc/passwd', m1.root]) {
-    const r = await cli(['explain', '--root', m1.root, arg]);
-    t.is(r.code, 2, `${arg}: ${r.stderr}`);
-    t.regex(r.stderr, new RegExp(`${arg} is not in a merged store`));
+  for (const extra of [['--root', m1.root], []]) {
+    const r = await cli(['explain', ...extra, '/etc/passwd']);
+    t.is(r.code, 2, `${extra.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, /\/etc\/passwd is not in a merged store/, 'with two mounts up, not "say which"');
     t.notRegex(r.stdout, /neither layer/);
   }
+  for (const [arg, what] of [[m1.root, 'the merged root'], [m1.store, 'the store dir of the merged root']]) {
+    const r = await cli(['explain', arg]);
+    t.is(r.code, 2, r.stderr);
+    t.regex(r.stderr, new RegExp(`${arg} is ${what} ${m1.root}: name an object below ${m1.store}`));
+  }
+  // Two mounts up: a command without a root takes the one the current dir is in.
+  const here = await cli(['verify', '--json'], { cwd: path.join(m2.root, 'nix/var') });
+  t.is(here.code, 0, here.stderr);
+  const inside = await cli(['explain', '--json', obj], { cwd: m2.root });
+  t.is((JSON.parse(inside.stdout) as { root: string }).root, m2.root, inside.stderr);
+  const nowhere = await cli(['verify'], { cwd: '/' });
+  t.regex(nowhere.stderr, /merged stores are mounted .*: say which with --root ROOT, or run the command in a dir inside that root/);
 });

@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { Explainer, formatExplanation } from '../../explain/explain';
 import { rootLayout } from '../../mount/config';
-import { liveRecord, readRootConfig } from '../../mount/records';
+import { liveRecord, readRootConfig, runningRecords } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
 import { findRoot, rootOfPath } from '../find-root';
@@ -34,8 +34,14 @@ function target(input: string): { arg: string; root: string | null } {
     return { arg: abs, root: readRootConfig(root) !== null ? root : null };
   }
   const root = rootOfPath(abs);
-  if (readRootConfig(root) !== null && abs.startsWith(`${rootLayout(root).storeDir}/`)) return { arg: abs, root };
-  return { arg: abs, root: null };
+  if (readRootConfig(root) !== null) {
+    const { storeDir } = rootLayout(root);
+    if (abs.startsWith(`${storeDir}/`)) return { arg: abs, root };
+    throw new LocalOverlayError('usage', `${input} is ${abs === storeDir ? `the store dir of the merged root ${root}` : abs === root ? `the merged root ${root}` : `in the merged root ${root}, not in its store`}: name an object below ${storeDir}`);
+  }
+  // A path in a running mount's upper dir or lower store names that mount's root.
+  const layer = runningRecords().find((r) => [r.config.upperDir, rootLayout(r.config.lowerRoot).storeDir].some((d) => abs.startsWith(`${d}/`)));
+  return { arg: abs, root: layer?.config.mergedRoot ?? null };
 }
 
 async function explain(argv: ExplainArgs): Promise<number> {
@@ -46,6 +52,10 @@ async function explain(argv: ExplainArgs): Promise<number> {
   if (roots.length > 1) {
     const of = (r: string): string => argv.paths.filter((_, i) => targets[i].root === r).join(', ') || '--root';
     throw new LocalOverlayError('usage', `the paths are in different merged roots (${roots.map((r) => `${r}: ${of(r)}`).join('; ')}): explain the paths of one root at a time`);
+  }
+  const stray = targets.findIndex((x) => x.root === null && x.arg.startsWith('/') && !x.arg.startsWith(`${STORE_DIR}/`));
+  if (roots.length === 0 && stray >= 0) {
+    throw new LocalOverlayError('usage', `${argv.paths[stray]} is not in a merged store: name a path below ROOT/nix/store, a store path (/nix/store/...), a name or a hash part`);
   }
   const { root, rc } = findRoot(roots[0]);
   // An absolute path must be in the merged store, or in one of its layers, to name anything.
