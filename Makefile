@@ -7,7 +7,7 @@ SHELL := /bin/bash
 APT_PACKAGES := libfuse2 libfuse-dev fuse3 nix-bin fuse-overlayfs sqlite3 pkg-config patch openssl python3 util-linux e2fsprogs
 NODE_BIN := node_modules/.bin
 
-.PHONY: all setup system-packages deps native build demo test bench bench-small bench-1m clean
+.PHONY: all setup system-packages deps native build install uninstall demo test bench bench-small bench-1m clean
 
 all: build
 
@@ -47,6 +47,20 @@ native: deps
 build: deps
 	rm -rf dist
 	$(NODE_BIN)/tsc -p tsconfig.json
+	chmod 0755 dist/src/cli/main.js
+
+# Puts `local-overlay` on PATH: a link in $(PREFIX)/bin to this checkout's built CLI (Node
+# resolves its modules from the link's target), so a rebuild here is what runs there.
+PREFIX ?= /usr/local
+
+install: setup
+	install -d $(PREFIX)/bin
+	ln -sfn $(CURDIR)/dist/src/cli/main.js $(PREFIX)/bin/local-overlay
+	@echo "local-overlay -> $(CURDIR)/dist/src/cli/main.js ($$($(PREFIX)/bin/local-overlay --version))"
+
+uninstall:
+	@if [ "$$(readlink $(PREFIX)/bin/local-overlay)" = "$(CURDIR)/dist/src/cli/main.js" ]; then rm $(PREFIX)/bin/local-overlay; echo "removed $(PREFIX)/bin/local-overlay"; \
+	else echo "$(PREFIX)/bin/local-overlay is not this checkout's link: left alone"; fi
 
 demo: setup
 	bash scripts/demo.sh
