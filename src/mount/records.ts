@@ -247,49 +247,76 @@ export function mountDevice(dir: string, mountinfo = '/proc/self/mountinfo'): [n
   return mountEntries(mountinfo).filter((e) => e.point === want).pop()?.dev ?? null;
 }
 
+/** A process in a mount namespace other than the daemon's, and whether anything shows it uses the merged root. */
+export interface NamespaceUser { pid: number; comm: string; usesRoot: boolean }
+
 /**
- * Processes in other mount namespaces that show at `storeDir` a local-overlay mount other than
- * ours (device `dev`): an earlier mount of the root, which they keep after it was unmounted
- * here, dead once its daemon is gone ("Transport endpoint is not connected"). Nix 2.8 run as
- * root (a `nix-daemon --store ROOT`) unshares a mount namespace at its start, and where mounts
- * are private nothing mounted here later reaches it. As `PID (comm)`; reads /proc only.
+ * Processes in other mount namespaces that show at `storeDir` a local-overlay mount: an earlier
+ * one than daemon `daemonPid` serves (`which` = 'earlier': dead once its daemon is gone,
+ * "Transport endpoint is not connected"), or this very one ('current': `unmount` is about to
+ * leave them a dead mount). Nix 2.8 run as root (a `nix-daemon --store ROOT`) unshares a mount
+ * namespace at its start, and where mounts are private nothing mounted here later reaches it.
+ * Each says whether it uses the root: its command line or environment names it, or its working
+ * dir, root dir or an open file is inside it. Reads /proc only; kernel threads are skipped.
  */
-export function staleMountUsers(storeDir: string, daemonPid: number): string[] {
+export function otherNamespaceUsers(storeDir: string, daemonPid: number, which: 'earlier' | 'current'): NamespaceUser[] {
   const want = mountPointName(storeDir);
+  const root = want.slice(0, -'/nix/store'.length) || '/';
   const ns = (pid: string | number): string => { try { return fs.readlinkSync(`/proc/${pid}/ns/mnt`); } catch { return ''; } };
   // The daemon's view, not this process's: `status` may run in another namespace.
   const ours = ns(daemonPid);
   const dev = mountDevice(storeDir, `/proc/${daemonPid}/mountinfo`);
   if (ours === '' || dev === null) return [];
-  const seen = new Map<string, boolean>(); // namespace: whether it shows a stale mount
-  const users: string[] = [];
+  const seen = new Map<string, boolean>(); // namespace: whether it shows such a mount
+  const users: NamespaceUser[] = [];
   const pids = fs.readdirSync('/proc').filter((p) => /^[0-9]+$/.test(p)).sort((a, b) => Number(a) - Number(b));
   for (const pid of pids) {
     if (pid === String(process.pid)) continue;
     const id = ns(pid);
     if (id === '' || id === ours) continue;
-    // Kernel threads (no command line) live in the first namespace whatever it holds.
-    try { if (fs.readFileSync(`/proc/${pid}/cmdline`).length === 0) continue; } catch { continue; }
-    let stale = seen.get(id);
-    if (stale === undefined) {
+    let cmdline: Buffer;
+    try { cmdline = fs.readFileSync(`/proc/${pid}/cmdline`); } catch { continue; }
+    if (cmdline.length === 0) continue; // a kernel thread: in the first namespace whatever it holds
+    let shows = seen.get(id);
+    if (shows === undefined) {
       const top = mountEntries(`/proc/${pid}/mountinfo`).filter((e) => e.point === want).pop();
-      stale = top !== undefined && top.fsType === 'fuse.local-overlay' && (top.dev[0] !== dev[0] || top.dev[1] !== dev[1]);
-      seen.set(id, stale);
+      const same = top !== undefined && top.dev[0] === dev[0] && top.dev[1] === dev[1];
+      shows = top !== undefined && top.fsType === 'fuse.local-overlay' && (which === 'current' ? same : !same);
+      seen.set(id, shows);
     }
-    if (!stale) continue;
+    if (!shows) continue;
     let comm = '?';
     try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { /* gone */ }
-    users.push(`${pid} (${comm})`);
+    users.push({ pid: Number(pid), comm, usesRoot: usesPath(pid, cmdline, root) });
   }
   return users;
 }
 
-/** What to say of processes that still see an earlier mount of the store dir than daemon `daemonPid` serves (staleMountUsers), or null. */
+/** Whether process `pid` names `root` in its command line or environment, or has its cwd, root dir or an open file inside it. */
+function usesPath(pid: string, cmdline: Buffer, root: string): boolean {
+  const inside = (p: string): boolean => p === root || p.startsWith(`${root}/`);
+  if (cmdline.includes(root)) return true;
+  try { if (fs.readFileSync(`/proc/${pid}/environ`).includes(root)) return true; } catch { /* not ours to read */ }
+  const link = (l: string): string => { try { return fs.readlinkSync(`/proc/${pid}/${l}`); } catch { return ''; } };
+  if (inside(link('cwd')) || inside(link('root'))) return true;
+  try { return fs.readdirSync(`/proc/${pid}/fd`).some((fd) => inside(link(`fd/${fd}`))); } catch { return false; }
+}
+
+const listed = (users: readonly NamespaceUser[]): string =>
+  users.slice(0, 5).map((u) => `${u.pid} (${u.comm})`).join(', ') + (users.length > 5 ? `, and ${users.length - 5} more` : '');
+
+/** What to say of processes that still see an earlier mount of the store dir than daemon `daemonPid` serves (otherNamespaceUsers), or null. */
 export function staleMountWarning(storeDir: string, daemonPid: number): string | null {
-  const users = staleMountUsers(storeDir, daemonPid);
+  const users = otherNamespaceUsers(storeDir, daemonPid, 'earlier');
   if (users.length === 0) return null;
-  const shown = users.slice(0, 5).join(', ') + (users.length > 5 ? `, and ${users.length - 5} more` : '');
-  return `${users.length === 1 ? 'a process sees' : `${users.length} processes see`} an earlier mount of ${storeDir}, dead since it was unmounted, in a mount namespace of ${users.length === 1 ? 'its' : 'their'} own: ${shown}. Restart ${users.length === 1 ? 'it' : 'them'} (a nix-daemon run as root takes a namespace of its own at start)`;
+  const using = users.filter((u) => u.usesRoot);
+  const root = storeDir.slice(0, -'/nix/store'.length) || '/';
+  if (using.length > 0) {
+    const others = users.length - using.length;
+    return `${using.length === 1 ? 'a process that uses' : `${using.length} processes that use`} ${root} ${using.length === 1 ? 'sees' : 'see'} an earlier mount of ${storeDir}, dead since it was unmounted, in a mount namespace of ${using.length === 1 ? 'its' : 'their'} own: ${listed(using)}. `
+      + `Restart ${using.length === 1 ? 'it' : 'them'} (a nix-daemon run as root takes a namespace of its own at start)${others > 0 ? `; ${others} other${others === 1 ? '' : 's'} there show${others === 1 ? 's' : ''} no use of it` : ''}`;
+  }
+  return `${users.length === 1 ? 'a process sees' : `${users.length} processes see`} an earlier, dead mount of ${storeDir} in a mount namespace of ${users.length === 1 ? 'its' : 'their'} own (${listed(users)}); nothing shows ${users.length === 1 ? 'it uses' : 'they use'} ${root}, but one that does (a nix-daemon serving it, which took its namespace at start) needs a restart`;
 }
 
 function unescapeMount(s: string): string {

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { spawn } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -173,32 +173,45 @@ test('unmount is not held up by a client that keeps the control socket open', as
   t.true(await waitGone(m.pid, 1000), 'the daemon exited');
 });
 
-test('mount and status name a process that still sees an earlier mount of the root in a mount namespace of its own', async (t) => {
+test('unmount, mount and status name a process that uses the root and keeps a mount of it in a mount namespace of its own; others there are not told to restart', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root);
   // What a nix-daemon run as root does at start (Nix 2.8 unshares a mount namespace), where
-  // mounts are private: it keeps the mount it saw.
-  const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '600'], { stdio: 'ignore' });
-  t.teardown(() => { holder.kill('SIGKILL'); });
+  // mounts are private: it keeps the mount it saw. One holder works in the root (as a
+  // `nix-daemon --store ROOT` names it); the other has nothing to do with it.
   const ns = (pid: number | string): string => { try { return fs.readlinkSync(`/proc/${pid}/ns/mnt`); } catch { return ''; } };
-  for (let i = 0; i < 100 && (ns(holder.pid!) === ns('self') || !fs.readFileSync(`/proc/${holder.pid!}/comm`, 'utf8').startsWith('sleep')); i++) {
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  t.not(ns(holder.pid!), ns('self'), 'unshare made a mount namespace of its own');
+  const hold = async (cwd: string): Promise<ChildProcess> => {
+    const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '600'], { stdio: 'ignore', cwd });
+    t.teardown(() => { holder.kill('SIGKILL'); });
+    for (let i = 0; i < 100 && (ns(holder.pid!) === ns('self') || !fs.readFileSync(`/proc/${holder.pid!}/comm`, 'utf8').startsWith('sleep')); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    t.not(ns(holder.pid!), ns('self'), 'unshare made a mount namespace of its own');
+    return holder;
+  };
+  const user = await hold(path.join(m.root, 'nix/var'));
+  const bystander = await hold('/');
   const none = await cli(['status', m.root, '--json']);
   t.is((JSON.parse(none.stdout) as { staleMount?: string }).staleMount, undefined, 'the same mount is not an earlier one');
-  await m.unmount();
+  const u = await cli(['unmount', m.root]);
+  t.is(u.code, 0, u.stderr);
+  t.regex(u.stderr, new RegExp(`warning: a process that uses ${m.root} sees this mount from a mount namespace of its own: ${user.pid!} \\(sleep\\)\\. It loses it now`));
+  t.notRegex(u.stderr, new RegExp(`${bystander.pid!}`), 'not the bystander');
   const again = await mountMerged(t, lower.root, { dir: m.dir });
-  t.regex(again.mountStderr, new RegExp(`warning: a process sees an earlier mount of ${again.store}, dead since it was unmounted, in a mount namespace of its own: ${holder.pid!} \\(sleep\\)\\. Restart it`));
+  t.regex(again.mountStderr, new RegExp(`warning: a process that uses ${again.root} sees an earlier mount of ${again.store}, dead since it was unmounted, in a mount namespace of its own: ${user.pid!} \\(sleep\\)\\. Restart it .*; 1 other there shows no use of it`));
   const s = await cli(['status', again.root]);
-  t.regex(s.stdout, new RegExp(`warning +a process sees an earlier mount .*${holder.pid!} \\(sleep\\)`));
+  t.regex(s.stdout, new RegExp(`warning +a process that uses .* sees an earlier mount .*${user.pid!} \\(sleep\\)`));
   // From inside the stale namespace the daemon's view still decides; kernel threads are no one's.
-  const inside = await run('nsenter', ['-t', String(holder.pid!), '-m', '--', process.execPath, CLI, 'status', again.root]);
-  t.regex(inside.stdout, new RegExp(`warning +a process sees an earlier mount .*: ${holder.pid!} \\(sleep\\)\\.`), inside.stdout + inside.stderr);
-  holder.kill('SIGKILL');
-  await new Promise((r) => holder.once('exit', r));
+  const inside = await run('nsenter', ['-t', String(user.pid!), '-m', '--', process.execPath, CLI, 'status', again.root]);
+  t.regex(inside.stdout, new RegExp(`warning +a process that uses .* sees an earlier mount .*: ${user.pid!} \\(sleep\\)\\.`), inside.stdout + inside.stderr);
+  user.kill('SIGKILL');
+  await new Promise((r) => user.once('exit', r));
+  const only = await cli(['status', again.root, '--json']);
+  t.regex((JSON.parse(only.stdout) as { staleMount?: string }).staleMount ?? '', new RegExp(`^a process sees an earlier, dead mount .* \\(${bystander.pid!} \\(sleep\\)\\); nothing shows it uses`), 'the bystander alone: no restart demanded of it');
+  bystander.kill('SIGKILL');
+  await new Promise((r) => bystander.once('exit', r));
   const after = await cli(['status', again.root, '--json']);
-  t.is((JSON.parse(after.stdout) as { staleMount?: string }).staleMount, undefined, 'gone with the process');
+  t.is((JSON.parse(after.stdout) as { staleMount?: string }).staleMount, undefined, 'gone with the processes');
 });
 
 test('unmount leaves alone a mount at the store dir that is not local-overlay\'s', async (t) => {

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
 import { controlRequest } from '../../mount/control';
-import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, mountType, processAlive, readRecord, removeLeftovers, stuckWhere } from '../../mount/records';
+import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, mountType, otherNamespaceUsers, processAlive, readRecord, removeLeftovers, stuckWhere } from '../../mount/records';
 import { abortConnection } from '../../mount/fusectl';
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
@@ -41,6 +41,13 @@ export async function unmount(root: string, timeoutS: number, force = false): Pr
     const users = storeUsers(storeDir, pid);
     if (users.length > 0) {
       process.stderr.write(`local-overlay: warning: ${users.length} process${users.length === 1 ? '' : 'es'} still use${users.length === 1 ? 's' : ''} ${storeDir} and lose${users.length === 1 ? 's' : ''} it now: ${users.slice(0, 8).join(', ')}${users.length > 8 ? ', ...' : ''}\n`);
+    }
+    // Those in mount namespaces of their own (a nix-daemon run as root) keep a copy of this
+    // mount, dead once the daemon exits, also after the next mount here.
+    const elsewhere = otherNamespaceUsers(storeDir, pid, 'current').filter((u) => u.usesRoot);
+    if (elsewhere.length > 0) {
+      process.stderr.write(`local-overlay: warning: ${elsewhere.length === 1 ? 'a process that uses' : `${elsewhere.length} processes that use`} ${root} ${elsewhere.length === 1 ? 'sees' : 'see'} this mount from a mount namespace of ${elsewhere.length === 1 ? 'its' : 'their'} own: ${elsewhere.slice(0, 8).map((u) => `${u.pid} (${u.comm})`).join(', ')}${elsewhere.length > 8 ? ', ...' : ''}. `
+        + `${elsewhere.length === 1 ? 'It loses' : 'They lose'} it now and ${elsewhere.length === 1 ? 'sees' : 'see'} it dead ("Transport endpoint is not connected") until restarted, after the next mount too\n`);
     }
     process.kill(pid, 'SIGTERM');
     const deadline = Date.now() + timeoutS * 1000;
