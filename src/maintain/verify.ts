@@ -102,9 +102,12 @@ export async function verify(view: RootView, opts: VerifyOptions): Promise<Verif
     const lower = view.lowerServes(name);
     if (!upper && (!lower || whiteout(name))) {
       if (lower) {
-        const pr = add('whiteout-hides-valid', row.path, 'a whiteout hides the lower object, but the upper DB says the path is valid');
+        const pr = add('whiteout-hides-valid', row.path, 'a whiteout in the upper dir hides the lower object, but the upper DB says the path is valid');
         if (opts.repair) {
+          // The merged DB keeps every lower path's row (the mirror imports them, and lower paths
+          // refer to it): the whiteout is what cannot stay.
           for (const p of [path.join(upperDir, name), path.join(upperDir, `.wh.${name}`)]) fs.rmSync(p, { force: true });
+          pr.detail += ': the whiteout was removed, and the lower object shows again';
           pr.repaired = true;
         }
         continue;
