@@ -5,9 +5,12 @@
 export function progress(label: string): (done: number, total: number) => void {
   const tty = process.stderr.isTTY === true;
   let lastPct = -1;
+  let shown = false;
   const started = Date.now();
   return (done, total) => {
-    if (Date.now() - started < 1000 && done < total) return;
+    // Nothing for a run that ends within its first second; once shown, shown to the end.
+    if (!shown && Date.now() - started < 1000) return;
+    shown = true;
     const pct = total === 0 ? 100 : Math.floor((done / total) * 100);
     if (tty) {
       const width = 30;

@@ -233,6 +233,17 @@ test('trace: resolution decisions, refused writes and closure syncs, filtered by
   t.is(isDir.code, 1, `the daemon cannot open a dir as its trace file: ${isDir.stderr}`);
   t.regex(isDir.stderr, /^local-overlay: error: the daemon could not switch tracing: EISDIR/m);
   t.notRegex(isDir.stderr, /Error: /, 'the daemon\'s error is not wrapped twice');
+  // A prefix as a hash part, or as a path in the merged store, is made a store path prefix.
+  const hash = rel(p.libOut).slice(0, 12);
+  for (const prefix of [hash, path.join(m.store, rel(p.libOut))]) {
+    const on = await cli(['trace', m.root, 'on', '--file', trace, '--prefix', prefix]);
+    t.is(on.code, 0, on.stderr);
+    t.regex(on.stdout, new RegExp(`\\(paths under /nix/store/${prefix === hash ? hash : rel(p.libOut)}\\)`));
+  }
+  await fs.promises.writeFile(path.join(m.store, rel(p.libOut), 'z'), '').catch(() => undefined);
+  t.true((await fs.promises.readFile(trace, 'utf8')).includes(`refuse ${p.libOut}/z create`), 'the normalised prefix matches');
+  const bad = await cli(['trace', m.root, 'on', '--prefix', 'some/dir']);
+  t.is(bad.code, 2, bad.stderr);
   const both = await cli(['sync', '--root', m.root, '--all', p.appOut]);
   t.is(both.code, 2, `sync --all with paths is refused: ${both.stdout}${both.stderr}`);
   const notAPath = await cli(['sync', '--root', m.root, m.root]);

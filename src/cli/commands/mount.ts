@@ -10,6 +10,7 @@ import { staleMountWarning } from '../../mount/records';
 import { log, LogLevel } from '../../util/log';
 import { EXIT, runCommand } from '../run';
 import { checkRanges } from '../ranges';
+import { tracePrefix } from './trace';
 
 interface MountArgs {
   lower: string; upper: string; root: string; work?: string; metadata: MetadataMode;
@@ -35,7 +36,7 @@ export const mountCommand: CommandModule<object, MountArgs> = {
     .option('passthrough', { type: 'boolean', default: true, describe: 'let the kernel read lower files itself (FUSE passthrough, Linux 6.9+, as root; otherwise reads go through the daemon as before); --no-passthrough: every read of a file not in the page cache reaches the daemon' })
     .option('poll-us', { type: 'number', describe: '(0-1000000) while requests come close together, poll /dev/fuse this many microseconds for the next one before sleeping: saves a wakeup per request (warm reads ~1.3x faster, native-notes/README.md) for CPU time, at most this much per gap between requests; off while other tasks wait for a CPU (PSI); 0: never [default: 50; 0 with one CPU, under a cgroup CPU quota or without /proc/pressure/cpu]' })
     .option('trace', { type: 'string', describe: 'write a trace line per resolution decision, refused write, closure sync and DB import to FILE (SIGUSR1 or `local-overlay trace` toggle it later)' })
-    .option('trace-prefix', { type: 'string', describe: 'trace only store paths under this prefix, e.g. /nix/store/abc' })
+    .option('trace-prefix', { type: 'string', describe: 'trace only store paths starting so: /nix/store/HASH-NAME..., ROOT/nix/store/..., or the start of a name (a hash part)' })
     .option('log-level', { choices: ['error', 'warn', 'info', 'debug'] as const, default: 'info' as LogLevel, describe: 'daemon log level' })
     .option('ready-fd', { type: 'number', hidden: true })
     .check(checkRanges({
@@ -70,7 +71,7 @@ function configFrom(argv: MountArgs): MountConfig {
     passthrough: argv.passthrough,
     pollUs: argv['poll-us'],
     traceFile: argv.trace ? path.resolve(argv.trace) : undefined,
-    tracePrefix: argv['trace-prefix'],
+    tracePrefix: argv['trace-prefix'] === undefined ? undefined : tracePrefix(argv['trace-prefix'], mergedRoot),
   };
 }
 

@@ -142,9 +142,10 @@ function formatStatus(s: Record<string, any>): string {
     `  lower      ${s.config?.lowerRoot}    upper ${s.config?.upperDir}    metadata ${s.config?.metadata}`,
     `  upper      ${s.upper.objects} objects, ${(s.upper.bytes / 1048576).toFixed(1)} MiB`,
     `  lookups    upper ${c.upper ?? 0}  lower ${c.lower ?? 0}  missing ${c.miss ?? 0}  refused writes ${c.refused ?? 0}`,
-    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows${c.closuresInPieces ? `, ${c.closuresInPieces} in pieces` : ''}${c.tornReads ? `, ${c.tornReads} torn reads read again` : ''})  follower lag ${s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerGc(s.follower?.waitingForGcMs)}${followerLocks(s.follower?.waitingForLocks)}${followerFailing(s.follower?.failing)}`,
+    `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows${c.closuresInPieces ? `, ${c.closuresInPieces} in pieces` : ''}${c.tornReads ? `, ${c.tornReads} torn reads read again` : ''})  follower lag ${s.follower?.failing?.count > 0 ? '?' : s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerGc(s.follower?.waitingForGcMs)}${followerLocks(s.follower?.waitingForLocks)}${followerFailing(s.follower?.failing)}`,
   ];
   if (s.fastPath) lines.push(`  fast path  ${fastPathLine(s.fastPath)}`);
+  if (s.tracing) lines.push(`  tracing    to ${s.tracing.file}${s.tracing.prefix ? ` (paths under ${s.tracing.prefix})` : ''}`);
   if (s.staleMount) lines.push(`  warning    ${s.staleMount}`);
   if (s.error) lines.push(`  error      ${s.error}`);
   return lines.join('\n');

@@ -14,9 +14,9 @@ export const traceCommand: CommandModule<object, TraceArgs> = {
   describe: 'Switch tracing of a running mount on or off',
   builder: (y: Argv) => y
     .positional('root', { type: 'string', demandOption: true, describe: 'the merged root' })
-    .positional('state', { choices: ['on', 'off'] as const, demandOption: true })
+    .positional('state', { choices: ['on', 'off'] as const, demandOption: true, describe: 'switch tracing on or off' })
     .option('file', { type: 'string', describe: 'trace file [default: the mount\'s --trace, else ROOT/nix/var/local-overlay/trace.log]' })
-    .option('prefix', { type: 'string', describe: 'trace only store paths under this prefix' })
+    .option('prefix', { type: 'string', describe: 'trace only store paths starting so: /nix/store/HASH-NAME..., ROOT/nix/store/..., or the start of a name (a hash part)' })
     .example('$0 trace /tmp/m on --prefix /nix/store/abc', 'then: tail -f /tmp/m/nix/var/local-overlay/trace.log')
     .strict() as unknown as Argv<TraceArgs>,
   handler: (argv) => runCommand(async () => {
@@ -27,9 +27,23 @@ export const traceCommand: CommandModule<object, TraceArgs> = {
     if (file !== undefined && argv.state === 'on' && !fs.statSync(path.dirname(file), { throwIfNoEntry: false })?.isDirectory()) {
       throw new LocalOverlayError('usage', `trace file ${file}: its directory ${path.dirname(file)} does not exist`);
     }
-    const reply = await controlRequest(rec.controlSocket, { cmd: 'trace', on: argv.state === 'on', file, prefix: argv.prefix });
+    const prefix = argv.prefix === undefined ? undefined : tracePrefix(argv.prefix, root);
+    const reply = await controlRequest(rec.controlSocket, { cmd: 'trace', on: argv.state === 'on', file, prefix });
     if (!reply.ok) throw new LocalOverlayError('trace-failed', `the daemon could not switch tracing: ${String(reply.error)}`);
-    process.stdout.write(argv.state === 'on' ? `tracing ${root}/nix/store to ${String(reply.file)}\n` : `tracing off for ${root}/nix/store\n`);
+    process.stdout.write(argv.state === 'on' ? `tracing ${root}/nix/store${prefix ? ` (paths under ${prefix})` : ''} to ${String(reply.file)}\n` : `tracing off for ${root}/nix/store\n`);
     return EXIT.ok;
   }),
 };
+
+/**
+ * The trace lines name logical store paths (/nix/store/HASH-NAME/...): a prefix given as a path
+ * in the merged store, or as a bare name or hash part, is made one. Anything else would match
+ * nothing, silently.
+ */
+export function tracePrefix(given: string, root: string): string {
+  const merged = `${root}/nix/store`;
+  if (given === '/nix/store' || given.startsWith('/nix/store/')) return given;
+  if (given === merged || given.startsWith(`${merged}/`)) return `/nix/store${given.slice(merged.length)}`;
+  if (!given.includes('/') && given.length > 0) return `/nix/store/${given}`;
+  throw new LocalOverlayError('usage', `--prefix ${given}: give a store path prefix (/nix/store/HASH-NAME…), a path below ${merged}, or the start of a name (HASH…)`);
+}
