@@ -15,7 +15,7 @@ export const explainCommand: CommandModule<object, ExplainArgs> = {
   command: 'explain <paths..>',
   describe: 'Say which layer each path resolves to and why, and what the upper and lower DBs say about its store object',
   builder: (y: Argv) => y
-    .positional('paths', { type: 'string', array: true, describe: 'paths inside a merged store (absolute or relative), store paths (/nix/store/...), names or hash parts; all of one merged root' })
+    .positional('paths', { type: 'string', array: true, default: undefined, describe: 'paths inside a merged store (absolute or relative), store paths (/nix/store/...), full names (HASH-NAME) or hash parts; all of one merged root' })
     .option('root', { type: 'string', describe: 'the merged root [default: from the paths, or the only running mount]' })
     .option('json', { type: 'boolean', default: false, describe: 'print a JSON object: the root, its layers, and one explanation per path (format: docs/explain-json.md)' })
     .example('$0 explain /tmp/m/nix/store/abc...-hello-2.12', '')

@@ -14,10 +14,10 @@ export const optimiseCommand: CommandModule<object, OptimiseArgs> = {
   describe: 'Remove upper copies of objects the lower store also has; the merged store then serves the lower copy. '
     + 'Runs under Nix\'s GC lock and keeps the copies running Nix processes use (their temp roots)',
   builder: (y: Argv) => y
-    .positional('root', { type: 'string', describe: 'the merged root [default: the only running mount]' })
+    .positional('root', { type: 'string', describe: 'the merged root, or a path inside it (also as --root ROOT) [default: the one the current dir is in, else the only running mount]' })
     .option('dry-run', { type: 'boolean', default: false, describe: 'report what would be removed, remove nothing (takes no lock)' })
     .option('check-contents', { type: 'boolean', default: false, describe: 'hash the upper copy too, not only compare the DBs\' NAR hashes' })
-    .option('lock-timeout', { type: 'number', default: 60, describe: 'seconds to wait for Nix\'s GC lock while a GC holds it (0: do not wait); past it nothing is removed, exit 1' })
+    .option('lock-timeout', { type: 'number', default: 60, describe: 'seconds (0-86400) to wait for Nix\'s GC lock while a GC holds it (0: do not wait); past it nothing is removed, exit 1' })
     .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
     .check(checkRanges({ 'lock-timeout': { min: 0, max: 86_400, unit: 'seconds' } }))
     .example('$0 optimise /tmp/m --dry-run', '')

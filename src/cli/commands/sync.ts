@@ -10,10 +10,10 @@ interface SyncArgs { paths: string[]; root?: string; all: boolean }
 
 export const syncCommand: CommandModule<object, SyncArgs> = {
   command: 'sync [paths..]',
-  describe: 'Copy the closures of lower store paths into the upper DB now (what a lazy mount does on lookup)',
+  describe: 'Copy the closures of lower store paths into the upper DB now (what a lazy mount does on lookup). Mounted, the daemon copies; not mounted, this command does. Name paths or give --all, not both',
   builder: (y: Argv) => y
-    .positional('paths', { type: 'string', array: true, default: [], describe: 'store paths (/nix/store/...) or names' })
-    .option('root', { type: 'string', describe: 'the merged root [default: the only running mount]' })
+    .positional('paths', { type: 'string', array: true, default: [], describe: 'store paths (/nix/store/HASH-NAME), paths in a merged store (ROOT/nix/store/HASH-NAME/..., which also name the root) or names (HASH-NAME)' })
+    .option('root', { type: 'string', describe: 'the merged root [default: the one the paths or the current dir are in, else the only running mount]' })
     .option('all', { type: 'boolean', default: false, describe: 'every valid lower path' })
     .example('$0 sync --root /tmp/m /nix/store/abc...-hello-2.12', '')
     .strict() as unknown as Argv<SyncArgs>,

@@ -18,7 +18,7 @@ export const unmountCommand: CommandModule<object, UnmountArgs> = {
   describe: 'Unmount a merged store: the daemon finishes its DB work, unmounts and exits',
   builder: (y: Argv) => y
     .positional('root', { type: 'string', demandOption: true, describe: 'the merged root given to mount --root, or a path inside it such as ROOT/nix/store' })
-    .option('timeout', { type: 'number', default: 30, describe: 'seconds (0.1-86400) to wait for the daemon to exit' })
+    .option('timeout', { type: 'number', default: 30, describe: 'seconds (0.1-86400) to wait for the daemon to exit; past it: exit 1, the daemon left running, where its threads wait said (see --force)' })
     .option('force', {
       type: 'boolean',
       default: false,

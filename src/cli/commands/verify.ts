@@ -15,12 +15,12 @@ interface VerifyArgs { root?: string; 'check-contents': boolean; repair: boolean
 
 export const verifyCommand: CommandModule<object, VerifyArgs> = {
   command: 'verify [root]',
-  describe: 'Check the upper DB against both layers: vanished objects, duplicates, rows that differ from the lower DB, broken closures, whiteouts hiding valid objects',
+  describe: 'Check the upper DB against both layers: vanished objects, duplicates, rows that differ from the lower DB, broken closures, whiteouts hiding valid objects. Exits 1 while a problem remains (after --repair: one it could not fix)',
   builder: (y: Argv) => y
-    .positional('root', { type: 'string', describe: 'the merged root [default: the only running mount]' })
+    .positional('root', { type: 'string', describe: 'the merged root, or a path inside it (also as --root ROOT) [default: the one the current dir is in, else the only running mount]' })
     .option('check-contents', { type: 'boolean', default: false, describe: 'also hash every upper object and compare with its row' })
     .option('repair', { type: 'boolean', default: false, describe: 'fix what can be fixed without touching the lower layer (duplicates as optimise removes them)' })
-    .option('lock-timeout', { type: 'number', default: 60, describe: 'with --repair: seconds to wait for Nix\'s GC lock to remove duplicates (as optimise)' })
+    .option('lock-timeout', { type: 'number', default: 60, describe: 'with --repair: seconds (0-86400) to wait for Nix\'s GC lock while a GC holds it, to remove duplicates (0: do not wait; as optimise)' })
     .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
     .check(checkRanges({ 'lock-timeout': { min: 0, max: 86_400, unit: 'seconds' } }))
     .example('$0 verify /tmp/m --check-contents', '')
