@@ -193,7 +193,8 @@ export function checkFuse(): void {
   try {
     fs.accessSync('/dev/fuse', fs.constants.R_OK | fs.constants.W_OK);
   } catch {
-    fail('dev-fuse-access', '/dev/fuse is not readable and writable by this user');
+    const st = fs.statSync('/dev/fuse');
+    fail('dev-fuse-access', `/dev/fuse (mode ${(st.mode & 0o777).toString(8)}, group ${st.gid}) is not readable and writable by this user (uid ${process.getuid?.() ?? '?'}): mount as root (a merged store serves Nix's build users, so root is the usual case), or give this user read and write on /dev/fuse (Debian's fuse3 makes it 0666)`);
   }
   try {
     execFileSync('sh', ['-c', 'command -v fusermount || command -v fusermount3'], { stdio: 'pipe' });
