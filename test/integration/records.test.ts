@@ -266,3 +266,18 @@ test('unmount --force frees a mount whose daemon does not answer: the waiting re
   const listed = await fs.promises.readdir(again.store);
   t.true(listed.includes(object), 'the root mounts again and serves the lower objects');
 });
+
+test('a remount without --metadata keeps the mode the root was mounted with; --metadata switches it', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { metadata: 'lazy' });
+  await m.unmount();
+  const base = ['--lower', lower.root, '--upper', m.upper, '--root', m.root, '--work', m.work];
+  for (const [extra, mode] of [[[], 'lazy'], [['--metadata', 'mirror'], 'mirror'], [[], 'mirror']] as const) {
+    const r = await cli(['mount', ...base, ...extra]);
+    t.is(r.code, 0, r.stderr);
+    t.teardown(() => cli(['unmount', m.root]).then(() => undefined));
+    t.regex(r.stdout, new RegExp(`metadata ${mode}\\b`), `${extra.join(' ') || 'no --metadata'}: ${r.stdout}`);
+    const u = await cli(['unmount', m.root]);
+    t.is(u.code, 0, u.stderr);
+  }
+});

@@ -6,14 +6,14 @@ import { MetadataMode } from '../../metadata/metadata';
 import { canonicalPath, LAZY_GC_WARNING, MountConfig, defaultWorkDir, rootLayout } from '../../mount/config';
 import { LocalOverlayError } from '../../util/errno';
 import { lineSplitter } from '../../util/lines';
-import { staleMountWarning } from '../../mount/records';
+import { readRootConfig, staleMountWarning } from '../../mount/records';
 import { log, LogLevel } from '../../util/log';
 import { EXIT, runCommand } from '../run';
 import { checkRanges } from '../ranges';
 import { tracePrefix } from './trace';
 
 interface MountArgs {
-  lower: string; upper: string; root: string; work?: string; metadata: MetadataMode;
+  lower: string; upper: string; root: string; work?: string; metadata?: MetadataMode;
   foreground: boolean; log?: string; 'follow-interval': number; 'negative-timeout': number;
   'attr-timeout': number; 'fast-path': boolean; passthrough: boolean; 'poll-us'?: number; 'ready-fd'?: number; trace?: string; 'trace-prefix'?: string; 'log-level': LogLevel;
 }
@@ -26,7 +26,7 @@ export const mountCommand: CommandModule<object, MountArgs> = {
     .option('upper', { type: 'string', demandOption: true, describe: 'upper dir: holds the objects the merged store adds (kernel OverlayFS upperdir format)' })
     .option('root', { type: 'string', demandOption: true, describe: 'merged root: the store is mounted at ROOT/nix/store, its DB is ROOT/nix/var/nix/db; use as nix --store ROOT' })
     .option('work', { type: 'string', describe: 'work dir on the upper dir\'s filesystem [default: UPPER.work beside UPPER]' })
-    .option('metadata', { choices: ['mirror', 'lazy'] as const, default: 'mirror' as MetadataMode, describe: 'mirror: import every lower DB row and follow the lower DB (for plain Nix); lazy: copy a closure when a lookup first resolves to the lower layer (for Nix\'s native local-overlay:// store)' })
+    .option('metadata', { choices: ['mirror', 'lazy'] as const, describe: 'mirror: import every lower DB row and follow the lower DB (for plain Nix); lazy: copy a closure when a lookup first resolves to the lower layer (for Nix\'s native local-overlay:// store) [default: the mode the root was last mounted with, else mirror]' })
     .option('foreground', { type: 'boolean', default: false, describe: 'serve in this process until SIGINT/SIGTERM instead of starting a daemon' })
     .option('log', { type: 'string', describe: 'daemon log file [default: ROOT/nix/var/log/local-overlay.log; stderr with --foreground]' })
     .option('follow-interval', { type: 'number', default: 500, describe: 'how often (ms, 10-3600000) to look for new rows in the lower DB' })
@@ -62,7 +62,8 @@ function configFrom(argv: MountArgs): MountConfig {
     upperDir,
     workDir: argv.work ? canonicalPath(argv.work) : defaultWorkDir(upperDir),
     mergedRoot,
-    metadata: argv.metadata,
+    // A remount keeps the root's mode unless told otherwise: mirror imports every lower row.
+    metadata: argv.metadata ?? readRootConfig(mergedRoot)?.config.metadata ?? 'mirror',
     logFile: argv.log ? path.resolve(argv.log) : argv.foreground ? undefined : path.join(mergedRoot, 'nix/var/log/local-overlay.log'),
     followIntervalMs: argv['follow-interval'],
     negativeTimeoutS: argv['negative-timeout'],
