@@ -135,11 +135,19 @@ function followerFailing(f: { count?: unknown; message?: unknown } | undefined):
   return typeof f?.count === 'number' && f.count > 0 ? ` (its last ${f.count} checks failed: ${String(f.message)})` : '';
 }
 
+/** `follow 500 ms, negative timeout 1 s, attr timeout 60 s, fast path on, passthrough on, poll auto`. */
+function settingsLine(c: Record<string, unknown>): string {
+  const onOff = (v: unknown): string => (v === false ? 'off' : 'on');
+  return `follow ${String(c.followIntervalMs)} ms, negative timeout ${String(c.negativeTimeoutS)} s, attr timeout ${String(c.attrTimeoutS)} s, `
+    + `fast path ${onOff(c.fastPath)}, passthrough ${onOff(c.passthrough)}, poll ${c.pollUs === undefined ? 'auto' : `${String(c.pollUs)} µs`}`;
+}
+
 function formatStatus(s: Record<string, any>): string {
   const c = s.counters ?? {};
   const lines = [
     `${s.root}/nix/store  pid ${s.pid}  up ${s.uptimeS ?? '?'} s  ${s.healthy ? 'healthy' : 'UNHEALTHY'}${s.health && !s.health.ok ? ` (${s.health.problems.join('; ')})` : ''}`,
     `  lower      ${s.config?.lowerRoot}    upper ${s.config?.upperDir}    metadata ${s.config?.metadata}`,
+    ...(s.config ? [`  settings   ${settingsLine(s.config)}`] : []),
     `  upper      ${s.upper.objects} objects, ${(s.upper.bytes / 1048576).toFixed(1)} MiB`,
     `  lookups    upper ${c.upper ?? 0}  lower ${c.lower ?? 0}  missing ${c.miss ?? 0}  refused writes ${c.refused ?? 0}`,
     `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows${c.closuresInPieces ? `, ${c.closuresInPieces} in pieces` : ''}${c.tornReads ? `, ${c.tornReads} torn reads read again` : ''})  follower lag ${s.follower?.failing?.count > 0 ? '?' : s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerGc(s.follower?.waitingForGcMs)}${followerLocks(s.follower?.waitingForLocks)}${followerFailing(s.follower?.failing)}`,
