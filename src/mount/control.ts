@@ -99,5 +99,12 @@ export function controlRequest(socketPath: string, req: Record<string, unknown>,
       try { resolve(JSON.parse(line) as Record<string, unknown>); } catch (err) { reject(err); }
     }));
     sock.on('error', (err) => { clearTimeout(timer); reject(err); });
+    // A daemon killed (or crashed) after it took the request closes the connection unanswered:
+    // say so now, rather than wait out the timeout (sync's is 10 minutes). A reply already
+    // settled the promise; this then changes nothing.
+    sock.on('close', () => {
+      clearTimeout(timer);
+      if (!answered) reject(new Error(`the daemon closed the connection without answering (${socketPath}): did it exit? \`local-overlay status\` tells; if it is gone, \`local-overlay unmount ROOT\`, mount again and retry`));
+    });
   });
 }
