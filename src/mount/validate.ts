@@ -67,6 +67,10 @@ export function validateMount(cfg: MountConfig): void {
     ['merged-', 'merged DB dir', merged.dbDir], ['merged-', 'merged state dir', merged.stateDir], ['log-', 'log dir', cfg.logFile ? path.dirname(cfg.logFile) : null]] as const) {
     if (dir !== null) checkCanMake(`${code}cannot-make`, name, dir);
   }
+  // The mount point may be read-only (the guard then warns); what the daemon writes may not.
+  for (const [code, name, dir] of [['upper-', 'upper dir', cfg.upperDir], ['work-', 'work dir', cfg.workDir], ['merged-', 'merged DB dir', merged.dbDir], ['merged-', 'merged state dir', merged.stateDir]] as const) {
+    checkWritable(`${code}not-writable`, name, dir);
+  }
 
   if (isMountPoint(merged.storeDir)) {
     const rec = liveRecord(cfg.mergedRoot);
@@ -142,6 +146,20 @@ function nearestDev(p: string): number {
     let st: fs.Stats | undefined;
     try { st = fs.statSync(d, { throwIfNoEntry: false }); } catch { st = undefined; } // ENOTDIR: checkCanMake says so
     if (st !== undefined || d === '/') return st?.dev ?? -1;
+  }
+}
+
+/** `dir`, or the nearest existing dir above it (where it would be made), must be writable. */
+function checkWritable(code: string, name: string, dir: string): void {
+  for (let p = path.resolve(dir); ; p = path.dirname(p)) {
+    if (!fs.existsSync(p)) { if (p === '/') return; continue; }
+    try {
+      fs.accessSync(p, fs.constants.W_OK);
+    } catch (err) {
+      const why = (err as NodeJS.ErrnoException).code === 'EROFS' ? 'is on a read-only filesystem' : 'is not writable by this user';
+      fail(code, p === path.resolve(dir) ? `${name} ${dir} ${why}` : `${name} ${dir} cannot be made: ${p} ${why}`);
+    }
+    return;
   }
 }
 

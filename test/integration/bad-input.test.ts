@@ -274,3 +274,19 @@ test('an upper or work dir inside the store dir of another merged root (hidden b
   await refused(t, c, new RegExp(`upper dir ${c.upper} is inside the store dir of the merged root ${other.root}`));
   t.deepEqual(fs.readdirSync(other.store), ['.links'], 'the other root\'s mount point holds only its guard');
 });
+
+test('an upper dir on a read-only filesystem is refused before anything is made', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const ro = path.join(dir, 'ro');
+  fs.mkdirSync(path.join(ro));
+  const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', ro]);
+  t.is(m.code, 0, m.stderr);
+  t.teardown(async () => { await run('umount', [ro]); });
+  for (const d of ['upper', 'work']) fs.mkdirSync(path.join(ro, d));
+  t.is((await run('mount', ['-o', 'remount,ro', ro])).code, 0);
+  const c = paths(dir, lower.root);
+  c.upper = path.join(ro, 'upper');
+  c.work = path.join(ro, 'work');
+  await refused(t, c, new RegExp(`upper dir ${c.upper} is on a read-only filesystem`));
+});
