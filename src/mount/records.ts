@@ -175,6 +175,18 @@ export function isDaemonOf(pid: number, mergedRoot: string): boolean {
   return canonicalPath(root) === canonicalPath(mergedRoot);
 }
 
+/**
+ * The daemon of `mergedRoot` found by its command line among all processes (isDaemonOf), for
+ * when neither daemon.json nor the control socket names it (its state dir removed or damaged).
+ */
+export function daemonByCommandLine(mergedRoot: string): number | null {
+  for (const ent of fs.readdirSync('/proc')) {
+    const pid = Number(ent);
+    if (Number.isInteger(pid) && pid !== process.pid && isDaemonOf(pid, mergedRoot)) return pid;
+  }
+  return null;
+}
+
 /** The state letter (R, S, D, Z, T...) of a process or thread, from its `stat` file (throws if gone). */
 export function procState(statFile: string): string {
   const stat = fs.readFileSync(statFile, 'utf8');

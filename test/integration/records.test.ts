@@ -281,3 +281,17 @@ test('a remount without --metadata keeps the mode the root was mounted with; --m
     t.is(u.code, 0, u.stderr);
   }
 });
+
+test('a state dir removed under a running mount: status and unmount find the daemon by its command line', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const state = path.join(m.root, 'nix/var/local-overlay');
+  fs.renameSync(state, `${state}.gone`);
+  const s = await cli(['status', m.root]);
+  t.is(s.code, 1, s.stdout);
+  t.regex(s.stdout, new RegExp(`its daemon, pid ${m.pid}, runs, but its daemon.json is gone .*\`local-overlay unmount ${m.root}\` stops it`));
+  const u = await cli(['unmount', m.root]);
+  t.is(u.code, 0, u.stderr);
+  t.is(u.stdout.trim(), `unmounted ${m.store}`, 'the daemon was found and stopped, not the mount detached behind it');
+  t.true(await waitGone(m.pid));
+});

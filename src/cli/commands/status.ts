@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
 import { rootLayout } from '../../mount/config';
-import { DaemonRecord, isStale, liveRecord, processAlive, readRecord, runningRecords, staleMountWarning, staleRoots, stuckWhere } from '../../mount/records';
+import { DaemonRecord, daemonByCommandLine, isStale, liveRecord, processAlive, readRecord, runningRecords, staleMountWarning, staleRoots, stuckWhere } from '../../mount/records';
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
@@ -82,6 +82,13 @@ function withFollowerHealth(live: Record<string, unknown>): Record<string, unkno
  */
 function staleStatus(root: string): Record<string, unknown> {
   const rec = readRecord(root);
+  const running = daemonByCommandLine(root);
+  if (running !== null) {
+    return {
+      root, pid: running, healthy: false, answering: false,
+      error: `its daemon, pid ${running}, runs, but ${rec === null ? 'its daemon.json is gone' : 'its control socket does not answer'} (was ${rootLayout(root).stateDir} removed or moved?): \`local-overlay unmount ${root}\` stops it`,
+    };
+  }
   const who = rec === null ? 'no daemon.json' : processAlive(rec.pid) ? `pid ${rec.pid} in daemon.json is not its daemon` : `its daemon, pid ${rec.pid}, is not running`;
   return {
     root, pid: rec?.pid ?? null, healthy: false, answering: false,

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import type { Argv, CommandModule } from 'yargs';
 import { rootLayout } from '../../mount/config';
 import { controlRequest } from '../../mount/control';
-import { controlSocketPath, isDaemonOf, isMountPoint, liveRecord, mountType, otherNamespaceUsers, processAlive, readRecord, removeLeftovers, stuckWhere } from '../../mount/records';
+import { controlSocketPath, daemonByCommandLine, isDaemonOf, isMountPoint, liveRecord, mountType, otherNamespaceUsers, procState, processAlive, readRecord, removeLeftovers, stuckWhere } from '../../mount/records';
 import { abortConnection } from '../../mount/fusectl';
 import { rootOfPath } from '../find-root';
 import { LocalOverlayError } from '../../util/errno';
@@ -34,7 +34,7 @@ export const unmountCommand: CommandModule<object, UnmountArgs> = {
 export async function unmount(root: string, timeoutS: number, force = false): Promise<number> {
   const storeDir = rootLayout(root).storeDir;
   const rec = liveRecord(root);
-  const pid = rec?.pid ?? await pidFromControl(root);
+  const pid = rec?.pid ?? await pidFromControl(root) ?? daemonByCommandLine(root);
   if (pid !== null) {
     // The daemon unmounts lazily (fuse-native's `fusermount -uz`): whoever still uses the store
     // loses it at once (ENOTCONN), a build in progress included. Say who, while it can be seen.
@@ -54,7 +54,8 @@ export async function unmount(root: string, timeoutS: number, force = false): Pr
     while (processAlive(pid) && Date.now() < deadline) await sleep(50);
     if (processAlive(pid)) {
       if (force) return forceUnmount(root, storeDir, pid);
-      throw new LocalOverlayError('timeout', `daemon ${pid} did not exit within ${timeoutS} s; ${stuckWhere(pid)}${rec?.logFile ? `; its log: ${rec.logFile}` : ''}; \`unmount --force\` aborts the mount's connection and kills it`);
+      const stopped = isStopped(pid) ? `; it is stopped (SIGSTOP, a debugger): \`kill -CONT ${pid}\` lets it act on the SIGTERM sent, or` : ';';
+      throw new LocalOverlayError('timeout', `daemon ${pid} did not exit within ${timeoutS} s; ${stuckWhere(pid)}${rec?.logFile ? `; its log: ${rec.logFile}` : ''}${stopped} \`unmount --force\` aborts the mount's connection and kills it`);
     }
     if (!isMountPoint(storeDir)) {
       process.stdout.write(`unmounted ${storeDir}\n`);
@@ -111,6 +112,16 @@ async function forceUnmount(root: string, storeDir: string, pid: number | null):
   }
   process.stdout.write(`unmounted ${storeDir} (forced: ${done.join(', ')})\n`);
   return EXIT.ok;
+}
+
+/** Whether every thread of `pid` is stopped (state T or t). */
+function isStopped(pid: number): boolean {
+  try {
+    const tasks = fs.readdirSync(`/proc/${pid}/task`);
+    return tasks.length > 0 && tasks.every((tid) => /^[Tt]$/.test(procState(`/proc/${pid}/task/${tid}/stat`)));
+  } catch {
+    return false;
+  }
 }
 
 /**
