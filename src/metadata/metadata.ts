@@ -17,6 +17,9 @@ import { maxValidId, pathsAbove } from './rows';
 import { isBusy, isTornRead } from './sqlite';
 import { UpperDb } from './upper-db';
 
+/** How often a mirror mount looks for objects in both layers that lost their row (restoreRowlessDuplicates). */
+const ROWLESS_CHECK_MS = 2000;
+
 export type MetadataMode = 'mirror' | 'lazy';
 
 /** copyAwaited's first wait after a failed copy, and its longest. */
@@ -67,6 +70,13 @@ export class Metadata {
   private lowerCensus: { maxId: number; count: number } | null = null;
   /** The lower store lost paths since the roots were synced (resyncRoots). */
   private rootsNeedSync = false;
+  /** When the follower next looks for objects in both layers without a row (restoreRowlessDuplicates). */
+  private nextRowlessCheck = 0;
+  /** The merged DB's data_version at that check, and whether a GC held the last one up. */
+  private rowlessCheckedVersion = -1;
+  private rowlessHeldUp = false;
+  /** The upper layer's top-level objects (the daemon's index; set once mounted). */
+  upperObjects: () => string[] = () => [];
   /** Checks that failed in a row, and the last one's error (logged when it changes). */
   private failing = { count: 0, message: '' };
   /** When the follower's check of the lower DB files began, while it waits for the answer. */
@@ -446,6 +456,7 @@ export class Metadata {
         if (this.roots !== null && this.lowerLostPaths()) this.rootsNeedSync = true;
       }
       if (this.rootsNeedSync) await this.resyncRoots();
+      if (this.mode === 'mirror' && Date.now() >= this.nextRowlessCheck) await this.restoreRowlessDuplicates();
       // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too. Paths
       // held back for a merged client's lock are looked at again once one of those locks is free.
       if (this.lower.snapshotMaxId > this.reportedMaxId || (this.heldLocks !== null && this.mirror.lockFreed(this.heldLocks))) {
@@ -499,6 +510,42 @@ export class Metadata {
     }
     this.lowerCensus = { maxId: now.maxId, count: now.total };
     return before !== null && now.upTo < before.count;
+  }
+
+  /**
+   * Mirror mode, every ROWLESS_CHECK_MS: an object in both layers whose row the merged DB lacks
+   * is a deletion that did not finish (Nix deletes the row, then the files; a client killed
+   * half way leaves part of the upper copy shadowing the lower one, and the path invalid, for
+   * good: upperRemoved only runs once the top-level entry goes). Once no GC or delete holds
+   * Nix's GC lock (they hold it throughout), the row is copied back from the lower DB, which
+   * sets the partial copy aside (setAsideLeftovers); a client holding the path's lock (an add
+   * that deleted the copy first) is waited for (restoreRow).
+   */
+  private async restoreRowlessDuplicates(): Promise<void> {
+    this.nextRowlessCheck = Date.now() + ROWLESS_CHECK_MS;
+    // Only after another connection (a Nix client) committed to the merged DB, or while a GC held the check up.
+    const version = this.upper.db.pragma('data_version', { simple: true }) as number;
+    if (version === this.rowlessCheckedVersion && !this.rowlessHeldUp) return;
+    this.rowlessCheckedVersion = version;
+    this.rowlessHeldUp = false;
+    // Not the index's duplicates: with the row gone the merged view no longer counts the lower copy.
+    const rowless = this.upperObjects().filter((n) => this.upper.idOf(`${this.storeDir}/${n}`) === undefined && this.lowerHas(n));
+    if (rowless.length === 0) return;
+    const lock = this.gcLockFile === null ? null : await tryGcLockShared(this.gcLockFile);
+    if (lock === 'busy' || this.timer === null) { this.rowlessHeldUp = true; return; } // a GC or delete runs: looked at again later
+    try {
+      for (const name of rowless) {
+        const storePath = `${this.storeDir}/${name}`;
+        if (this.upper.idOf(storePath) !== undefined) continue; // a client registered it meanwhile
+        // A client adding the path the lower store gained meanwhile holds its lock: its row comes.
+        if (this.heldLocks !== null && this.heldLocks(() => [storePath]).size > 0) continue;
+        log.warn(`${storePath} is in both layers without a row in the merged DB: a deletion that did not finish; restoring the row and setting the upper copy aside`);
+        if (!this.restoreRow(name)) this.reconcileSoon(name);
+        else if (this.roots && !this.duplicates().has(name)) this.rootsDo(() => this.roots!.stoppedDuplicate(name));
+      }
+    } finally {
+      lock?.release();
+    }
   }
 
   /**

@@ -144,6 +144,7 @@ export class Daemon {
       this.metadata.importAll();
       this.metadata.roots = roots;
       this.metadata.duplicates = () => this.overlay.duplicates();
+      this.metadata.upperObjects = () => [...this.overlay.index.upperEntries()].filter(([, kind]) => kind === 'object').map(([name]) => name);
       this.metadata.gcLockFile = path.join(merged.dbDir, '..', 'gc.lock');
       // The roots are written in the background once mounted; no GC can start before.
       gcLock = await holdGcLockShared(path.join(merged.dbDir, '..', 'gc.lock'));

@@ -637,6 +637,41 @@ test('the lower store\'s GC deletes a top: the mount roots what it kept alive, s
   t.true(fs.existsSync(path.join(m.store, rel(libOut))), 'and shown');
 });
 
+test('a deletion of an object in both layers that did not finish (the client killed half way): the mount restores the row and sets the partial upper copy aside', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  const tree = path.join(dir, 'both-tree');
+  fs.mkdirSync(tree);
+  for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(tree, `f${i}`), `file ${i} ${Date.now()}\n`);
+  const p = (await nixOk('nix-store', ['--store', m.root, '--add', tree])).trim();
+  t.is((await nixOk('nix-store', ['--store', lower.root, '--add', tree])).trim(), p, 'the same path in both layers');
+  const refreshed = await cli(['refresh', m.root]); // the follower has seen the lower path: a duplicate now
+  t.is(refreshed.code, 0, refreshed.stderr);
+  const upperCopy = path.join(m.upper, rel(p));
+  t.true(fs.existsSync(upperCopy));
+  // What `nix-store --delete` killed half way leaves: under Nix's GC lock, held exclusively
+  // throughout, the row deleted (its first step), then part of the files, made writable first,
+  // through the mount.
+  const gcLock = spawn('flock', ['-o', '-x', path.join(m.root, 'nix/var/nix/gc.lock'), 'sleep', '600'], { stdio: 'ignore', detached: true });
+  const dies = (): void => { try { process.kill(-gcLock.pid!, 'SIGKILL'); } catch { /* gone */ } }; // flock and its sleep
+  t.teardown(dies);
+  const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
+  const del = await run('sqlite3', [db, `DELETE FROM ValidPaths WHERE path = '${p}';`]);
+  t.is(del.code, 0, del.stderr);
+  const obj = path.join(m.store, rel(p));
+  t.is((await run('sh', ['-c', 'chmod u+w "$1" && rm "$1"/f1 "$1"/f2 "$1"/f3', 'sh', obj])).code, 0);
+  await new Promise((r) => setTimeout(r, 3000)); // past a check of the daemon's
+  t.false(await valid(m, p), 'left alone while the GC lock is held: a deletion may be under way');
+  t.true(fs.existsSync(upperCopy));
+  dies(); // the client dies: its lock goes with it
+
+  t.true(await eventually(() => valid(m, p), 10_000), 'the row is back');
+  t.false(fs.existsSync(upperCopy), 'the partial upper copy is set aside');
+  await nixOk('nix-store', ['--store', m.root, '--verify-path', p]);
+  t.true(fs.existsSync(path.join(obj, 'f1')), 'the lower copy shows, whole');
+});
+
 test('verify --repair of a lost lower row removes the rowless upper leftover of that path first', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
