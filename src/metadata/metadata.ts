@@ -481,7 +481,9 @@ export class Metadata {
       if (this.failing.count > 0) log.info(`follower: caught up after ${this.failing.count} failed checks`);
       this.failing = { count: 0, message: '' };
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
+      let message = err instanceof Error ? err.message : String(err);
+      // SQLite's words do not say which DB: the follower writes only the merged one.
+      if (/database or disk is full/.test(message)) message += ` (the merged DB, in ${this.upper.dbDir})`;
       if (message !== this.failing.message) log.warn(`follower: ${message} (tried again at every check)`);
       this.failing = { count: this.failing.count + 1, message };
       throw err;

@@ -533,6 +533,8 @@ export class Daemon {
       this.probe('lower store unreadable', () => fs.promises.access(lower.storeDir, fs.constants.R_OK | fs.constants.X_OK)),
       this.probe('lower DB unreadable', () => readSqliteHeader(lower.dbFile)),
       this.probe('upper dir not writable', () => fs.promises.access(this.cfg.upperDir, fs.constants.W_OK)),
+      this.probe('upper filesystem full', () => notFull(this.cfg.upperDir)),
+      this.probe('merged DB filesystem full', () => notFull(rootLayout(this.cfg.mergedRoot).dbDir)),
     ]);
     // The upper DB is local (every write of the mount goes next to it): asked on this thread.
     try { this.metadata.upper.idOf('/nix/store/health-check'); } catch (err) { results.push(`upper DB unreadable: ${String(err)}`); }
@@ -554,4 +556,14 @@ export class Daemon {
       done.then(() => { clearTimeout(timer); resolve(null); }, (err: unknown) => { clearTimeout(timer); resolve(`${problem}: ${String(err)}`); });
     });
   }
+}
+
+/**
+ * Rejects when the filesystem of `dir` has no block left for an unprivileged writer (root's
+ * reserve does not count: Nix's build users write there): every write of a client then fails
+ * with ENOSPC, and a commit to the merged DB with "database or disk is full".
+ */
+async function notFull(dir: string): Promise<void> {
+  const st = await fs.promises.statfs(dir);
+  if (st.bavail === 0) throw new Error(`${dir}: no space left (${st.blocks} blocks of ${st.bsize} bytes, none free)`);
 }

@@ -288,3 +288,20 @@ test('explain: a relative path names its root; paths of two roots are refused; a
   const nowhere = await cli(['verify'], { cwd: '/' });
   t.regex(nowhere.stderr, /merged stores are mounted .*: say which with --root ROOT, or run the command in a dir inside that root/);
 });
+
+test('status: an upper filesystem with no space left makes the mount unhealthy, naming it', async (t) => {
+  const lower = await sharedLower();
+  const dir = path.join(tempDir(t), 'small');
+  fs.mkdirSync(dir);
+  const tmpfs = await run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', dir]);
+  t.is(tmpfs.code, 0, tmpfs.stderr);
+  t.teardown(async () => { await run('umount', ['-l', dir]); });
+  const m = await mountMerged(t, lower.root, { dir });
+  t.is((await cli(['status', m.root])).code, 0);
+  await run('dd', ['if=/dev/zero', `of=${path.join(dir, 'fill')}`, 'bs=1M']); // until ENOSPC
+  const full = await cli(['status', m.root]);
+  t.is(full.code, 1, full.stdout);
+  t.regex(full.stdout, new RegExp(`UNHEALTHY \\(.*upper filesystem full: Error: ${m.upper}: no space left`));
+  fs.rmSync(path.join(dir, 'fill'));
+  t.is((await cli(['status', m.root])).code, 0, 'healthy again once there is space');
+});
