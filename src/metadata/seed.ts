@@ -45,6 +45,9 @@ export function seedFromLower(lower: LowerDb, dbDir: string): SeedResult {
       lower.conn().exec(`VACUUM INTO '${tmp.replace(/'/g, "''")}'`);
     } catch (err) {
       if (isTornRead(err)) continue; // torn with an error: as when the identity changes
+      fs.rmSync(tmp, { force: true });
+      // SQLite's words ("database or disk is full") do not say which file: this one.
+      if (err instanceof Error) err.message = `copying the lower DB into ${tmp} (the merged DB's seed): ${err.message}`;
       throw err;
     }
     if (lower.fileIdentity() !== before) continue;

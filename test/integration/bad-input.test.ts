@@ -290,3 +290,18 @@ test('an upper dir on a read-only filesystem is refused before anything is made'
   c.work = path.join(ro, 'work');
   await refused(t, c, new RegExp(`upper dir ${c.upper} is on a read-only filesystem`));
 });
+
+test('a merged root whose filesystem is too small for its DB: mount fails naming the merged DB and the full filesystem', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const small = path.join(dir, 'small');
+  fs.mkdirSync(small);
+  t.is((await run('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', small])).code, 0);
+  t.teardown(async () => { await run('umount', ['-l', small]); });
+  const c = paths(dir, lower.root);
+  c.root = path.join(small, 'm');
+  const r = await cli(args(c));
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, new RegExp(`database or disk is full \\(the merged DB in ${c.root}/nix/var/nix/db: its filesystem has no space left\\)`));
+  t.not((await run('mountpoint', ['-q', path.join(c.root, 'nix/store')])).code, 0, 'nothing mounted');
+});

@@ -129,6 +129,10 @@ async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<num
     await daemon.start();
   } catch (err) {
     await daemon.stop().catch(() => undefined);
+    // SQLite's "database or disk is full" does not say which: the merged DB is the one written.
+    if (err instanceof Error && (err as { code?: unknown }).code === 'SQLITE_FULL' && !err.message.includes(cfg.mergedRoot)) {
+      err.message += ` (the merged DB in ${rootLayout(cfg.mergedRoot).dbDir}: its filesystem has no space left)`;
+    }
     notify({ ok: false, code: err instanceof LocalOverlayError ? err.code : 'failed', error: err instanceof Error ? err.message : String(err) });
     throw err;
   }
