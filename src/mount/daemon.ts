@@ -93,6 +93,13 @@ export class Daemon {
 
     // The process's umask is 0 (the CLI's serve()): everything of our own gets its mode explicitly.
     for (const d of [cfg.upperDir, cfg.workDir, merged.storeDir, merged.dbDir, merged.stateDir]) makeDir(d);
+    // What an earlier mount killed before its stop left in its hidden dir (files unlinked while
+    // open, upper copies optimise moved out of the store) goes to the trash, emptied once mounted.
+    const hidden = path.join(cfg.workDir, 'hidden');
+    if (fs.existsSync(hidden)) {
+      makeDir(this.trashDir);
+      fs.renameSync(hidden, path.join(this.trashDir, `hidden-${process.pid}-${Date.now()}`));
+    }
     // Hidden by the mount; stops Nix on this root whenever it is down. A mount point that cannot
     // take it (a read-only filesystem) still mounts, with a warning.
     try {

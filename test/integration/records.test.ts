@@ -295,3 +295,22 @@ test('a state dir removed under a running mount: status and unmount find the dae
   t.is(u.stdout.trim(), `unmounted ${m.store}`, 'the daemon was found and stopped, not the mount detached behind it');
   t.true(await waitGone(m.pid));
 });
+
+test('what a killed daemon left in its work dir\'s hidden dir is deleted by the next mount', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root, { dir });
+  process.kill(m.pid, 'SIGKILL');
+  t.true(await waitGone(m.pid));
+  // As optimise leaves an upper copy it moved out of the store through the mount, when the daemon dies before its rm.
+  const left = path.join(m.work, 'hidden', '.fuse_hidden0123456789abcdef');
+  fs.mkdirSync(path.join(left, 'sub'), { recursive: true });
+  fs.writeFileSync(path.join(left, 'sub', 'f'), 'x'.repeat(4096));
+  fs.chmodSync(path.join(left, 'sub'), 0o555);
+  t.is((await cli(['unmount', m.root])).code, 0);
+  await mountMerged(t, lower.root, { dir });
+  const end = Date.now() + 10_000;
+  const gone = (): boolean => !fs.existsSync(left) && fs.readdirSync(path.join(m.work, 'trash')).length === 0;
+  while (!gone() && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  t.true(gone(), `still there: ${fs.existsSync(left) ? left : fs.readdirSync(path.join(m.work, 'trash')).join(', ')}`);
+});
