@@ -75,6 +75,8 @@ export class Metadata {
   /** The merged DB's data_version at that check, and whether a GC held the last one up. */
   private rowlessCheckedVersion = -1;
   private rowlessHeldUp = false;
+  /** The merged DB's rows at that check: their top id and how many. */
+  private upperCensus: { maxId: number; count: number } | null = null;
   /** The upper layer's top-level objects (the daemon's index; set once mounted). */
   upperObjects: () => string[] = () => [];
   /** Checks that failed in a row, and the last one's error (logged when it changes). */
@@ -525,10 +527,18 @@ export class Metadata {
    */
   private async restoreRowlessDuplicates(): Promise<void> {
     this.nextRowlessCheck = Date.now() + ROWLESS_CHECK_MS;
-    // Only after another connection (a Nix client) committed to the merged DB, or while a GC held the check up.
+    // Only after another connection (a Nix client) deleted rows of the merged DB (fewer rows up
+    // to the last count's top id), or while a GC held the last look up: one count per commit of
+    // a client, not a look at every upper object.
     const version = this.upper.db.pragma('data_version', { simple: true }) as number;
     if (version === this.rowlessCheckedVersion && !this.rowlessHeldUp) return;
     this.rowlessCheckedVersion = version;
+    const before = this.upperCensus;
+    const now = this.upper.db.prepare('SELECT count(*) FILTER (WHERE id <= ?) AS upTo, count(*) AS total, coalesce(max(id), 0) AS maxId FROM ValidPaths')
+      .get(before?.maxId ?? 0) as { upTo: number; total: number; maxId: number };
+    this.upperCensus = { maxId: now.maxId, count: now.total };
+    const deleted = before !== null && now.upTo < before.count;
+    if (!deleted && !this.rowlessHeldUp) return;
     this.rowlessHeldUp = false;
     // Not the index's duplicates: with the row gone the merged view no longer counts the lower copy.
     const rowless = this.upperObjects().filter((n) => this.upper.idOf(`${this.storeDir}/${n}`) === undefined && this.lowerHas(n));
