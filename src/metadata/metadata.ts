@@ -13,7 +13,7 @@ import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
 import { ImportResult, LIST_LIMIT, Mirror } from './mirror';
-import { maxValidId, pathsAbove } from './rows';
+import { lostRows, maxValidId, pathsAbove, RowCensus } from './rows';
 import { isBusy, isTornRead } from './sqlite';
 import { UpperDb } from './upper-db';
 
@@ -67,7 +67,7 @@ export class Metadata {
    */
   private rootsAfterImport = false;
   /** The lower DB's rows when the follower last looked (lowerLostPaths): their top id and how many. */
-  private lowerCensus: { maxId: number; count: number } | null = null;
+  private lowerCensus: RowCensus | null = null;
   /** The lower store lost paths since the roots were synced (resyncRoots). */
   private rootsNeedSync = false;
   /** When the follower next looks for objects in both layers without a row (restoreRowlessDuplicates). */
@@ -76,7 +76,7 @@ export class Metadata {
   private rowlessCheckedVersion = -1;
   private rowlessHeldUp = false;
   /** The merged DB's rows at that check: their top id and how many. */
-  private upperCensus: { maxId: number; count: number } | null = null;
+  private upperCensus: RowCensus | null = null;
   /** The upper layer's top-level objects (the daemon's index; set once mounted). */
   upperObjects: () => string[] = () => [];
   /** Checks that failed in a row, and the last one's error (logged when it changes). */
@@ -503,17 +503,14 @@ export class Metadata {
    * objects that still exist. One count over the ids per change of the lower DB's files.
    */
   private lowerLostPaths(): boolean {
-    const before = this.lowerCensus;
-    let now: { upTo: number; total: number; maxId: number };
     try {
-      now = this.lower.conn().prepare('SELECT count(*) FILTER (WHERE id <= ?) AS upTo, count(*) AS total, coalesce(max(id), 0) AS maxId FROM ValidPaths')
-        .get(before?.maxId ?? 0) as { upTo: number; total: number; maxId: number };
+      const { now, lost } = lostRows(this.lower.conn(), this.lowerCensus);
+      this.lowerCensus = now;
+      return lost;
     } catch (err) {
       if (isTornRead(err)) return false; // counted again at the next change
       throw err;
     }
-    this.lowerCensus = { maxId: now.maxId, count: now.total };
-    return before !== null && now.upTo < before.count;
   }
 
   /**
@@ -533,12 +530,9 @@ export class Metadata {
     const version = this.upper.db.pragma('data_version', { simple: true }) as number;
     if (version === this.rowlessCheckedVersion && !this.rowlessHeldUp) return;
     this.rowlessCheckedVersion = version;
-    const before = this.upperCensus;
-    const now = this.upper.db.prepare('SELECT count(*) FILTER (WHERE id <= ?) AS upTo, count(*) AS total, coalesce(max(id), 0) AS maxId FROM ValidPaths')
-      .get(before?.maxId ?? 0) as { upTo: number; total: number; maxId: number };
-    this.upperCensus = { maxId: now.maxId, count: now.total };
-    const deleted = before !== null && now.upTo < before.count;
-    if (!deleted && !this.rowlessHeldUp) return;
+    const { now, lost } = lostRows(this.upper.db, this.upperCensus);
+    this.upperCensus = now;
+    if (!lost && !this.rowlessHeldUp) return;
     this.rowlessHeldUp = false;
     // Not the index's duplicates: with the row gone the merged view no longer counts the lower copy.
     const rowless = this.upperObjects().filter((n) => this.upper.idOf(`${this.storeDir}/${n}`) === undefined && this.lowerHas(n));

@@ -49,6 +49,19 @@ export function pathsAbove(db: Db, id: number): string[] {
   return db.prepare('SELECT path FROM main.ValidPaths WHERE id > ?').pluck().all(id) as string[];
 }
 
+/** How many ValidPaths rows a DB has, and its top id: what a later census compares with (lostRows). */
+export interface RowCensus { maxId: number; count: number }
+
+/**
+ * `db`'s census now, and whether rows went since `before`: fewer rows up to `before`'s top id
+ * than it counted (ids only grow, so new rows never hide a deletion). One count over the ids.
+ */
+export function lostRows(db: Db, before: RowCensus | null): { now: RowCensus; lost: boolean } {
+  const r = db.prepare('SELECT count(*) FILTER (WHERE id <= ?) AS upTo, count(*) AS total, coalesce(max(id), 0) AS maxId FROM main.ValidPaths')
+    .get(before?.maxId ?? 0) as { upTo: number; total: number; maxId: number };
+  return { now: { maxId: r.maxId, count: r.total }, lost: before !== null && r.upTo < before.count };
+}
+
 /** A field in which a path's rows in two DBs differ, with each DB's value (null: none). */
 export interface RowDifference {
   field: 'narHash' | 'narSize' | 'deriver' | 'ca' | 'signatures' | 'references';
