@@ -260,6 +260,9 @@ test('unmount --force frees a mount whose daemon does not answer: the waiting re
   t.true(await waitGone(m.pid));
   t.not((await run('mountpoint', ['-q', m.store])).code, 0, 'the mount is detached');
   t.is((await cli(['status', m.root])).code, 3, 'status: not mounted');
+  const json = await cli(['status', m.root, '--json']);
+  t.is(json.code, 3);
+  t.deepEqual(JSON.parse(json.stdout), { root: m.root, mounted: false }, 'status --json answers scripts too');
   t.is(fusectlMounted(), fusectlBefore, 'fusectl is unmounted again when unmount mounted it');
 
   const again = await mountMerged(t, lower.root, { dir });

@@ -13,7 +13,7 @@ const STORE_DIR = '/nix/store';
 
 export const explainCommand: CommandModule<object, ExplainArgs> = {
   command: 'explain <paths..>',
-  describe: 'Say which layer each path resolves to and why, and what the upper and lower DBs say about its store object',
+  describe: 'Say which layer each path resolves to and why, and what the upper and lower DBs say about its store object. Works on unmounted roots too. Exits 1 if a path is in neither layer',
   builder: (y: Argv) => y
     .positional('paths', { type: 'string', array: true, default: undefined, describe: 'paths inside a merged store (absolute or relative), store paths (/nix/store/...), full names (HASH-NAME) or hash parts; all of one merged root' })
     .option('root', { type: 'string', describe: 'the merged root [default: from the paths, or the only running mount]' })

@@ -28,7 +28,10 @@ async function status(argv: StatusArgs): Promise<number> {
     const root = rootOfPath(argv.root);
     const rec = liveRecord(root);
     stale = rec === null && isStale(root) ? [root] : [];
-    if (!rec && stale.length === 0) throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
+    if (!rec && stale.length === 0) {
+      if (argv.json) process.stdout.write(JSON.stringify({ root, mounted: false }, null, 2) + '\n'); // for scripts: the answer, and exit 3
+      throw new LocalOverlayError('not-mounted', `${root} is not mounted`);
+    }
     recs = rec ? [rec] : [];
   } else {
     recs = runningRecords();
