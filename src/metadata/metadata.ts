@@ -209,9 +209,11 @@ export class Metadata {
     if (r.stopped) throw new Error('the mount is closing');
     for (const p of paths) if (this.upper.idOf(p) !== undefined) this.known.set(p, true);
     // Mirror mode roots what it copies, as the follower's imports (or Nix's GC drops the rows);
-    // the rows above `before` are this copy's and the follower's, rooted either way.
+    // the rows above `before` are this copy's and the follower's, rooted either way, and those
+    // a merged-store client registered meanwhile: its own paths, not the lower store's, stay
+    // unrooted (a path the lower store also has is a duplicate, which added() leaves collectable).
     if (this.roots && r.rows > 0) {
-      const copied = pathsAbove(this.upper.db, before);
+      const copied = pathsAbove(this.upper.db, before).filter((p) => this.lower.isValid(p));
       this.rootsDo(() => this.roots?.added(copied, this.duplicates()));
     }
     this.stats.count('rowsCopied', r.rows);

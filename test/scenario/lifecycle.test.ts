@@ -802,3 +802,41 @@ test('a mount point that cannot take the guard (immutable) still mounts; it warn
     }
   }
 });
+
+test('sync of a lost lower row roots the rows it copied, not a merged client\'s own path registered while the copy ran', async (t) => {
+  const lower = await sharedLower();
+  const m = await mountMerged(t, lower.root);
+  const own = await addText(m, m.dir, 'own.txt', `upper only ${Date.now()}\n`);
+  const top = lower.manifest.paths.appOut;
+  const synced = Date.now() + 10_000; // the mount's roots sync runs in the background
+  while (!rooted(m, top) && Date.now() < synced) await new Promise((r) => setTimeout(r, 100));
+  const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
+  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
+  t.is(del.code, 0, del.stderr);
+  fs.rmSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(top)), { force: true });
+  // A merged-store client that registers its own path (a new row id) while the sync waits for
+  // the DB's write lock: it holds the lock, the sync starts, then the client commits.
+  const client = spawn('sqlite3', [db], { stdio: ['pipe', 'pipe', 'pipe'] });
+  t.teardown(() => { try { client.kill('SIGKILL'); } catch { /* gone */ } });
+  const locked = new Promise<void>((res) => client.stdout.on('data', (d: Buffer) => { if (d.toString().includes('locked')) res(); }));
+  client.stdin.write(`PRAGMA busy_timeout = 10000; BEGIN IMMEDIATE;
+CREATE TEMP TABLE t AS SELECT * FROM ValidPaths WHERE path = '${own}';
+DELETE FROM ValidPaths WHERE path = '${own}';
+INSERT INTO ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) SELECT path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca FROM t;
+SELECT 'locked';
+`);
+  await locked;
+  const sync = cli(['sync', '--root', m.root, top]);
+  await new Promise((r) => setTimeout(r, 1500));
+  client.stdin.end('COMMIT;\n');
+  const s = await sync;
+  t.is(s.code, 0, s.stderr);
+  t.true(await valid(m, top));
+  const end = Date.now() + 5000; // the daemon roots in the background (rootsDo)
+  while (!rooted(m, top) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  t.true(rooted(m, top), 'the copied lower path is rooted');
+  t.false(rooted(m, own), 'the client\'s upper-only path is not rooted: a GC may collect it');
+  const gc = await nix('nix-collect-garbage', ['--store', m.root]);
+  t.is(gc.code, 0, gc.stderr);
+  t.false(await valid(m, own), 'collected');
+});
