@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { controlRequest } from '../../mount/control';
+import { canonicalPath } from '../../mount/config';
 import { liveRecord } from '../../mount/records';
 import { LocalOverlayError } from '../../util/errno';
 import { EXIT, runCommand } from '../run';
@@ -45,5 +46,12 @@ export function tracePrefix(given: string, root: string): string {
   if (given === '/nix/store' || given.startsWith('/nix/store/')) return given;
   if (given === merged || given.startsWith(`${merged}/`)) return `/nix/store${given.slice(merged.length)}`;
   if (!given.includes('/') && given.length > 0) return `/nix/store/${given}`;
+  // The root spelled otherwise: relative to the current dir, or through a symlink. Only the part
+  // above nix/store is resolved (below it, a lookup in the mount).
+  const abs = path.resolve(given);
+  for (let i = abs.indexOf('/nix/store'); i >= 0; i = abs.indexOf('/nix/store', i + 1)) {
+    const rest = abs.slice(i + '/nix/store'.length);
+    if ((rest === '' || rest.startsWith('/')) && canonicalPath(abs.slice(0, i) || '/') === root) return `/nix/store${rest}`;
+  }
   throw new LocalOverlayError('usage', `--prefix ${given}: give a store path prefix (/nix/store/HASH-NAME…), a path below ${merged}, or the start of a name (HASH…)`);
 }
