@@ -68,6 +68,8 @@ export class Metadata {
   private rootsAfterImport = false;
   /** The lower DB's rows when the follower last looked (lowerLostPaths): their top id and how many. */
   private lowerCensus: RowCensus | null = null;
+  /** The lower snapshot's signature when that census was taken. */
+  private censusSignature = '';
   /** The lower store lost paths since the roots were synced (resyncRoots). */
   private rootsNeedSync = false;
   /** When the follower next looks for objects in both layers without a row (restoreRowlessDuplicates). */
@@ -455,10 +457,11 @@ export class Metadata {
     try {
       const signature = await this.lower.signatureAsync();
       if (this.timer === null) return; // stopped meanwhile: the DBs may be closed
-      if (signature !== this.lower.openedSignature) {
-        this.lower.reopen(signature);
-        if (this.roots !== null && this.lowerLostPaths()) this.rootsNeedSync = true;
-      }
+      if (signature !== this.lower.openedSignature) this.lower.reopen(signature);
+      // Counted at every change of the snapshot, whoever reopened it: any read of the lower DB
+      // meanwhile (an upper add's lowerHas, a lookup, a sync) reopens it too, and the change it
+      // took in would otherwise never be counted here.
+      if (this.roots !== null && this.lower.openedSignature !== this.censusSignature && this.lowerLostPaths()) this.rootsNeedSync = true;
       if (this.rootsNeedSync) await this.resyncRoots();
       if (this.mode === 'mirror' && Date.now() >= this.nextRowlessCheck) await this.restoreRowlessDuplicates();
       // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too. Paths
@@ -508,9 +511,10 @@ export class Metadata {
     try {
       const { now, lost } = lostRows(this.lower.conn(), this.lowerCensus);
       this.lowerCensus = now;
+      this.censusSignature = this.lower.openedSignature;
       return lost;
     } catch (err) {
-      if (isTornRead(err)) return false; // counted again at the next change
+      if (isTornRead(err)) return false; // counted again at the next check (censusSignature unchanged)
       throw err;
     }
   }

@@ -637,6 +637,26 @@ test('the lower store\'s GC deletes a top: the mount roots what it kept alive, s
   t.true(fs.existsSync(path.join(m.store, rel(libOut))), 'and shown');
 });
 
+test('the lower store\'s GC is noticed when a merged add reads the lower DB before the follower looks: the mount roots what the deleted top kept alive', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  // A follower interval long enough that the add below always comes before its next look.
+  const m = await mountMerged(t, lower.root, { dir, extra: ['--follow-interval', '4000'] });
+  const { appOut, libOut } = lower.manifest.paths;
+  t.true(await eventually(async () => rooted(m, appOut)), 'the top is rooted (in the background)');
+  fs.rmSync(path.join(lower.root, 'nix/var/nix/gcroots/lower/appOut'));
+  const lowerGc = await nix('nix-collect-garbage', ['--store', lower.root]);
+  t.is(lowerGc.code, 0, lowerGc.stderr);
+  // An upper add looks the new name up in the lower DB (upperAdded): that read reopens its snapshot.
+  await addText(m, m.dir, 'after-lower-gc.txt', `added ${Date.now()}\n`);
+  t.true(await eventually(async () => rooted(m, libOut) && !rooted(m, appOut), 12_000), 'the mount rooted the new top and dropped the dead root');
+  const fix = await cli(['verify', m.root, '--repair']);
+  t.is(fix.code, 0, fix.stdout + fix.stderr);
+  const gc = await nix('nix-collect-garbage', ['--store', m.root]);
+  t.is(gc.code, 0, gc.stderr);
+  t.true(await valid(m, libOut), 'libOut, still in the lower store, is still valid in the merged root');
+});
+
 test('a deletion of an object in both layers that did not finish (the client killed half way): the mount restores the row and sets the partial upper copy aside', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
