@@ -250,6 +250,24 @@ function mountPointName(dir: string): string {
 }
 
 /**
+ * The mount point of the mount `p` is on (the longest mount point above it, the one on top;
+ * symlinks resolved), or of its nearest existing ancestor when it does not exist yet: rename(2)
+ * between two paths on different mounts fails with EXDEV, also for two bind mounts of one
+ * filesystem (same st_dev). Null when the mount table cannot be read.
+ */
+export function mountPointOf(p: string): string | null {
+  let d = path.resolve(p);
+  while (!fs.existsSync(d) && d !== '/') d = path.dirname(d);
+  const real = canonicalPath(d);
+  let best: string | null = null;
+  for (const e of mountEntries()) {
+    const under = e.point === '/' || real === e.point || real.startsWith(`${e.point}/`);
+    if (under && (best === null || e.point.length >= best.length)) best = e.point;
+  }
+  return best;
+}
+
+/**
  * The device (major, minor) of the filesystem mounted at `dir` (the last mount there, the one
  * on top); null when nothing is mounted there. Reads no file of the mount itself, so the
  * process serving it may call it.

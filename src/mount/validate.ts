@@ -5,7 +5,7 @@ import { LocalOverlayError } from '../util/errno';
 import { NIX_SCHEMA_VERSION } from '../metadata/schema';
 import { canonicalPath, MountConfig, rootLayout } from './config';
 import { isGuardOrNixLinks } from './guard';
-import { configPath, isMountPoint, liveRecord, readRootConfig, runningRecords } from './records';
+import { configPath, isMountPoint, liveRecord, mountPointOf, readRootConfig, runningRecords } from './records';
 
 const fail = (code: string, msg: string): never => { throw new LocalOverlayError(code, msg); };
 
@@ -53,8 +53,8 @@ export function validateMount(cfg: MountConfig): void {
     if (other !== null) fail(`${name.split(' ')[0]}-in-merged-store`, `${name} ${p} is inside the store dir of the merged root ${other}, which its mount hides (and which must stay empty while it is not mounted)`);
   }
   const [upperDev, workDev] = [nearestDev(cfg.upperDir), nearestDev(cfg.workDir)];
-  if (upperDev !== workDev) {
-    fail('work-other-fs', `work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir} (objects are moved between them by rename)`);
+  if (upperDev !== workDev || mountPointOf(cfg.upperDir) !== mountPointOf(cfg.workDir)) {
+    fail('work-other-fs', `work dir ${cfg.workDir} must be on the same filesystem as the upper dir ${cfg.upperDir}, and on the same mount of it (objects are moved between them by rename, which fails across mounts, bind mounts of one filesystem included)`);
   }
   const merged = rootLayout(cfg.mergedRoot);
   if (within(merged.storeDir, cfg.upperDir) || within(cfg.upperDir, merged.storeDir)) {

@@ -264,6 +264,30 @@ test('a work dir on another filesystem than the upper dir is refused before anyt
   await refused(t, c, /work dir .* must be on the same filesystem as the upper dir/);
 });
 
+test('a work dir outside the bind mount the upper dir is on (one filesystem, two mounts: rename fails with EXDEV) is refused before anything is made', async (t) => {
+  const dir = tempDir(t);
+  const lower = await sharedLower();
+  const src = path.join(dir, 'bind-src');
+  const bound = path.join(dir, 'bound');
+  fs.mkdirSync(src);
+  fs.mkdirSync(bound);
+  const b = await run('mount', ['--bind', src, bound]);
+  t.is(b.code, 0, b.stderr);
+  t.teardown(async () => { await run('umount', ['-l', bound]); });
+  const c = paths(dir, lower.root);
+  c.upper = path.join(bound, 'upper');
+  c.work = path.join(dir, 'work-outside');
+  t.is(fs.statSync(bound).dev, fs.statSync(dir).dev, 'one filesystem');
+  await refused(t, c, /work dir .* must be on the same filesystem as the upper dir .*, and on the same mount of it/);
+  // The work dir on the same bind mount is fine.
+  const ok = paths(dir, lower.root);
+  ok.upper = path.join(bound, 'upper');
+  ok.work = path.join(bound, 'work');
+  const m = await cli(['mount', '--lower', ok.lower, '--upper', ok.upper, '--work', ok.work, '--root', ok.root]);
+  t.is(m.code, 0, m.stderr);
+  t.is((await cli(['unmount', ok.root])).code, 0);
+});
+
 test('an upper or work dir inside the store dir of another merged root (hidden by its mount) is refused', async (t) => {
   const dir = tempDir(t);
   const lower = await sharedLower();
