@@ -544,7 +544,11 @@ export class Metadata {
     const rowless = this.upperObjects().filter((n) => this.upper.idOf(`${this.storeDir}/${n}`) === undefined && this.lowerHas(n));
     if (rowless.length === 0) return;
     const lock = this.gcLockFile === null ? null : await tryGcLockShared(this.gcLockFile);
-    if (lock === 'busy' || this.timer === null) { this.rowlessHeldUp = true; return; } // a GC or delete runs: looked at again later
+    // A GC or delete runs: looked at again later. Without the lock (flock failing) a delete under
+    // way cannot be told from one that died: nothing is done (a remount or verify --repair is).
+    if (lock === null) { log.info(`${rowless.length} objects in both layers have no row in the merged DB, and Nix's GC lock could not be asked whether a delete is under way: left to verify --repair`); return; }
+    if (lock === 'busy') { this.rowlessHeldUp = true; return; }
+    if (this.timer === null) { lock.release(); return; } // stopped meanwhile
     try {
       for (const name of rowless) {
         const storePath = `${this.storeDir}/${name}`;
@@ -556,7 +560,7 @@ export class Metadata {
         else if (this.roots && !this.duplicates().has(name)) this.rootsDo(() => this.roots!.stoppedDuplicate(name));
       }
     } finally {
-      lock?.release();
+      lock.release();
     }
   }
 

@@ -325,11 +325,20 @@ export function otherNamespaceUsers(storeDir: string, daemonPid: number, which: 
 /** Whether process `pid` names `root` in its command line or environment, or has its cwd, root dir or an open file inside it. */
 function usesPath(pid: string, cmdline: Buffer, root: string): boolean {
   const inside = (p: string): boolean => p === root || p.startsWith(`${root}/`);
-  if (cmdline.includes(root)) return true;
-  try { if (fs.readFileSync(`/proc/${pid}/environ`).includes(root)) return true; } catch { /* not ours to read */ }
+  if (namesPath(cmdline, root)) return true;
+  try { if (namesPath(fs.readFileSync(`/proc/${pid}/environ`), root)) return true; } catch { /* not ours to read */ }
   const link = (l: string): string => { try { return fs.readlinkSync(`/proc/${pid}/${l}`); } catch { return ''; } };
   if (inside(link('cwd')) || inside(link('root'))) return true;
   try { return fs.readdirSync(`/proc/${pid}/fd`).some((fd) => inside(link(`fd/${fd}`))); } catch { return false; }
+}
+
+/** Whether `text` (NUL-separated words) names `root` or a path below it: `/r` in `--store /r` or `X=/r/y`, not in `/r-other`. */
+function namesPath(text: Buffer, root: string): boolean {
+  for (let i = text.indexOf(root); i >= 0; i = text.indexOf(root, i + 1)) {
+    const next = text[i + root.length];
+    if (next === undefined || next === 0 || next === 0x2f /* / */ || next === 0x3a /* : */ || next === 0x20 || next === 0x0a) return true;
+  }
+  return false;
 }
 
 const listed = (users: readonly NamespaceUser[]): string =>

@@ -180,8 +180,8 @@ test('unmount, mount and status name a process that uses the root and keeps a mo
   // mounts are private: it keeps the mount it saw. One holder works in the root (as a
   // `nix-daemon --store ROOT` names it); the other has nothing to do with it.
   const ns = (pid: number | string): string => { try { return fs.readlinkSync(`/proc/${pid}/ns/mnt`); } catch { return ''; } };
-  const hold = async (cwd: string): Promise<ChildProcess> => {
-    const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '600'], { stdio: 'ignore', cwd });
+  const hold = async (cwd: string, env: NodeJS.ProcessEnv = process.env): Promise<ChildProcess> => {
+    const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '600'], { stdio: 'ignore', cwd, env });
     t.teardown(() => { holder.kill('SIGKILL'); });
     for (let i = 0; i < 100 && (ns(holder.pid!) === ns('self') || !fs.readFileSync(`/proc/${holder.pid!}/comm`, 'utf8').startsWith('sleep')); i++) {
       await new Promise((r) => setTimeout(r, 50));
@@ -190,7 +190,8 @@ test('unmount, mount and status name a process that uses the root and keeps a mo
     return holder;
   };
   const user = await hold(path.join(m.root, 'nix/var'));
-  const bystander = await hold('/');
+  // A root whose name starts with this one's is another root.
+  const bystander = await hold('/', { ...process.env, ANOTHER_ROOT: `${m.root}-other` });
   const none = await cli(['status', m.root, '--json']);
   t.is((JSON.parse(none.stdout) as { staleMount?: string }).staleMount, undefined, 'the same mount is not an earlier one');
   const u = await cli(['unmount', m.root]);

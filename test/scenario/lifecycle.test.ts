@@ -725,7 +725,8 @@ test('verify --repair on a mounted root has the daemon copy a lost lower row, an
   // Under the running daemon: a mount would import the row back.
   const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
   t.is(del.code, 0, del.stderr);
-  fs.rmSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(top)));
+  t.true(await eventually(async () => rooted(m, top)), 'rooted by the mount (in the background)');
+  fs.rmSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(top)), { force: true });
   const fix = await cli(['verify', m.root, '--repair', '--json']);
   t.is(fix.code, 0, fix.stderr + fix.stdout);
   t.true((JSON.parse(fix.stdout) as { problems: { kind: string; path: string; repaired: boolean }[] }).problems

@@ -40,8 +40,9 @@ function target(input: string): { arg: string; root: string | null } {
     throw new LocalOverlayError('usage', `${input} is ${abs === storeDir ? `the store dir of the merged root ${root}` : abs === root ? `the merged root ${root}` : `in the merged root ${root}, not in its store`}: name an object below ${storeDir}`);
   }
   // A path in a running mount's upper dir or lower store names that mount's root.
-  const layer = runningRecords().find((r) => [r.config.upperDir, rootLayout(r.config.lowerRoot).storeDir].some((d) => abs.startsWith(`${d}/`)));
-  return { arg: abs, root: layer?.config.mergedRoot ?? null };
+  // Several mounts can share a lower store: then the path does not say which (findRoot asks).
+  const layers = runningRecords().filter((r) => [r.config.upperDir, rootLayout(r.config.lowerRoot).storeDir].some((d) => abs.startsWith(`${d}/`)));
+  return { arg: abs, root: layers.length === 1 ? layers[0]!.config.mergedRoot : null };
 }
 
 async function explain(argv: ExplainArgs): Promise<number> {
