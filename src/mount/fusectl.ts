@@ -19,8 +19,9 @@ export function connectionName(storeDir: string, mountinfo?: string): string | n
 
 /**
  * Aborts the FUSE connection of the mount at `storeDir`, as `echo 1 > .../N/abort` does: every
- * request waiting on it fails at once with ENOTCONN, the serving process's reads of the device
- * end, and later requests fail alike until the mount is detached. This frees a mount whose
+ * request waiting on it fails at once (ECONNABORTED, "Software caused connection abort"), the
+ * serving process's reads of the device end, and later requests fail with ENOTCONN until the
+ * mount is detached. This frees a mount whose
  * daemon cannot answer or exit, which killing the daemon does not do while one of its threads
  * waits in the kernel (native-notes, "forget"). Needs root. Mounts fusectl when it is not
  * mounted, and unmounts it again after. Returns the connection's name.

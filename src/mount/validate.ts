@@ -123,7 +123,6 @@ function checkSameLayers(cfg: MountConfig): void {
   }
 }
 
-/** `dir` exists as a directory, or can be made: the nearest existing path above it is a directory. */
 /** X when `p` is X/nix/store; else null. */
 function storeDirParent(p: string): string | null {
   const abs = path.resolve(p);
@@ -163,6 +162,7 @@ function checkWritable(code: string, name: string, dir: string): void {
   }
 }
 
+/** `dir` exists as a directory, or can be made: the nearest existing path above it is a directory. */
 function checkCanMake(code: string, name: string, dir: string): void {
   for (let p = path.resolve(dir); ; p = path.dirname(p)) {
     let st: fs.Stats | undefined;

@@ -22,7 +22,7 @@ export const unmountCommand: CommandModule<object, UnmountArgs> = {
     .option('force', {
       type: 'boolean',
       default: false,
-      describe: 'for a mount that hangs: when the daemon has not exited within --timeout (or no daemon serves the mount), abort the mount\'s FUSE connection (every waiting request fails with ENOTCONN), kill the daemon and detach the mount. The DB is left as a crash leaves it; the next mount checks it. Needs root',
+      describe: 'for a mount that hangs: when the daemon has not exited within --timeout (or no daemon serves the mount), abort the mount\'s FUSE connection (every waiting request fails: "Software caused connection abort"), kill the daemon and detach the mount. The DB is left as a crash leaves it; the next mount checks it. Needs root',
     })
     .check(checkRanges({ timeout: { min: 0.1, max: 86_400, unit: 'seconds' } }))
     .example('$0 unmount /tmp/m', '')
