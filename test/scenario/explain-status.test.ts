@@ -155,6 +155,9 @@ test('status --json: counters move under a scripted workload', async (t) => {
   t.true(s1.counters.upper > s0.counters.upper, 'upper hits');
   t.is(s1.upper.objects, 1);
   t.true((s1.ops.create ?? 0) >= 1);
+  const text = await cli(['status', m.root]);
+  t.regex(text.stdout, /\n {2}settings {3}follow 500 ms, .*, poll /, text.stdout);
+  t.regex(text.stdout, new RegExp(`\\n {2}ops {8}.*\\bcreate ${s1.ops.create!}\\b`), 'operations by kind, in the text too');
 
   const m2 = await mountMerged(t, lower.root);
   const s2 = await status(m2.root);

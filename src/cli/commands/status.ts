@@ -152,6 +152,11 @@ function settingsLine(c: Record<string, unknown>): string {
     + `fast path ${onOff(c.fastPath)}, passthrough ${onOff(c.passthrough)}, poll ${c.pollUs === undefined ? 'auto' : `${String(c.pollUs)} µs`}`;
 }
 
+/** `getattr 1200, open 300, read 290, ...`: operations by kind, most frequent first. */
+function opsLine(ops: Record<string, number>): string {
+  return Object.entries(ops).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).map(([op, n]) => `${op} ${n}`).join(', ');
+}
+
 function formatStatus(s: Record<string, any>): string {
   const c = s.counters ?? {};
   const lines = [
@@ -159,6 +164,7 @@ function formatStatus(s: Record<string, any>): string {
     `  lower      ${s.config?.lowerRoot}    upper ${s.config?.upperDir}    metadata ${s.config?.metadata}`,
     ...(s.config ? [`  settings   ${settingsLine(s.config)}`] : []),
     `  upper      ${s.upper.objects} objects, ${(s.upper.bytes / 1048576).toFixed(1)} MiB`,
+    ...(s.ops && Object.keys(s.ops).length > 0 ? [`  ops        ${opsLine(s.ops)}`] : []),
     `  lookups    upper ${c.upper ?? 0}  lower ${c.lower ?? 0}  missing ${c.miss ?? 0}  refused writes ${c.refused ?? 0}`,
     `  metadata   rows mirrored ${c.rowsMirrored ?? 0}  closure syncs ${c.closureSyncs ?? 0} (${c.rowsCopied ?? 0} rows${c.closuresInPieces ? `, ${c.closuresInPieces} in pieces` : ''}${c.tornReads ? `, ${c.tornReads} torn reads read again` : ''})  follower lag ${s.follower?.failing?.count > 0 ? '?' : s.follower?.lagMs ?? '?'} ms${followerWait(s.follower?.checkWaitingMs)}${followerGc(s.follower?.waitingForGcMs)}${followerLocks(s.follower?.waitingForLocks)}${followerFailing(s.follower?.failing)}`,
   ];
