@@ -42,6 +42,12 @@ async function noWhiteouts(t: ExecutionContext, upper: string): Promise<void> {
   }
 }
 
+/** Deletes path `p`'s row and its references from the merged DB `db`, as a crash or a hand edit leaves it. */
+async function dropRow(t: ExecutionContext, db: string, p: string): Promise<void> {
+  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${p}'); DELETE FROM ValidPaths WHERE path = '${p}';`]);
+  t.is(del.code, 0, del.stderr);
+}
+
 /** Whether the mount's GC roots dir has a root for `p` (a symlink to the logical store path). */
 const rooted = (m: Merged, p: string): boolean =>
   fs.lstatSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(p)), { throwIfNoEntry: false })?.isSymbolicLink() === true;
@@ -579,8 +585,7 @@ test('mount: an upper copy the merged DB does not list of a lower object is drop
   // ...and an upper path whose registration never happened.
   const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
   for (const p of [dup, stray]) {
-    const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${p}'); DELETE FROM ValidPaths WHERE path = '${p}';`]);
-    t.is(del.code, 0, del.stderr);
+    await dropRow(t, db, p);
   }
   m = await mountMerged(t, lower.root, { dir });
   t.false(fs.existsSync(path.join(m.upper, rel(dup))), 'the half-deleted upper copy is gone');
@@ -600,8 +605,7 @@ test('verify --repair copies back a lower row the merged DB lost, and roots it: 
   const top = lower.manifest.paths.appOut; // no lower path refers to it: it has a root of its own
   t.true(rooted(m, top), 'rooted by the mount');
   const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
-  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
-  t.is(del.code, 0, del.stderr);
+  await dropRow(t, db, top);
   fs.rmSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(top)));
   const fix = await cli(['verify', m.root, '--repair', '--json']);
   t.true((JSON.parse(fix.stdout) as { problems: { kind: string; path: string; repaired: boolean }[] }).problems
@@ -699,8 +703,7 @@ test('verify --repair of a lost lower row removes the rowless upper leftover of 
   await m.unmount();
   const top = lower.manifest.paths.appOut;
   const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
-  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
-  t.is(del.code, 0, del.stderr);
+  await dropRow(t, db, top);
   // What an add of the same path that did not finish leaves: part of the object, no row.
   const leftover = path.join(m.upper, rel(top));
   t.is((await run('cp', ['-a', path.join(lower.root, top), leftover])).code, 0);
@@ -723,8 +726,7 @@ test('verify --repair on a mounted root has the daemon copy a lost lower row, an
   const top = lower.manifest.paths.appOut;
   const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
   // Under the running daemon: a mount would import the row back.
-  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
-  t.is(del.code, 0, del.stderr);
+  await dropRow(t, db, top);
   t.true(await eventually(async () => rooted(m, top)), 'rooted by the mount (in the background)');
   fs.rmSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(top)), { force: true });
   const fix = await cli(['verify', m.root, '--repair', '--json']);
@@ -832,8 +834,7 @@ test('sync of a lost lower row roots the rows it copied, not a merged client\'s 
   const synced = Date.now() + 10_000; // the mount's roots sync runs in the background
   while (!rooted(m, top) && Date.now() < synced) await new Promise((r) => setTimeout(r, 100));
   const db = path.join(m.root, 'nix/var/nix/db/db.sqlite');
-  const del = await run('sqlite3', [db, `PRAGMA foreign_keys = OFF; DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = '${top}'); DELETE FROM ValidPaths WHERE path = '${top}';`]);
-  t.is(del.code, 0, del.stderr);
+  await dropRow(t, db, top);
   fs.rmSync(path.join(m.root, 'nix/var/nix/gcroots/local-overlay-lower-store', rel(top)), { force: true });
   // A merged-store client that registers its own path (a new row id) while the sync waits for
   // the DB's write lock: it holds the lock, the sync starts, then the client commits.
