@@ -93,7 +93,7 @@ export class LowerDb {
     return lowerDbUri(this.dbFile);
   }
 
-  /** The DB files' identity now (mtime and size of the DB and its WAL). */
+  /** The DB files' identity now (inode, mtime, ctime and size of the DB and its WAL). */
   signature(): string {
     return identity(fs.statSync(this.dbFile, { throwIfNoEntry: false }), fs.statSync(this.walFile, { throwIfNoEntry: false }));
   }
@@ -207,7 +207,15 @@ export class LowerDb {
   }
 }
 
-/** The identity of the DB file and its WAL (either may be absent): mtime and size of each. */
+/**
+ * The identity of the DB file and its WAL (either may be absent): inode, mtime, ctime and size
+ * of each. Not mtime and size alone: a lower store replaced in place (a new image version, an
+ * rsync of a rebuilt store) can bring a DB file of the same size whose mtime was kept or
+ * normalised (images often set every mtime to 1), and it must still be seen as changed: the
+ * follower reopens its snapshot on a change, and a remount syncs the GC roots again (their stamp
+ * holds this identity). A new file has a new ctime (and usually a new inode), which no copy keeps.
+ */
 function identity(db: fs.Stats | undefined, wal: fs.Stats | undefined): string {
-  return `${db?.mtimeMs}:${db?.size}:${wal?.mtimeMs}:${wal?.size}`;
+  const one = (st: fs.Stats | undefined): string => (st === undefined ? 'absent' : `${st.ino}:${st.mtimeMs}:${st.ctimeMs}:${st.size}`);
+  return `${one(db)}:${one(wal)}`;
 }

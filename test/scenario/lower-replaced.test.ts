@@ -1,0 +1,63 @@
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { check, cli } from '../helpers/exec';
+import { freshLower, lowerAdd } from '../helpers/fixture';
+import { Merged, mountMerged, tempDir } from '../helpers/mount';
+import { nix } from '../helpers/nix';
+
+// A lower store replaced in place (same path, new content) between mounts or under a live
+// mount, as a new image version or an rsync of a rebuilt shared store does it, with real Nix 2.8.
+
+const rel = (p: string): string => p.replace(/^\/nix\/store\//, '');
+const valid = async (m: Merged, p: string): Promise<boolean> => (await nix('nix-store', ['--store', m.root, '--check-validity', p])).code === 0;
+const dbFile = (root: string): string => path.join(root, 'nix/var/nix/db/db.sqlite');
+
+/**
+ * `next`: a copy of lower root `lower` that has one path more, whose DB file has the same size and
+ * the same mtime as `lower`'s (an image build that normalises mtimes), or null when the new row
+ * needed a new page (then the case this file is about cannot be made).
+ */
+async function nextVersion(lower: string, next: string, name: string): Promise<string | null> {
+  await check('cp', ['-a', lower, next]);
+  const added = await lowerAdd(next, name);
+  for (const f of [dbFile(lower), dbFile(next)]) fs.utimesSync(f, 1, 1);
+  return fs.statSync(dbFile(lower)).size === fs.statSync(dbFile(next)).size ? added : null;
+}
+
+test('a lower store replaced between mounts by one whose DB file has the same size and mtime: the remount roots the new paths, a merged GC keeps them', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const added = await nextVersion(lower.root, path.join(dir, 'lower-v2'), 'image-v2');
+  if (added === null) return t.fail('precondition: the new lower DB file is not of the same size');
+  let m = await mountMerged(t, lower.root, { dir });
+  await m.unmount();
+  fs.renameSync(lower.root, path.join(dir, 'lower-v1'));
+  fs.renameSync(path.join(dir, 'lower-v2'), lower.root);
+  m = await mountMerged(t, lower.root, { dir });
+  t.true(await valid(m, added), 'the new lower path is not valid after the remount');
+  const gc = await nix('nix-collect-garbage', ['--store', m.root]);
+  t.is(gc.code, 0, gc.stderr);
+  t.false(gc.stderr.includes(rel(added)), `the merged GC deleted the new lower path:\n${gc.stderr}`);
+  t.true(await valid(m, added), 'the new lower path is not valid after a merged GC');
+  t.true(fs.existsSync(path.join(m.store, rel(added))), 'the new lower path is not visible after a merged GC');
+  const v = await cli(['verify', m.root]);
+  t.is(v.code, 0, v.stdout + v.stderr);
+});
+
+test('a lower DB replaced under a live mount by one of the same size and mtime: the follower imports its new path', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const next = path.join(dir, 'lower-v2');
+  const added = await nextVersion(lower.root, next, 'live-v2');
+  if (added === null) return t.fail('precondition: the new lower DB file is not of the same size');
+  const m = await mountMerged(t, lower.root, { dir });
+  // As rsync does: the new object first, then the DB file written beside and renamed over.
+  await check('cp', ['-a', path.join(next, 'nix/store', rel(added)), path.join(lower.root, 'nix/store', rel(added))]);
+  await check('cp', ['-a', dbFile(next), `${dbFile(lower.root)}.tmp`]);
+  fs.renameSync(`${dbFile(lower.root)}.tmp`, dbFile(lower.root));
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 0, r.stderr);
+  t.true(await valid(m, added), 'the new lower path is not valid in the merged DB after refresh');
+  t.true(fs.existsSync(path.join(m.store, rel(added))), 'the new lower path is not visible after refresh');
+});
