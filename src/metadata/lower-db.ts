@@ -149,6 +149,11 @@ export class LowerDb {
     return paths.length > limit ? null : paths;
   }
 
+  /** The path of the row with id `id`, or null when there is none. */
+  pathOfId(id: number): string | null {
+    return (this.read(() => this.stmt('SELECT path FROM ValidPaths WHERE id = ?').pluck().get(id)) as string | undefined) ?? null;
+  }
+
   maxId(): number {
     const r = this.read(() => this.stmt('SELECT max(id) AS m FROM ValidPaths').get() as { m: number | null });
     return r.m ?? 0;

@@ -70,6 +70,8 @@ export class Metadata {
   private lowerCensus: RowCensus | null = null;
   /** The lower snapshot's signature when that census was taken. */
   private censusSignature = '';
+  /** The lower snapshot's signature when the mirror last looked whether its ids changed (renumbered). */
+  private idsCheckedSignature = '';
   /** The lower store lost paths since the roots were synced (resyncRoots). */
   private rootsNeedSync = false;
   /** When the follower next looks for objects in both layers without a row (restoreRowlessDuplicates). */
@@ -463,6 +465,14 @@ export class Metadata {
       // took in would otherwise never be counted here.
       if (this.roots !== null && this.lower.openedSignature !== this.censusSignature && this.lowerLostPaths()) this.rootsNeedSync = true;
       if (this.rootsNeedSync) await this.resyncRoots();
+      // A lower DB replaced by one with other ids: the rows up to the last id imported are looked
+      // at again (the import skips the paths the merged DB has), else new ones there never show.
+      // One look per change of the lower DB's files.
+      if (this.mode === 'mirror' && this.lower.openedSignature !== this.idsCheckedSignature && this.lastFollowIdsCheck()) {
+        log.warn(`follower: the lower DB's ids changed (id ${this.mirror.lastLowerId} names another path now: the lower DB was replaced); importing every lower row the merged DB lacks`);
+        this.mirror.rewind();
+        this.reportedMaxId = 0;
+      }
       if (this.mode === 'mirror' && Date.now() >= this.nextRowlessCheck) await this.restoreRowlessDuplicates();
       // A lazy lookup may have reopened the snapshot meanwhile: its new rows are news too. Paths
       // held back for a merged client's lock are looked at again once one of those locks is free.
@@ -497,6 +507,14 @@ export class Metadata {
     } finally {
       this.checkingSince = null;
     }
+  }
+
+  /** Whether the mirror's ids no longer name what they did (Mirror.renumbered), noted for this snapshot. */
+  private lastFollowIdsCheck(): boolean {
+    const signature = this.lower.openedSignature;
+    const renumbered = this.mirror.renumbered();
+    this.idsCheckedSignature = signature;
+    return renumbered;
   }
 
   /**

@@ -64,6 +64,13 @@ export interface ImportResult {
  */
 export class Mirror {
   private lastId = 0;
+  /**
+   * The lower path whose id was lastId when it was set (null: no row had that id). Nix's ids are
+   * AUTOINCREMENT, never reused: while the lower DB is the one imported from, that id still names
+   * that path, or nothing once its path was deleted. Another path there means another DB file (a
+   * lower store replaced in place, its DB made afresh with other ids): see renumbered.
+   */
+  private anchor: string | null = null;
   /** Lower paths held back (HeldLocks), by lower id. */
   private waiting = new Map<number, string>();
   /** Of `waiting`, the paths whose own lock was held when last looked at; the rest refer to one. */
@@ -89,7 +96,32 @@ export class Mirror {
   }
 
   /** After the upper DB was seeded with every lower row up to `id` (seed.ts). */
-  seeded(id: number): void { this.lastId = id; }
+  seeded(id: number): void { this.setLast(id); }
+
+  private setLast(id: number): void {
+    this.lastId = id;
+    this.anchor = id === 0 ? null : this.lower.pathOfId(id);
+  }
+
+  /**
+   * Whether the lower DB's ids no longer mean what they meant when lastLowerId was set: a row
+   * with that id names another path (or one appeared where there was none). Then the lower DB was
+   * replaced by one with other ids (a new image version, a shared store rebuilt), and rows with
+   * ids up to lastLowerId may be paths the merged DB has never seen: an import of the ids above it
+   * would miss them for good. A deleted anchor (the lower store's GC) also answers true: a rescan
+   * then costs one full import, which skips every path the merged DB already has.
+   */
+  renumbered(): boolean {
+    return this.lastId !== 0 && this.lower.pathOfId(this.lastId) !== this.anchor;
+  }
+
+  /** The next import looks at every lower row again (after renumbered); the paths held back are looked at again with them. */
+  rewind(): void {
+    this.lastId = 0;
+    this.anchor = null;
+    this.waiting.clear();
+    this.locked.clear();
+  }
 
   /**
    * Imports the lower rows above lastLowerId. All in one transaction while the lower DB file
@@ -154,7 +186,7 @@ export class Mirror {
         result = { count, paths: newPaths(db, before, count) };
       }
     }
-    this.lastId = end;
+    this.setLast(end);
     return { ...result, done: end >= maxId };
   }
 

@@ -1,7 +1,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { check, cli } from '../helpers/exec';
+import { check, cli, REPO } from '../helpers/exec';
 import { freshLower, lowerAdd } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
 import { nix } from '../helpers/nix';
@@ -60,4 +60,26 @@ test('a lower DB replaced under a live mount by one of the same size and mtime: 
   t.is(r.code, 0, r.stderr);
   t.true(await valid(m, added), 'the new lower path is not valid in the merged DB after refresh');
   t.true(fs.existsSync(path.join(m.store, rel(added))), 'the new lower path is not visible after refresh');
+});
+
+test('a lower DB replaced under a live mount by a fresh one with other ids: a new path with an id below the last one imported is imported', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  // The same store made afresh, but a new path added first: it takes id 1, every other path moves up.
+  const next = path.join(dir, 'lower-v2');
+  fs.mkdirSync(path.join(next, 'nix/store'), { recursive: true });
+  const added = await lowerAdd(next, 'renumbered-first');
+  await check('bash', [path.join(REPO, 'scripts/make-lower-store.sh'), next, path.join(dir, 'manifest-v2.json')]);
+  const m = await mountMerged(t, lower.root, { dir });
+  // As rsync does: the new object first, then the DB file written beside and renamed over.
+  await check('cp', ['-a', path.join(next, 'nix/store', rel(added)), path.join(lower.root, 'nix/store', rel(added))]);
+  await check('cp', ['-a', dbFile(next), `${dbFile(lower.root)}.tmp`]);
+  fs.renameSync(`${dbFile(lower.root)}.tmp`, dbFile(lower.root));
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 0, r.stderr);
+  t.true(await valid(m, added), 'the new lower path is not valid in the merged DB after refresh');
+  t.true(fs.existsSync(path.join(m.store, rel(added))), 'the new lower path is not visible after refresh');
+  for (const p of Object.values(lower.manifest.paths)) t.true(await valid(m, p), `${p} is no longer valid`);
+  const v = await cli(['verify', m.root]);
+  t.is(v.code, 0, v.stdout + v.stderr);
 });
