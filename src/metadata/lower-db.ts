@@ -154,6 +154,15 @@ export class LowerDb {
     return (this.read(() => this.stmt('SELECT path FROM ValidPaths WHERE id = ?').pluck().get(id)) as string | undefined) ?? null;
   }
 
+  /**
+   * The highest id ValidPaths ever gave (AUTOINCREMENT's high-water mark in sqlite_sequence):
+   * never less than an id it gave, also after that row was deleted; 0 for a DB that gave none.
+   */
+  idHighWater(): number {
+    const r = this.read(() => this.stmt("SELECT seq FROM sqlite_sequence WHERE name = 'ValidPaths'").get() as { seq: number } | undefined);
+    return r?.seq ?? 0;
+  }
+
   maxId(): number {
     const r = this.read(() => this.stmt('SELECT max(id) AS m FROM ValidPaths').get() as { m: number | null });
     return r.m ?? 0;

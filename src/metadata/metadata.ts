@@ -469,7 +469,7 @@ export class Metadata {
       // at again (the import skips the paths the merged DB has), else new ones there never show.
       // One look per change of the lower DB's files.
       if (this.mode === 'mirror' && this.lower.openedSignature !== this.idsCheckedSignature && this.lastFollowIdsCheck()) {
-        log.warn(`follower: the lower DB's ids changed (id ${this.mirror.lastLowerId} names another path now: the lower DB was replaced); importing every lower row the merged DB lacks`);
+        log.warn(`follower: the lower DB's ids no longer name the paths they did (id ${this.mirror.lastLowerId}): it was replaced by another DB; importing every lower row the merged DB lacks`);
         this.mirror.rewind();
         this.reportedMaxId = 0;
       }

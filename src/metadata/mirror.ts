@@ -104,15 +104,20 @@ export class Mirror {
   }
 
   /**
-   * Whether the lower DB's ids no longer mean what they meant when lastLowerId was set: a row
-   * with that id names another path (or one appeared where there was none). Then the lower DB was
-   * replaced by one with other ids (a new image version, a shared store rebuilt), and rows with
-   * ids up to lastLowerId may be paths the merged DB has never seen: an import of the ids above it
-   * would miss them for good. A deleted anchor (the lower store's GC) also answers true: a rescan
-   * then costs one full import, which skips every path the merged DB already has.
+   * Whether the lower DB's ids no longer mean what they meant when lastLowerId was set, so that
+   * rows with ids up to lastLowerId may be paths the merged DB has never seen (a lower store
+   * replaced in place by one made afresh: a new image version, a shared store rebuilt), which an
+   * import of the ids above it would miss for good. Nix's ids are AUTOINCREMENT, never reused:
+   * - that id names another path now (or a path, where it named none): another DB;
+   * - it names nothing any more: a deletion (the lower store's GC of its newest path), unless its
+   *   path is there under another id, or the DB never gave an id that high (a smaller new DB).
+   * Three lookups by key; a deletion alone costs no rescan.
    */
   renumbered(): boolean {
-    return this.lastId !== 0 && this.lower.pathOfId(this.lastId) !== this.anchor;
+    if (this.lastId === 0) return false;
+    const now = this.lower.pathOfId(this.lastId);
+    if (now !== null || this.anchor === null) return now !== this.anchor;
+    return this.lower.idsOf([this.anchor]).length > 0 || this.lower.idHighWater() < this.lastId;
   }
 
   /** The next import looks at every lower row again (after renumbered); the paths held back are looked at again with them. */

@@ -19,7 +19,9 @@ import { isTornRead, LowerFileChanged, withBusyRetry } from '../../src/metadata/
 import { UpperDb } from '../../src/metadata/upper-db';
 import { OverlayStats } from '../../src/overlay/stats';
 import { log } from '../../src/util/log';
+import { check, REPO, run } from '../helpers/exec';
 import { freshLower, lowerAdd, LowerFixture, sharedLower } from '../helpers/fixture';
+import { nixEnv } from '../helpers/nix';
 import { tempDir } from '../helpers/mount';
 
 // The metadata module against real SQLite files: the lower DB is one real Nix 2.8 made.
@@ -1019,4 +1021,35 @@ test('lazy: a closure copy that keeps failing is tried again ever less often, no
   const deadline = Date.now() + 6000;
   while (up.idOf(target) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   t.not(up.idOf(target), undefined, 'copied at a later try, with no further lookup or change');
+});
+
+test('mirror: the lower store\'s GC of its newest path is not taken for a replaced DB (no rescan); a DB made afresh with other ids is', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const up = UpperDb.open(path.join(dir, 'db'));
+  const lo = new LowerDb(dbFile(lower.root));
+  t.teardown(() => { up.close(); lo.close(); });
+  const added = await lowerAdd(lower.root, 'newest');
+  const mirror = new Mirror(up, lo);
+  mirror.importNew();
+  t.false(mirror.renumbered(), 'the DB imported from');
+
+  // The lower store's own GC deletes the path the last import ended on.
+  const del = await run('nix-store', ['--store', lower.root, '--delete', added], { env: nixEnv() });
+  t.is(del.code, 0, del.stderr);
+  lo.reopen();
+  t.is(lo.pathOfId(mirror.lastLowerId), null, 'precondition: the row the import ended on is gone');
+  t.false(mirror.renumbered(), 'a deletion is not a replaced DB');
+
+  // The same store made afresh, a new path first: every id names another path.
+  const next = path.join(dir, 'lower-v2');
+  fs.mkdirSync(path.join(next, 'nix/store'), { recursive: true });
+  await lowerAdd(next, 'renumbered-first');
+  await check('bash', [path.join(REPO, 'scripts/make-lower-store.sh'), next, path.join(dir, 'manifest-v2.json')]);
+  fs.copyFileSync(dbFile(next), `${dbFile(lower.root)}.tmp`);
+  fs.renameSync(`${dbFile(lower.root)}.tmp`, dbFile(lower.root));
+  lo.reopen();
+  t.true(mirror.renumbered(), 'a DB made afresh');
+  mirror.rewind();
+  t.false(mirror.renumbered(), 'rewound: nothing to compare until the next import');
 });
