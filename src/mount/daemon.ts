@@ -55,6 +55,15 @@ export class Daemon {
   onMountGone: (() => void) | undefined;
   private watchdog: NodeJS.Timeout | null = null;
   private lowerWatch: NodeJS.Timeout | null = null;
+  /**
+   * `device:inode` of the layer dirs the mount opened. The native fast path serves a settled
+   * name through a descriptor of each, opened at mount; the rest goes by path. A dir replaced
+   * under the mount (renamed away, another put in its place; a new image mounted over the path)
+   * splits the two: the layerReplaced check names it.
+   */
+  private layerIds: { dir: string; what: string; id: string }[] = [];
+  /** The replaced layers already logged (one warning each). */
+  private readonly layersWarned = new Set<string>();
   private poll: PollGovernor | null = null;
   /** Health checks under way, by problem name, since when: none is run twice at once. */
   private readonly probes = new Map<string, { since: number; done: Promise<unknown> }>();
@@ -173,6 +182,8 @@ export class Daemon {
     // Loaded here, not at the top: a missing libfuse must be a clear error, not a crash.
     const { FuseMount, DEFAULT_MOUNT_OPTIONS } = await import('../fuse/adapter');
     const pollChoice: PollChoice = cfg.pollUs !== undefined ? { us: Math.max(0, cfg.pollUs) } : defaultPoll();
+    this.layerIds = [{ dir: lower.storeDir, what: 'lower store', id: '' }, { dir: cfg.upperDir, what: 'upper dir', id: '' }]
+      .map((l) => ({ ...l, id: dirId(fs.statSync(l.dir)) }));
     const fuse = new FuseMount(merged.storeDir, this.overlay,
       { ...DEFAULT_MOUNT_OPTIONS, negativeTimeout: cfg.negativeTimeoutS, attrTimeout: cfg.attrTimeoutS ?? DEFAULT_MOUNT_OPTIONS.attrTimeout },
       this.fastPathWanted(), cfg.passthrough !== false);
@@ -486,7 +497,14 @@ export class Daemon {
       looking = true;
       try {
         const now = await look();
-        if (last !== null && now !== last) this.fuse?.invalidateListings(false);
+        if (last !== null && now !== last) {
+          this.fuse?.invalidateListings(false);
+          await this.layerReplaced().then((problem) => {
+            if (problem === null || this.layersWarned.has(problem)) return;
+            this.layersWarned.add(problem);
+            log.warn(problem);
+          }, () => undefined);
+        }
         last = now;
       } finally {
         looking = false;
@@ -542,11 +560,24 @@ export class Daemon {
       this.probe('upper dir not writable', () => fs.promises.access(this.cfg.upperDir, fs.constants.W_OK)),
       this.probe('upper filesystem full', () => notFull(this.cfg.upperDir)),
       this.probe('merged DB filesystem full', () => notFull(rootLayout(this.cfg.mergedRoot).dbDir)),
+      this.probe('layer dir replaced', () => this.layerReplaced().then((problem) => { if (problem !== null) throw new Error(problem); })),
     ]);
     // The upper DB is local (every write of the mount goes next to it): asked on this thread.
     try { this.metadata.upper.idOf('/nix/store/health-check'); } catch (err) { results.push(`upper DB unreadable: ${String(err)}`); }
     const problems = results.filter((r): r is string => r !== null);
     return { ok: problems.length === 0, problems };
+  }
+
+  /** What is wrong when a layer dir is not the one mounted any more (layerIds); null when none is. */
+  private async layerReplaced(): Promise<string | null> {
+    for (const l of this.layerIds) {
+      const now = await fs.promises.stat(l.dir).then(dirId, () => 'absent');
+      if (now !== l.id) {
+        return `the ${l.what} ${l.dir} is not the directory mounted (device:inode ${l.id} at mount, ${now} now): `
+          + 'the mount serves the one it opened in some requests and the new one in others; unmount and mount again';
+      }
+    }
+    return null;
   }
 
   /** `problem: the error` if `check` fails, `problem: no answer for N s` if it takes too long. */
@@ -563,6 +594,11 @@ export class Daemon {
       done.then(() => { clearTimeout(timer); resolve(null); }, (err: unknown) => { clearTimeout(timer); resolve(`${problem}: ${String(err)}`); });
     });
   }
+}
+
+/** A dir's identity: which one it is, whatever its path. */
+function dirId(st: fs.Stats): string {
+  return `${st.dev}:${st.ino}`;
 }
 
 /**

@@ -83,3 +83,34 @@ test('a lower DB replaced under a live mount by a fresh one with other ids: a ne
   const v = await cli(['verify', m.root]);
   t.is(v.code, 0, v.stdout + v.stderr);
 });
+
+test('a layer dir replaced under a live mount (the lower store dir, the upper dir): status is unhealthy and says to mount again; the log says it once', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir });
+  t.is((await cli(['status', m.root])).code, 0, 'healthy at first');
+  const store = path.join(lower.root, 'nix/store');
+  // A new image version put in place: the same content, another directory.
+  await check('cp', ['-a', store, `${store}.v2`]);
+  fs.renameSync(store, `${store}.v1`);
+  fs.renameSync(`${store}.v2`, store);
+  const s = await cli(['status', m.root]);
+  t.is(s.code, 1, s.stdout);
+  t.regex(s.stdout, new RegExp(`UNHEALTHY \\(.*the lower store ${store} is not the directory mounted \\(device:inode \\d+:\\d+ at mount, \\d+:\\d+ now\\).*unmount and mount again`));
+  const log = path.join(m.root, 'nix/var/log/local-overlay.log');
+  const deadline = Date.now() + 5000;
+  const warned = (): number => fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.includes(`the lower store ${store} is not the directory mounted`)).length;
+  while (warned() === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  t.is(warned(), 1, 'the follower\'s watch logs it');
+  // Put back: healthy again. Then the upper dir.
+  fs.renameSync(store, `${store}.v2`);
+  fs.renameSync(`${store}.v1`, store);
+  t.is((await cli(['status', m.root])).code, 0, 'healthy once the mounted dir is back');
+  fs.renameSync(m.upper, `${m.upper}.moved`);
+  fs.mkdirSync(m.upper);
+  const u = await cli(['status', m.root]);
+  t.is(u.code, 1, u.stdout);
+  t.regex(u.stdout, new RegExp(`the upper dir ${m.upper} is not the directory mounted`));
+  fs.rmdirSync(m.upper);
+  fs.renameSync(`${m.upper}.moved`, m.upper);
+});
