@@ -2271,34 +2271,45 @@ NAPI_METHOD(fuse_native_fast_invalidate) {
   return NULL;
 }
 
-// fuse_native_fast_forget(thread, name): makes the kernel forget what it keeps of the root's
-// entry `name` (its dentry and, below it, theirs) because the object behind the name changed
-// beside the mount (an upper leftover set aside: src/mount/daemon.ts dropUpper), so that the
-// name's next use is looked up and its attributes and size are the new object's, not up to
-// attr_timeout old. The notification is written from a thread of its own: the kernel takes the
-// root's lock for it (fs/fuse/dev.c fuse_reverse_inval_entry), which a request in the root may
-// hold while it waits for the JS thread. It goes through a duplicate of the device descriptor,
-// taken while the channel is open, so it never reaches a descriptor reused after the mount
-// (ENODEV then, or ENOENT for a name the kernel does not keep: nothing to do either way).
+// fuse_native_fast_forget(thread, names): makes the kernel forget what it keeps of the root's
+// entries `names` (their dentries, positive or negative, and below them, theirs): the object
+// behind a name changed beside the mount (an upper leftover set aside: src/mount/daemon.ts
+// dropUpper), so that its next use is looked up and its attributes and size are the new
+// object's, not up to attr_timeout old; or a name the kernel was told was missing is valid now
+// (a lower path the follower imported: a negative entry would hide it for --negative-timeout).
+// The notifications are written from a thread of its own, one per call, in order: the kernel
+// takes the root's lock for each (fs/fuse/dev.c fuse_reverse_inval_entry), which a request in
+// the root may hold while it waits for the JS thread. They go through a duplicate of the
+// device descriptor, taken while the channel is open, so they never reach a descriptor reused
+// after the mount (ENODEV then, or ENOENT for a name the kernel does not keep: nothing to do
+// either way).
 typedef struct {
   int fd;
-  size_t len;
-  char name[];
+  uint32_t count;
+  char *names; // `count` NUL-terminated names, one after another
 } lo_forget_job;
 
 #define LO_NOTIFY_INVAL_ENTRY 3
+// Names per call at most (napi arrays longer than this: the rest are left to time out).
+#define LO_FORGET_MAX 100000
 
 static void *lo_forget_main(void *arg) {
   lo_forget_job *j = arg;
-  struct {
-    lo_out_header h;
-    uint64_t parent;
-    uint32_t namelen, flags;
-  } msg = { .h = { .len = (uint32_t) (sizeof(msg) + j->len + 1), .error = LO_NOTIFY_INVAL_ENTRY, .unique = 0 },
-            .parent = LO_FUSE_ROOT_ID, .namelen = (uint32_t) j->len, .flags = 0 };
-  struct iovec iov[2] = { { &msg, sizeof(msg) }, { j->name, j->len + 1 } };
-  (void) !writev(j->fd, iov, 2);
+  const char *name = j->names;
+  for (uint32_t i = 0; i < j->count; i++) {
+    size_t len = strlen(name);
+    struct {
+      lo_out_header h;
+      uint64_t parent;
+      uint32_t namelen, flags;
+    } msg = { .h = { .len = (uint32_t) (sizeof(msg) + len + 1), .error = LO_NOTIFY_INVAL_ENTRY, .unique = 0 },
+              .parent = LO_FUSE_ROOT_ID, .namelen = (uint32_t) len, .flags = 0 };
+    struct iovec iov[2] = { { &msg, sizeof(msg) }, { (void *) name, len + 1 } };
+    if (writev(j->fd, iov, 2) < 0 && errno == ENODEV) break; // unmounted: the rest would fail too
+    name += len + 1;
+  }
   close(j->fd);
+  free(j->names);
   free(j);
   return NULL;
 }
@@ -2307,30 +2318,53 @@ NAPI_METHOD(fuse_native_fast_forget) {
   NAPI_ARGV(2)
   lo_fast *f = lo_of(env, argv[0]);
   if (f == NULL || f->chan == NULL) return NULL;
-  char name[LO_NAME_MAX * 4 + 1];
-  size_t len;
-  NAPI_STATUS_THROWS(napi_get_value_string_utf8(env, argv[1], name, sizeof(name), &len));
-  if (len == 0 || len > LO_NAME_MAX) return NULL;
+  uint32_t n = 0;
+  NAPI_STATUS_THROWS(napi_get_array_length(env, argv[1], &n));
+  if (n > LO_FORGET_MAX) n = LO_FORGET_MAX;
+  if (n == 0) return NULL;
+  size_t cap = (size_t) n * 64, used = 0;
+  char *names = malloc(cap);
+  if (names == NULL) return NULL;
+  uint32_t count = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    char name[LO_NAME_MAX * 4 + 1];
+    size_t len;
+    if (napi_get_element(env, argv[1], i, &v) != napi_ok ||
+        napi_get_value_string_utf8(env, v, name, sizeof(name), &len) != napi_ok) continue;
+    if (len == 0 || len > LO_NAME_MAX) continue;
+    if (used + len + 1 > cap) {
+      size_t more = cap * 2 + len + 1;
+      char *grown = realloc(names, more);
+      if (grown == NULL) break;
+      names = grown;
+      cap = more;
+    }
+    memcpy(names + used, name, len + 1);
+    used += len + 1;
+    count++;
+  }
   lo_chan *c = f->chan;
   int fd = -1;
   pthread_mutex_lock(&c->notify_lock);
   if (c->ch != NULL) fd = fcntl(fuse_chan_fd(c->ch), F_DUPFD_CLOEXEC, 3);
   pthread_mutex_unlock(&c->notify_lock);
-  if (fd < 0) return NULL;
-  lo_forget_job *j = malloc(sizeof(*j) + len + 1);
+  lo_forget_job *j = fd < 0 || count == 0 ? NULL : malloc(sizeof(*j));
   if (j == NULL) {
-    close(fd);
+    if (fd >= 0) close(fd);
+    free(names);
     return NULL;
   }
   j->fd = fd;
-  j->len = len;
-  memcpy(j->name, name, len + 1);
+  j->count = count;
+  j->names = names;
   pthread_t t;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   if (lo_thread_create(&t, &attr, lo_forget_main, j, "lo-forget") != 0) {
     close(fd);
+    free(names);
     free(j);
   }
   pthread_attr_destroy(&attr);

@@ -236,11 +236,12 @@ export class FuseMount {
   }
 
   /**
-   * Makes the kernel look the top-level `name` up again on its next use, with fresh attributes:
-   * the object behind it changed beside the mount (daemon.ts dropUpper).
+   * Makes the kernel look the top-level `names` up again on their next use, with fresh
+   * attributes: the object behind one changed beside the mount (daemon.ts dropUpper), or one it
+   * was told was missing is valid now (the follower imported it).
    */
-  forgetEntry(name: string): void {
-    this.fast?.forget(name);
+  forgetEntries(names: readonly string[]): void {
+    this.fast?.forget(names);
   }
 
   /** The fast path's counters (`on`: whether it is answering now), or null before the mount. */

@@ -80,11 +80,12 @@ export class FastPath implements TopLevelSink {
   }
 
   /**
-   * Makes the kernel forget its entry for the top-level `name` (and what it keeps below it): the
-   * object behind the name changed beside the mount. Sent from a native thread of its own.
+   * Makes the kernel forget its entries for the top-level `names` (and what it keeps below
+   * them): the object behind a name changed beside the mount, or a name it was told was missing
+   * is valid now. Sent in order from one native thread of its own per call.
    */
-  forget(name: string): void {
-    Fuse.fastPath.forget(this.thread, name);
+  forget(names: readonly string[]): void {
+    if (names.length > 0) Fuse.fastPath.forget(this.thread, names);
   }
 
   counters(): FastCounters {

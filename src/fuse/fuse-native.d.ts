@@ -21,7 +21,7 @@ declare module 'fuse-native' {
       poll(thread: Buffer, us: number): void;
       counters(thread: Buffer): number[] | null;
       invalidate(thread: Buffer, all: boolean): void;
-      forget(thread: Buffer, name: string): void;
+      forget(thread: Buffer, names: readonly string[]): void;
     };
     /** The process ends with `code` within `ms` ms, whatever holds up its ordinary exit (native/fastpath.c). */
     static exitAfter(ms: number, code: number): void;

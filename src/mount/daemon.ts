@@ -228,6 +228,10 @@ export class Daemon {
         this.overlay.index.forgetLower(n); // it may have been looked up, and missed, just before
         if (settled) this.overlay.index.lowerServed(n); // its row is in the merged DB now
       }
+      // Valid to Nix from now on (or, lazy, there to be looked up): a miss the kernel keeps from
+      // a lookup just before (up to --negative-timeout) would show a valid path as missing
+      // ("getting status of ...: No such file or directory"), so the kernel forgets those names.
+      this.fuse?.forgetEntries(names);
     });
     this.control = new ControlServer(controlSocketPath(cfg.mergedRoot), this);
     await this.control.listen();
@@ -373,7 +377,7 @@ export class Daemon {
     makeDir(this.trashDir);
     fs.renameSync(path.join(this.cfg.upperDir, name), path.join(this.trashDir, `${name}-${process.pid}-${Date.now()}`));
     this.overlay.index.upperRemoved(name);
-    this.fuse?.forgetEntry(name);
+    this.fuse?.forgetEntries([name]);
   }
 
   /** A warning for the operator: in the log, and on the stderr of `mount` (serve passes them on). */
@@ -448,6 +452,8 @@ export class Daemon {
   /** `local-overlay sync` on this mount: the closures of lower paths `paths` copied now (Metadata.sync). */
   async sync(paths: string[]): Promise<number> {
     const n = await this.metadata.sync(paths);
+    // A lookup of one before the copy may have left the kernel a miss that would hide it.
+    this.fuse?.forgetEntries(paths.map((p) => path.basename(p)));
     log.info(`sync: copied ${n} rows for ${paths.length} lower path${paths.length === 1 ? '' : 's'}`);
     return n;
   }

@@ -570,6 +570,24 @@ test('a new lower path looked up before the follower imports it: not shown until
   t.true(await eventually(async () => fs.promises.lstat(path.join(m.store, rel(added))).then(() => true, () => false), 3000), 'and shown');
 });
 
+test('a new lower path looked up (and missed) before its import is shown as soon as Nix finds it valid, not after the kernel\'s negative entry expires', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  // A slow follower (the miss comes first) and a long negative timeout (the kernel keeps the miss).
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), extra: ['--follow-interval', '60000', '--negative-timeout', '60'] });
+  const name = `missed-then-imported-${Date.now()}`;
+  const added = await lowerAdd(lower.root, name);
+  await t.throwsAsync(fs.promises.lstat(path.join(m.store, rel(added))), { code: 'ENOENT' }, 'not in the merged DB yet: not shown');
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 0, r.stderr);
+  t.true(await valid(m, added), 'imported by refresh');
+  // What a farm's next build does with it: Nix finds it valid, then reads it through the mount.
+  const read = await nix('nix-instantiate', ['--store', m.root, '--eval', '--json', '-E', `builtins.readFile (builtins.storePath "${added}")`]);
+  t.is(read.code, 0, read.stderr);
+  t.is(read.stdout.trim(), JSON.stringify(`${name}\n`));
+  await t.notThrowsAsync(fs.promises.lstat(path.join(m.store, rel(added))), 'valid, so shown');
+});
+
 test('mount: an upper copy the merged DB does not list of a lower object is dropped (a deletion cut short); other such upper objects are named', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
