@@ -6,7 +6,7 @@ import { GcRootsServer, liveTempRoots, TempRoot } from '../metadata/temp-roots';
 import { rootLayout } from '../mount/config';
 import { narHash } from '../store/nar';
 import { InUse } from './in-use';
-import { diskBytes, RootView, STORE_DIR } from './view';
+import { diskBytes, isGone, RootView, STORE_DIR } from './view';
 
 export interface DuplicateReport {
   path: string;
@@ -117,29 +117,39 @@ function findDuplicates(view: RootView, report: OptimiseReport, opts: OptimiseOp
   const names = view.upperObjects().filter((n) => view.lowerHas(n));
   for (const [i, name] of names.entries()) {
     opts.progress?.(i, names.length);
-    const storePath = `${STORE_DIR}/${name}`;
-    const upperCopy = path.join(view.cfg.upperDir, name);
-    const d: DuplicateReport = { path: storePath, bytes: diskBytes(upperCopy), matchedBy: 'db-hash', removed: false };
-    report.duplicates.push(d);
-    const lowerRow = view.lowerDb.pathRow(storePath);
-    if (!lowerRow) { d.skipped = 'the lower store has the name but no valid DB row for it'; continue; }
-    const upperRow = view.upperDb.pathRow(storePath);
-    if (upperRow && upperRow.hash !== lowerRow.hash) { d.skipped = `NAR hashes differ (upper ${upperRow.hash}, lower ${lowerRow.hash})`; continue; }
-    if (opts.checkContents || !upperRow) {
-      d.matchedBy = 'contents';
-      const actual = narHash(upperCopy).hash;
-      // With the merged row the lower copy's, an upper copy that does not match it is damaged
-      // (an add that did not finish, a file changed by hand) and served under a row it does not
-      // match: once the lower copy is seen to match that row, removing the upper one repairs
-      // the path. Without a merged row nothing says which copy is right.
-      const damaged = actual !== lowerRow.hash && upperRow !== undefined && narHash(path.join(view.lowerStore, name)).hash === lowerRow.hash;
-      if (damaged) d.matchedBy = 'damaged';
-      else if (actual !== lowerRow.hash) { d.skipped = `the upper copy's contents (${actual}) differ from the lower DB's ${lowerRow.hash}`; continue; }
+    try {
+      const d = checkDuplicate(view, name, opts);
+      report.duplicates.push(d);
+      if (d.skipped === undefined) removable.push(d);
+    } catch (err) {
+      if (!isGone(err)) throw err; // the upper copy went meanwhile (Nix deleted it): no duplicate
     }
-    removable.push(d);
   }
   opts.progress?.(names.length, names.length);
   return removable;
+}
+
+/** Whether the upper copy of `name` is the lower object (skipped says why not). */
+function checkDuplicate(view: RootView, name: string, opts: OptimiseOptions): DuplicateReport {
+  const storePath = `${STORE_DIR}/${name}`;
+  const upperCopy = path.join(view.cfg.upperDir, name);
+  const d: DuplicateReport = { path: storePath, bytes: diskBytes(upperCopy), matchedBy: 'db-hash', removed: false };
+  const lowerRow = view.lowerDb.pathRow(storePath);
+  if (!lowerRow) { d.skipped = 'the lower store has the name but no valid DB row for it'; return d; }
+  const upperRow = view.upperDb.pathRow(storePath);
+  if (upperRow && upperRow.hash !== lowerRow.hash) { d.skipped = `NAR hashes differ (upper ${upperRow.hash}, lower ${lowerRow.hash})`; return d; }
+  if (opts.checkContents || !upperRow) {
+    d.matchedBy = 'contents';
+    const actual = narHash(upperCopy).hash;
+    // With the merged row the lower copy's, an upper copy that does not match it is damaged
+    // (an add that did not finish, a file changed by hand) and served under a row it does not
+    // match: once the lower copy is seen to match that row, removing the upper one repairs
+    // the path. Without a merged row nothing says which copy is right.
+    const damaged = actual !== lowerRow.hash && upperRow !== undefined && narHash(path.join(view.lowerStore, name)).hash === lowerRow.hash;
+    if (damaged) d.matchedBy = 'damaged';
+    else if (actual !== lowerRow.hash) { d.skipped = `the upper copy's contents (${actual}) differ from the lower DB's ${lowerRow.hash}`; return d; }
+  }
+  return d;
 }
 
 /** Marks `d` kept when running Nix clients use it; whether it did. */

@@ -5,7 +5,7 @@ import { PathRow, rowDifferences } from '../metadata/rows';
 import { isWhiteoutDevice } from '../layers/layers';
 import { narHash } from '../store/nar';
 import { optimise } from './optimise';
-import { RootView, STORE_DIR } from './view';
+import { ifPresent, RootView, STORE_DIR } from './view';
 
 export type ProblemKind =
   | 'row-without-object'    // an upper DB row whose object is in neither layer
@@ -131,8 +131,9 @@ export async function verify(view: RootView, opts: VerifyOptions): Promise<Verif
       }
     }
     if (opts.checkContents && upper) {
-      const actual = narHash(path.join(upperDir, name));
-      if (actual.hash !== row.hash) {
+      // null: deleted by Nix since (a GC of the mount meanwhile); its row went with it.
+      const actual = ifPresent(() => narHash(path.join(upperDir, name)));
+      if (actual !== null && actual.hash !== row.hash) {
         add('contents-differ', row.path, `the upper object's NAR hash is ${actual.hash}, the DB says ${row.hash}`
           + (view.lowerServes(name) ? '' : `: damaged. Delete it (\`nix-store --store ${view.cfg.mergedRoot} --delete ${row.path}\`, after what refers to it), then build or add it again`));
       }

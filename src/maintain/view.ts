@@ -39,8 +39,9 @@ export class RootView {
 
   /** Upper top-level store objects (not bookkeeping, not whiteouts). */
   upperObjects(): string[] {
+    // A name gone between the listing and its lstat (a GC of the mount meanwhile) is left out.
     return fs.readdirSync(this.cfg.upperDir).filter((n) => isStoreObjectName(n) && !isBookkeepingName(n)
-      && !fs.lstatSync(path.join(this.cfg.upperDir, n)).isCharacterDevice());
+      && fs.lstatSync(path.join(this.cfg.upperDir, n), { throwIfNoEntry: false })?.isCharacterDevice() === false);
   }
 
   /** Whether the lower store dir has an entry `name` (registered in its DB or not). */
@@ -112,6 +113,24 @@ function makeWritable(p: string): void {
   if (!st.isDirectory()) return;
   fs.chmodSync(p, st.mode | 0o700);
   for (const n of fs.readdirSync(p)) makeWritable(path.join(p, n));
+}
+
+/**
+ * Whether `err` says a file is gone: an upper object that Nix deletes (a GC, a --delete through
+ * the mount) while verify or optimise reads it. They check what is there, and skip it.
+ */
+export function isGone(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | null)?.code === 'ENOENT';
+}
+
+/** What `read` returns, or null when what it reads is gone (isGone). */
+export function ifPresent<T>(read: () => T): T | null {
+  try {
+    return read();
+  } catch (err) {
+    if (isGone(err)) return null;
+    throw err;
+  }
 }
 
 /** Bytes of regular files and symlinks below `p`. */
