@@ -461,15 +461,17 @@ export class Daemon {
   async refresh(): Promise<void> {
     this.overlay.refresh();
     this.fuse?.invalidateListings(true);
-    // Nix may hold the upper DB's write lock for a while (a large import): wait for it, within reason.
+    // Nix may hold the upper DB's write lock for a while (a large import), or a GC its GC lock
+    // (new lower paths wait for it: its roots could not cover them): wait, within reason.
     const deadline = Date.now() + REFRESH_BUSY_MS;
     for (;;) {
       try {
         await this.metadata.follow();
-        if (this.metadata.waitingForGc) {
-          throw new Error('a garbage collection holds Nix\'s GC lock: the new lower paths are imported (and shown) when it ends');
+        if (!this.metadata.waitingForGc) return;
+        if (Date.now() > deadline) {
+          throw new Error(`a garbage collection has held Nix's GC lock for over ${REFRESH_BUSY_MS / 1000} s: the new lower paths are imported (and shown) when it ends`);
         }
-        return;
+        await new Promise((r) => setTimeout(r, 100));
       } catch (err) {
         if (!isBusy(err)) throw err;
         if (Date.now() > deadline) {

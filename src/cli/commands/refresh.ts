@@ -9,7 +9,7 @@ interface RefreshArgs { root: string }
 
 export const refreshCommand: CommandModule<object, RefreshArgs> = {
   command: 'refresh <root>',
-  describe: 'Drop every cache of a running mount (after the upper dir was changed outside the mount), and look at the lower DB at once: a mirror mount has imported its new rows when this returns. Waits up to 10 s for Nix to release the merged DB\'s write lock; exit 1 past it (the follower imports later)',
+  describe: 'Drop every cache of a running mount (after the upper dir was changed outside the mount), and look at the lower DB at once: a mirror mount has imported its new rows when this returns. Waits up to 10 s for Nix to release the merged DB\'s write lock or, during a garbage collection, its GC lock; exit 1 past it (the follower imports later)',
   builder: (y: Argv) => y
     .positional('root', { type: 'string', demandOption: true, describe: 'the merged root' })
     .example('$0 refresh /tmp/m', 'also usable as the remount-hook of Nix\'s native local-overlay:// store')
