@@ -318,3 +318,15 @@ test('what a killed daemon left in its work dir\'s hidden dir is deleted by the 
   while (!gone() && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
   t.true(gone(), `still there: ${fs.existsSync(left) ? left : fs.readdirSync(path.join(m.work, 'trash')).join(', ')}`);
 });
+
+test('the daemon keeps none of its caller\'s environment but what it needs: a store path named there would be a Nix runtime root for as long as it is mounted', async (t) => {
+  const lower = await sharedLower();
+  const pinned = '/nix/store/00000000000000000000000000000000-pinned-by-the-environment';
+  const m = await mountMerged(t, lower.root, { env: { SHELL_VAR: pinned, LC_ALL: 'C', LOCAL_OVERLAY_TEST_MARK: '1' } });
+  t.true(m.pid > 0, 'the daemon\'s pid is known');
+  const env = fs.readFileSync(`/proc/${m.pid}/environ`, 'utf8').split('\0').filter((e) => e !== '');
+  const names = env.map((e) => e.slice(0, e.indexOf('=')));
+  t.false(env.some((e) => e.includes(pinned)), `the daemon's environment names the store path: ${names.join(' ')}`);
+  t.true(names.includes('PATH'), 'PATH is kept: the daemon runs sh, flock and fusermount');
+  t.true(names.includes('LC_ALL') && names.includes('LOCAL_OVERLAY_TEST_MARK'), `locale and local-overlay's own settings are kept: ${names.join(' ')}`);
+});

@@ -166,6 +166,21 @@ async function serve(cfg: MountConfig, readyFd: number | undefined): Promise<num
   process.exit(EXIT.ok);
 }
 
+/**
+ * The daemon's environment: what it and the tools it runs (sh, flock, fusermount) need, and
+ * nothing else of its caller's. Nix takes every store path named in any process's environment
+ * for a runtime root (/proc/PID/environ), so a daemon started from a shell that names store
+ * paths (a nix-shell or `nix develop`, a script's variables) would keep them from every GC of
+ * every store with that store dir, the lower one included, for as long as it is mounted.
+ * PATH and LD_LIBRARY_PATH stay whole: the tools and libfuse are found through them.
+ * `mount --foreground` keeps its own.
+ */
+export function daemonEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const keep = (name: string): boolean => ['PATH', 'LD_LIBRARY_PATH', 'NODE_OPTIONS', 'HOME', 'TMPDIR', 'TZ', 'LANG', 'LANGUAGE'].includes(name)
+    || name.startsWith('LC_') || name.startsWith('LOCAL_OVERLAY_');
+  return Object.fromEntries(Object.entries(env).filter(([name]) => keep(name)));
+}
+
 /** Starts the daemon as a detached child and waits until its mount answers (or fails). */
 async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   // A 1 MiB young generation: the per-request garbage is small and short-lived, and the walk's
@@ -180,7 +195,7 @@ async function startDaemon(cfg: MountConfig, argv: MountArgs): Promise<number> {
   if (cfg.traceFile) args.push('--trace', cfg.traceFile);
   if (cfg.tracePrefix) args.push('--trace-prefix', cfg.tracePrefix);
   if (cfg.logFile) args.push('--log', cfg.logFile);
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'], env: daemonEnv(process.env) });
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
   const started = Date.now();
   const reply = await new Promise<Record<string, unknown>>((resolve) => {
