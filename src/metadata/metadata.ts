@@ -13,6 +13,7 @@ import { LowerRoots } from './gc-roots';
 import type { RootsJob } from './gc-roots-worker';
 import { LowerDb } from './lower-db';
 import { ImportResult, LIST_LIMIT, Mirror } from './mirror';
+import { withLowerAttached } from './copy-rows';
 import { lostRows, maxValidId, pathsAbove, RowCensus } from './rows';
 import { isBusy, isTornRead } from './sqlite';
 import { UpperDb } from './upper-db';
@@ -409,6 +410,27 @@ export class Metadata {
       });
     };
     settle();
+  }
+
+  /**
+   * The merged DB's rows whose object neither layer has (`has`: whether either layer has the
+   * object of a name), typically lower paths the lower store lost since they were imported (its
+   * GC, or a new image version at the same path), and the paths with an object that refer to
+   * them: Nix takes those for valid, but what they need is gone. One pass over the merged DB's
+   * rows against the lower DB's path index (~50 ms per 100,000 rows); only rows the lower DB
+   * lacks are looked for in the layers.
+   */
+  rowsWithoutObject(has: (name: string) => boolean): { paths: string[]; referrers: string[] } {
+    const db = this.upper.db;
+    const lacking = withLowerAttached(db, this.lower, () => db.prepare(`SELECT v.id AS id, v.path AS path FROM main.ValidPaths v
+      WHERE NOT EXISTS (SELECT 1 FROM lower.ValidPaths l WHERE l.path = v.path)`).all() as { id: number; path: string }[]);
+    const gone = lacking.filter((r) => !has(r.path.slice(this.storeDir.length + 1)));
+    if (gone.length === 0) return { paths: [], referrers: [] };
+    const ids = JSON.stringify(gone.map((r) => r.id));
+    const referrers = db.prepare(`SELECT DISTINCT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.referrer
+      WHERE r.reference IN (SELECT value FROM json_each(?)) AND r.referrer NOT IN (SELECT value FROM json_each(?)) ORDER BY v.path`)
+      .pluck().all(ids, ids) as string[];
+    return { paths: gone.map((r) => r.path).sort(), referrers };
   }
 
   /** Whether GC roots are still being written (status). */

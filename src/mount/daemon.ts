@@ -162,6 +162,8 @@ export class Daemon {
       this.metadata.duplicates = () => this.overlay.duplicates();
       this.metadata.upperObjects = () => [...this.overlay.index.upperEntries()].filter(([, kind]) => kind === 'object').map(([name]) => name);
       this.metadata.gcLockFile = path.join(merged.dbDir, '..', 'gc.lock');
+      // The lower store changed since the last mount: it may have lost paths the merged DB lists.
+      if (hadDb && !roots.current(this.overlay.duplicates())) this.warnRowsWithoutObject(lower.storeDir);
       // The roots are written in the background once mounted; no GC can start before.
       gcLock = await holdGcLockShared(path.join(merged.dbDir, '..', 'gc.lock'));
     } else {
@@ -378,6 +380,26 @@ export class Daemon {
     fs.renameSync(path.join(this.cfg.upperDir, name), path.join(this.trashDir, `${name}-${process.pid}-${Date.now()}`));
     this.overlay.index.upperRemoved(name);
     this.fuse?.forgetEntries([name]);
+  }
+
+  /**
+   * Warns when the merged DB lists paths neither layer has (the lower store lost them since they
+   * were imported: its GC, or another image version at the same path), naming the paths of the
+   * merged store that refer to them, which Nix takes for valid although what they need is gone.
+   */
+  private warnRowsWithoutObject(lowerStore: string): void {
+    const upper = new Set([...this.overlay.index.upperEntries()].filter(([, kind]) => kind === 'object').map(([name]) => name));
+    const t0 = Date.now();
+    const { paths, referrers } = this.metadata.rowsWithoutObject((name) => upper.has(name)
+      || fs.lstatSync(path.join(lowerStore, name), { throwIfNoEntry: false }) !== undefined);
+    log.info(`rows without an object: ${paths.length} (looked for in ${Date.now() - t0} ms)`);
+    if (paths.length === 0) return;
+    const some = (list: string[]): string => `${list.slice(0, 3).join(', ')}${list.length > 3 ? `, and ${list.length - 3} more` : ''}`;
+    const root = this.cfg.mergedRoot;
+    this.warn(`the merged DB lists ${paths.length} path${paths.length === 1 ? '' : 's'} that neither layer has (the lower store lost them: its GC, or another version of it): ${some(paths)}. `
+      + (referrers.length === 0
+        ? `Nothing refers to them: a GC of the merged root, or \`local-overlay verify --repair ${root}\`, drops their rows`
+        : `${referrers.length} path${referrers.length === 1 ? '' : 's'} of the merged store refer to them (${some(referrers)}), which Nix takes for valid though what they need is gone: \`local-overlay verify ${root}\` lists them all and what to do`));
   }
 
   /** A warning for the operator: in the log, and on the stderr of `mount` (serve passes them on). */

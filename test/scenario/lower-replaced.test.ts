@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { check, cli, REPO } from '../helpers/exec';
 import { freshLower, lowerAdd } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
-import { nix } from '../helpers/nix';
+import { derivation, nix, nixOk } from '../helpers/nix';
 
 // A lower store replaced in place (same path, new content) between mounts or under a live
 // mount, as a new image version or an rsync of a rebuilt shared store does it, with real Nix 2.8.
@@ -113,4 +113,29 @@ test('a layer dir replaced under a live mount (the lower store dir, the upper di
   t.regex(u.stdout, new RegExp(`the upper dir ${m.upper} is not the directory mounted`));
   fs.rmdirSync(m.upper);
   fs.renameSync(`${m.upper}.moved`, m.upper);
+});
+
+test('a remount over a lower store that lost paths the merged DB lists warns, naming them and the merged paths that refer to them', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const { appOut, libOut } = lower.manifest.paths;
+  let m = await mountMerged(t, lower.root, { dir });
+  const onLib = (await nixOk('nix-build', ['--store', m.root, '--no-out-link', ...await derivation(dir, 'on-lib', { lib: libOut }, 'echo ${lib} > $out')])).trim();
+  await m.unmount();
+  // The next version of the lower store lacks lib (and app, which refers to it).
+  for (const role of ['appOut', 'libOut']) fs.rmSync(path.join(lower.root, 'nix/var/nix/gcroots/lower', role));
+  const del = await nix('nix-store', ['--store', lower.root, '--delete', appOut, libOut]);
+  t.is(del.code, 0, del.stderr);
+  m = await mountMerged(t, lower.root, { dir });
+  t.regex(m.mountStderr, new RegExp(`warning: the merged DB lists 2 paths that neither layer has .*: ${appOut}, ${libOut}|${libOut}, ${appOut}`));
+  // The output built on lib, and its derivation (lib is one of its inputs).
+  const referrers = /(\d+) paths? of the merged store refer to them \(([^)]*)\), which Nix takes for valid .* `local-overlay verify (\S+)`/.exec(m.mountStderr);
+  t.truthy(referrers, m.mountStderr);
+  t.is(referrers?.[1], '2');
+  t.deepEqual(referrers?.[2]?.split(', ').sort(), [onLib, (await nixOk('nix-store', ['--store', m.root, '--query', '--deriver', onLib])).trim()].sort());
+  t.is(referrers?.[3], m.root);
+  // A remount with nothing changed in the lower store says nothing again.
+  await m.unmount();
+  m = await mountMerged(t, lower.root, { dir });
+  t.notRegex(m.mountStderr, /neither layer has/, 'the lower store is as the last mount saw it');
 });
