@@ -91,6 +91,11 @@ typedef struct {
   // reader role goes to another worker before one (lo_on).
   int slow[2];
 
+  // Where the overlay keeps libfuse's hidden files (WORK/hidden, resolved), "" if unknown:
+  // lo_drop_orphan removes those libfuse can no longer name.
+  char hidden[PATH_MAX];
+  size_t hidden_len;
+
   // The channel the mount is served through ("the channel"), and whether config ran.
   struct lo_chan *chan;
   int configured;
@@ -486,7 +491,37 @@ static int lo_write(const char *path, const char *buf, size_t len, off_t off, st
   return (int) done;
 }
 
+// Whether `base` is exactly a name libfuse 2.9 gives a hidden file: ".fuse_hidden" and the node
+// id and a counter as %08x each (overlay.ts HIDDEN_NAME).
+static int lo_is_hidden_name(const char *base) {
+  if (strncmp(base, ".fuse_hidden", 12) != 0) return 0;
+  for (int i = 12; i < 28; i++) if (!((base[i] >= '0' && base[i] <= '9') || (base[i] >= 'a' && base[i] <= 'f'))) return 0;
+  return base[28] == '\0';
+}
+
+// A file unlinked while open is renamed by libfuse to a .fuse_hidden name in its directory,
+// which the overlay keeps in WORK/hidden (overlay.ts), and libfuse unlinks it at the last
+// RELEASE through its path. Kept there, the file no longer holds its directory non-empty, so
+// the directory can go while the file is open (rm -rf, Nix's GC, of an object in use); libfuse
+// then has no path for the node, releases it with a null path and never unlinks it: it stayed
+// in WORK/hidden, its blocks taken, until the next mount. A RELEASE with a null path is such a
+// node (without hard_remove a node loses its path only so), so the file its descriptor names,
+// if it is one of those in WORK/hidden, goes here. Other handles of the node keep it open.
+static void lo_drop_orphan(int fd) {
+  lo_fast *f = lo_state();
+  if (f == NULL || !__atomic_load_n(&f->configured, __ATOMIC_ACQUIRE) || f->hidden_len == 0 || fd < 0) return;
+  char link[64], real[PATH_MAX];
+  snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, real, sizeof(real) - 1);
+  if (n <= 0) return;
+  real[n] = '\0';
+  if ((size_t) n != f->hidden_len + 1 + 28 || strncmp(real, f->hidden, f->hidden_len) != 0 || real[f->hidden_len] != '/') return;
+  if (!lo_is_hidden_name(real + f->hidden_len + 1)) return; // also " (deleted)": gone already
+  unlink(real);
+}
+
 static int lo_release(const char *path, struct fuse_file_info *fi) {
+  if (path == NULL && fi != NULL) lo_drop_orphan(LO_FH_FD(fi->fh));
   if (!lo_is_fast_fh(fi)) return lo_js.release(path, fi);
   lo_fast *f = lo_on_fh(fi);
   close(LO_FH_FD(fi->fh));
@@ -2180,13 +2215,14 @@ static int lo_is_local_fs(const char *dir) {
   return 0;
 }
 
-// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin):
+// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin[, hiddenDir]):
 // configures the fast path (disabled and empty until enabled); lower files of at least
-// passthroughMin bytes are opened with FUSE passthrough if the kernel has it (-1: never).
+// passthroughMin bytes are opened with FUSE passthrough if the kernel has it (-1: never);
+// hiddenDir is where the overlay keeps libfuse's hidden files (lo_drop_orphan).
 // Once per mount; before the kernel's INIT is answered (the JS init handler) for passthrough
 // to be asked for.
 NAPI_METHOD(fuse_native_fast_config) {
-  NAPI_ARGV(6)
+  NAPI_ARGV(7)
   fuse_thread_t *ft;
   size_t ft_len;
   NAPI_STATUS_THROWS(napi_get_buffer_info(env, argv[0], (void **) &ft, &ft_len));
@@ -2218,6 +2254,13 @@ NAPI_METHOD(fuse_native_fast_config) {
     f->dev[i] = (dev_t) devs[i];
   }
   f->passthrough_min = passthrough_min < 0 ? -1 : (int64_t) passthrough_min;
+  napi_valuetype hidden_type = napi_undefined;
+  if (argc >= 7) NAPI_STATUS_THROWS(napi_typeof(env, argv[6], &hidden_type));
+  if (hidden_type == napi_string) {
+    NAPI_ARGV_UTF8(hidden, PATH_MAX, 6)
+    // As /proc/self/fd shows the descriptors' files (lo_drop_orphan).
+    if (realpath(hidden, f->hidden) != NULL) f->hidden_len = strlen(f->hidden);
+  }
   for (int i = 0; i < 2; i++) {
     f->slow[i] = !lo_is_local_fs(f->dir[i]);
     f->fd[i] = open(f->dir[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -211,7 +211,7 @@ export class FuseMount {
   private startFastPath(): void {
     if (this.fast !== null) return;
     if (this.fuse._thread === null) throw new Error('fuse-native mounted without its native state');
-    this.fast = new FastPath(this.fuse._thread, this.ov.dirs, this.ov.layerDevs, this.passthrough ? PASSTHROUGH_MIN_BYTES : -1);
+    this.fast = new FastPath(this.fuse._thread, this.ov.dirs, this.ov.layerDevs, this.passthrough ? PASSTHROUGH_MIN_BYTES : -1, this.ov.hiddenDir);
     this.ov.index.attach(this.fast);
     this.fast.enable(this.fastWanted);
   }

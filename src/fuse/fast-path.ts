@@ -30,9 +30,13 @@ export class FastPath implements TopLevelSink {
   /** Whether it was last switched on (the native side may still be off: out of memory). */
   private on = false;
 
-  /** `passthroughMin`: lower files at least this long are read by the kernel itself (FUSE passthrough); -1: none. */
-  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number) {
-    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin);
+  /**
+   * `passthroughMin`: lower files at least this long are read by the kernel itself (FUSE
+   * passthrough); -1: none. `hiddenDir`: where the overlay keeps libfuse's hidden files (the
+   * native side removes those libfuse can no longer name when they are released).
+   */
+  constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number, hiddenDir?: string) {
+    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin, hiddenDir);
   }
 
   set(name: string, kind: keyof typeof KIND): void {

@@ -76,7 +76,8 @@ export class Overlay {
   private readonly fdLayer = new Map<number, Layer>();
   private readonly upperDir: string;
   private readonly lowerDir: string;
-  private readonly hiddenDir: string;
+  /** Where libfuse's names for unlinked-but-open files live (`hidden`). */
+  readonly hiddenDir: string;
 
   constructor(readonly dirs: LayerDirs, opts: { negativeTtlMs?: number } = {}) {
     this.upperDir = dirs.upperDir;

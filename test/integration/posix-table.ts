@@ -823,6 +823,48 @@ const rows: Row[] = [
     },
   },
   {
+    name: 'files unlinked while open in a dir that is removed before they are closed (rm -rf of an object in use) leave nothing in the work dir',
+    on: 'fresh',
+    check: async (t, d) => {
+      const marker = randomBytes(8).toString('hex');
+      const a = await upperObject(d, 'orphaned-open', { 'sub/nested': `nested ${marker}`, f: `top ${marker}` });
+      const hiddenDir = path.join(path.dirname(d.upper), 'work', 'hidden');
+      const mine = async (): Promise<string[]> => {
+        const out: string[] = [];
+        for (const n of await fs.promises.readdir(hiddenDir)) {
+          const content = await fs.promises.readFile(path.join(hiddenDir, n), 'utf8').catch(() => '');
+          if (content.includes(marker)) out.push(n);
+        }
+        return out;
+      };
+      // Two handles on one file, one on another: libfuse hides each open file at its unlink, and
+      // the dirs they were in go (a subdir: the fast path's rmdir; the object: JS's).
+      const fhNested = await fs.promises.open(path.join(d.store, a, 'sub/nested'), 'r');
+      const fhNested2 = await fs.promises.open(path.join(d.store, a, 'sub/nested'), 'r');
+      const fhTop = await fs.promises.open(path.join(d.store, a, 'f'), 'r+');
+      try {
+        const r = await run('rm', ['-rf', path.join(d.store, a)]);
+        t.is(r.code, 0, `rm -rf of an object whose files are open: ${r.stderr}`);
+        await assertGone(t, d, a, 'the removed object');
+        t.is((await mine()).length, 2, 'the open files live in the work dir meanwhile');
+        const buf = Buffer.alloc(64);
+        const { bytesRead } = await fhNested.read(buf, 0, 64, 0);
+        t.is(buf.subarray(0, bytesRead).toString(), `nested ${marker}`, 'read through the fd after its dir went');
+        await fhTop.write(Buffer.from('T'), 0, 1, 0);
+      } finally {
+        await fhNested.close();
+        await fhTop.close();
+      }
+      const again = Buffer.alloc(64);
+      const { bytesRead } = await fhNested2.read(again, 0, 64, 0);
+      t.is(again.subarray(0, bytesRead).toString(), `nested ${marker}`, 'the other handle still reads once the first one is closed');
+      await fhNested2.close();
+      // libfuse unlinks a hidden file at its last RELEASE only through its path, and a file whose
+      // dir is gone has none: the daemon must remove it itself (else it stays until the next mount).
+      t.true(await eventually(async () => (await mine()).length === 0), 'the work dir lets go of them once they are closed');
+    },
+  },
+  {
     name: 'ENAMETOOLONG for names over 255 bytes; 255 bytes work',
     on: 'fresh',
     check: async (t, d) => {
