@@ -868,10 +868,22 @@ static int lo_make_symlink(const char *target, const char *path) {
   return lo_done(f, symlinkat(target, f->fd[LO_UPPER], lo_rel(path)), LO_C_SYMLINK);
 }
 
+static int lo_hiding_for_tmp_link(const char *dst);
+
 static int lo_rename(const char *src, const char *dst) {
   lo_fast *f = lo_get();
-  if (f == NULL || !lo_in_upper(f, src, 0) || !lo_in_upper(f, dst, 0)) LO_PASS_TO(rename, src, dst);
-  return lo_done(f, renameat(f->fd[LO_UPPER], lo_rel(src), f->fd[LO_UPPER], lo_rel(dst)), LO_C_RENAME);
+  if (f != NULL && lo_in_upper(f, src, 0) && lo_in_upper(f, dst, 0))
+    return lo_done(f, renameat(f->fd[LO_UPPER], lo_rel(src), f->fd[LO_UPPER], lo_rel(dst)), LO_C_RENAME);
+  if (f) lo_count(f, LO_C_PASSED);
+  int rc = lo_js.rename(src, dst);
+  // Before libfuse renames over a target that is open, it renames the target to a .fuse_hidden
+  // name (hide_node), and the caller gets that rename's error. For a lower target that is
+  // EROFS, where JS answers the rename itself with EMLINK when it comes from Nix's optimiser
+  // (a .tmp-link-* at the root: overlay.ts rename), on which Nix skips the file: so a lower
+  // file in use by any process (a running program) made `nix-store --optimise` fail with
+  // "cannot rename ... Read-only file system". The hide step gets the rename's own answer.
+  if (rc == -EROFS && lo_hiding_for_tmp_link(dst)) rc = -EMLINK;
+  return rc;
 }
 
 static int lo_link(const char *src, const char *dst) {
@@ -1000,6 +1012,7 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 
 #define LO_FUSE_OPEN 14
 #define LO_FUSE_RELEASE 18
+#define LO_FUSE_RENAME 12
 #define LO_FUSE_INIT 26
 #define LO_FUSE_OPENDIR 27
 #define LO_FUSE_READDIR 28
@@ -1186,6 +1199,7 @@ typedef struct {
   uint64_t nodeid;
   uint32_t opcode;
   uint32_t open_flags; // OPEN: the flags of open(2)
+  int rename_tmp_link;  // RENAME: the old name is a .tmp-link-* in the root (Nix's optimiser)
 
   // A READDIR without a handle: 1 while the channel's own OPENDIR is with libfuse (its reply
   // fills dir_fh or dir_error), 2 while the READDIR itself is with libfuse.
@@ -1203,6 +1217,13 @@ typedef struct {
 } lo_request;
 
 static __thread lo_request lo_current;
+
+// Whether this thread, serving a RENAME from a root .tmp-link-*, is renaming the target to
+// `dst` to hide it (lo_rename): libfuse's hidden names are exactly the .fuse_hidden ones.
+static int lo_hiding_for_tmp_link(const char *dst) {
+  const char *base = dst ? strrchr(dst, '/') : NULL;
+  return lo_current.opcode == LO_FUSE_RENAME && lo_current.rename_tmp_link && base != NULL && lo_is_hidden_name(base + 1);
+}
 
 // lo_current.plain is a thread's own buffer, kept across requests. __thread storage is not
 // freed when a thread ends, and libfuse ends idle workers beyond its tenth: a key's destructor
@@ -1922,7 +1943,13 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
     r->nodeid = in->nodeid;
     r->opcode = in->opcode;
     r->open_flags = 0;
+    r->rename_tmp_link = 0;
     switch (in->opcode) {
+    case LO_FUSE_RENAME:
+      // fuse_rename_in (newdir), then the old name and the new one, each NUL-terminated.
+      r->rename_tmp_link = in->nodeid == LO_FUSE_ROOT_ID && arg_len >= sizeof(uint64_t) + 11
+        && memcmp(arg + sizeof(uint64_t), ".tmp-link-", 10) == 0;
+      break;
     case LO_FUSE_OPEN:
       if (arg_len >= sizeof(lo_open_in)) r->open_flags = ((const lo_open_in *) arg)->flags;
       break;

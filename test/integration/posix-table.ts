@@ -1302,6 +1302,39 @@ const rows: Row[] = [
     },
   },
   {
+    name: 'Nix optimise while the lower file is open (a running program): the .tmp-link-* rename over it is still EMLINK; other renames over it and unlink are EROFS',
+    on: 'layered',
+    check: async (t, d) => {
+      const s = (r: string): string => path.join(d.store, r);
+      const targets = [L.singleFile, `${L.dirObject}/README.md`];
+      // Open, libfuse first renames the target to a .fuse_hidden name (hide_node), and that
+      // rename is what fails: its errno is what the caller gets.
+      const handles = await Promise.all(targets.map((p) => fs.promises.open(s(p), 'r')));
+      try {
+        const tmp = `.tmp-link-${process.pid}-${randomBytes(4).readUInt32BE()}`;
+        await fs.promises.writeFile(s(tmp), 'would-be link');
+        const other = newName('not-a-tmp-link');
+        await fs.promises.writeFile(s(other), 'another file');
+        for (const target of targets) {
+          await rejectsWith(t, fs.promises.rename(s(tmp), s(target)), 'EMLINK', `rename of a .tmp-link over the open ${target}`);
+          await rejectsWith(t, fs.promises.rename(s(other), s(target)), 'EROFS', `rename of another file over the open ${target}`);
+          await rejectsWith(t, fs.promises.unlink(s(target)), 'EROFS', `unlink of the open ${target}`);
+        }
+        await assertContent(t, d, tmp, Buffer.from('would-be link'), 'the .tmp-link is untouched');
+        await assertContent(t, d, other, Buffer.from('another file'), 'the other file is untouched');
+        await fs.promises.unlink(s(tmp));
+        await fs.promises.unlink(s(other));
+        const first = Buffer.alloc(16);
+        await handles[0]!.read(first, 0, 16, 0);
+        t.is(first.toString(), (await fs.promises.readFile(path.join(d.lower, L.singleFile))).subarray(0, 16).toString(), 'the open file reads as before');
+      } finally {
+        for (const h of handles) await h.close();
+      }
+      for (const n of [L.singleFile, L.dirObject]) await assertLowerIntact(t, d, n);
+      t.deepEqual(hiddenNames(await fs.promises.readdir(d.store)), [], 'no .fuse_hidden* in the merged root');
+    },
+  },
+  {
     name: 'a lower store object whose name ends in .lock (builtins.path of a Cargo.lock) is visible; a stale lower lock file is not',
     on: 'layered',
     check: async (t, d) => {
