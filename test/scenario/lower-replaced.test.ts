@@ -1,4 +1,5 @@
 import test from 'ava';
+import type { ExecutionContext } from 'ava';
 import Database = require('better-sqlite3');
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -24,6 +25,20 @@ async function nextVersion(lower: string, next: string, name: string): Promise<s
   const added = await lowerAdd(next, name);
   for (const f of [dbFile(lower), dbFile(next)]) fs.utimesSync(f, 1, 1);
   return fs.statSync(dbFile(lower)).size === fs.statSync(dbFile(next)).size ? added : null;
+}
+
+/**
+ * As rsync brings a new version of a lower root under a live mount (the new object first, then
+ * the DB file written beside and renamed over), then `refresh`: `added` must be valid and shown.
+ */
+async function rsyncAndRefresh(t: ExecutionContext, m: Merged, lower: string, next: string, added: string): Promise<void> {
+  await check('cp', ['-a', path.join(next, 'nix/store', rel(added)), path.join(lower, 'nix/store', rel(added))]);
+  await check('cp', ['-a', dbFile(next), `${dbFile(lower)}.tmp`]);
+  fs.renameSync(`${dbFile(lower)}.tmp`, dbFile(lower));
+  const r = await cli(['refresh', m.root]);
+  t.is(r.code, 0, r.stderr);
+  t.true(await valid(m, added), 'the new lower path is not valid in the merged DB after refresh');
+  t.true(fs.existsSync(path.join(m.store, rel(added))), 'the new lower path is not visible after refresh');
 }
 
 test('a lower store replaced between mounts by one whose DB file has the same size and mtime: the remount roots the new paths, a merged GC keeps them', async (t) => {
@@ -53,14 +68,7 @@ test('a lower DB replaced under a live mount by one of the same size and mtime: 
   const added = await nextVersion(lower.root, next, 'live-v2');
   if (added === null) return t.fail('precondition: the new lower DB file is not of the same size');
   const m = await mountMerged(t, lower.root, { dir });
-  // As rsync does: the new object first, then the DB file written beside and renamed over.
-  await check('cp', ['-a', path.join(next, 'nix/store', rel(added)), path.join(lower.root, 'nix/store', rel(added))]);
-  await check('cp', ['-a', dbFile(next), `${dbFile(lower.root)}.tmp`]);
-  fs.renameSync(`${dbFile(lower.root)}.tmp`, dbFile(lower.root));
-  const r = await cli(['refresh', m.root]);
-  t.is(r.code, 0, r.stderr);
-  t.true(await valid(m, added), 'the new lower path is not valid in the merged DB after refresh');
-  t.true(fs.existsSync(path.join(m.store, rel(added))), 'the new lower path is not visible after refresh');
+  await rsyncAndRefresh(t, m, lower.root, next, added);
 });
 
 test('a lower DB replaced under a live mount by a fresh one with other ids: a new path with an id below the last one imported is imported', async (t) => {
@@ -72,14 +80,7 @@ test('a lower DB replaced under a live mount by a fresh one with other ids: a ne
   const added = await lowerAdd(next, 'renumbered-first');
   await check('bash', [path.join(REPO, 'scripts/make-lower-store.sh'), next, path.join(dir, 'manifest-v2.json')]);
   const m = await mountMerged(t, lower.root, { dir });
-  // As rsync does: the new object first, then the DB file written beside and renamed over.
-  await check('cp', ['-a', path.join(next, 'nix/store', rel(added)), path.join(lower.root, 'nix/store', rel(added))]);
-  await check('cp', ['-a', dbFile(next), `${dbFile(lower.root)}.tmp`]);
-  fs.renameSync(`${dbFile(lower.root)}.tmp`, dbFile(lower.root));
-  const r = await cli(['refresh', m.root]);
-  t.is(r.code, 0, r.stderr);
-  t.true(await valid(m, added), 'the new lower path is not valid in the merged DB after refresh');
-  t.true(fs.existsSync(path.join(m.store, rel(added))), 'the new lower path is not visible after refresh');
+  await rsyncAndRefresh(t, m, lower.root, next, added);
   for (const p of Object.values(lower.manifest.paths)) t.true(await valid(m, p), `${p} is no longer valid`);
   const v = await cli(['verify', m.root]);
   t.is(v.code, 0, v.stdout + v.stderr);
