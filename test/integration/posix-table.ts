@@ -779,16 +779,7 @@ const rows: Row[] = [
       const marker = randomBytes(8).toString('hex');
       const a = await upperObject(d, 'unlinked-open', { 'sub/nested': `nested ${marker}` });
       const top = newName('unlinked-open-top');
-      const hiddenDir = path.join(path.dirname(d.upper), 'work', 'hidden');
-      // The work dir is shared with concurrent rows: recognise this row's files by content.
-      const mine = async (): Promise<string[]> => {
-        const out: string[] = [];
-        for (const n of await fs.promises.readdir(hiddenDir)) {
-          const content = await fs.promises.readFile(path.join(hiddenDir, n), 'utf8').catch(() => '');
-          if (content.includes(marker)) out.push(n);
-        }
-        return out;
-      };
+      const mine = (): Promise<string[]> => hiddenHolding(d, marker);
       const fhTop = await fs.promises.open(path.join(d.store, top), 'w+');
       const fhNested = await fs.promises.open(path.join(d.store, a, 'sub/nested'), 'r+');
       try {
@@ -828,15 +819,7 @@ const rows: Row[] = [
     check: async (t, d) => {
       const marker = randomBytes(8).toString('hex');
       const a = await upperObject(d, 'orphaned-open', { 'sub/nested': `nested ${marker}`, f: `top ${marker}` });
-      const hiddenDir = path.join(path.dirname(d.upper), 'work', 'hidden');
-      const mine = async (): Promise<string[]> => {
-        const out: string[] = [];
-        for (const n of await fs.promises.readdir(hiddenDir)) {
-          const content = await fs.promises.readFile(path.join(hiddenDir, n), 'utf8').catch(() => '');
-          if (content.includes(marker)) out.push(n);
-        }
-        return out;
-      };
+      const mine = (): Promise<string[]> => hiddenHolding(d, marker);
       // Two handles on one file, one on another: libfuse hides each open file at its unlink, and
       // the dirs they were in go (a subdir: the fast path's rmdir; the object: JS's).
       const fhNested = await fs.promises.open(path.join(d.store, a, 'sub/nested'), 'r');
@@ -1395,6 +1378,20 @@ const dirsOf = (m: Merged): Dirs => ({ store: m.store, upper: m.upper, lower: m.
  * Registers the table in the calling test file (one per ava worker, so the module state
  * above is that file's own), against mounts started with `mountArgs` added.
  */
+/**
+ * The names in the work dir's hidden files (WORK/hidden) whose contents hold `marker`: the work
+ * dir is shared with concurrent rows, so a row recognises its own files by content.
+ */
+async function hiddenHolding(d: { upper: string }, marker: string): Promise<string[]> {
+  const hiddenDir = path.join(path.dirname(d.upper), 'work', 'hidden');
+  const out: string[] = [];
+  for (const n of await fs.promises.readdir(hiddenDir)) {
+    const content = await fs.promises.readFile(path.join(hiddenDir, n), 'utf8').catch(() => '');
+    if (content.includes(marker)) out.push(n);
+  }
+  return out;
+}
+
 export function registerPosixTable(mode: { title: string; mountArgs: string[] }): void {
   // t.teardown is not allowed in hooks: the helpers' teardowns are collected here and run by
   // the after.always hook, which ava runs even when tests or the before hook failed.
