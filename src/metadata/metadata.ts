@@ -57,6 +57,8 @@ export class Metadata {
   private following: Promise<void> | null = null;
   /** Hears the names new in the lower DB (null: too many to list); `settled`: their rows are in the merged DB. */
   private onNewPaths: (names: string[] | null, settled: boolean) => void = () => undefined;
+  /** Hears that the lower DB lost rows (its GC, or another version of it), once per change of it. */
+  private onLowerLost: () => void = () => undefined;
   /** The largest lower id whose rows the follower has reported (onNewPaths) and imported. */
   private reportedMaxId = 0;
   /** The lower DB files' identity when the mount's import read them (importAll). */
@@ -442,17 +444,20 @@ export class Metadata {
    * Follows the lower DB: every `intervalMs`, if its files changed, reopen the snapshot and
    * (mirror mode) import the new rows. `onNewPaths` hears the names of every new lower row
    * (null: too many to list; drop whole caches), in lazy mode too, and whether the merged DB
-   * has their rows (mirror mode: imported, or the upper layer's own).
+   * has their rows (mirror mode: imported, or the upper layer's own). `onLowerLost` hears that
+   * the lower DB has fewer rows than the follower last counted.
    *
    * The check for changes stats the DB files on libuv's threadpool, one check at a time: a
    * lower DB whose server stops answering (a hung NFS mount) holds up the follower, not this
    * thread, which answers every request the fast path leaves to JS. Reading the rows stays
    * synchronous; it happens only after the files were seen to change, i.e. answered.
    */
-  startFollower(intervalMs: number, onNewPaths: (names: string[] | null, settled: boolean) => void): void {
+  startFollower(intervalMs: number, onNewPaths: (names: string[] | null, settled: boolean) => void, onLowerLost: () => void = () => undefined): void {
     this.lower.conn(); // the snapshot the follower compares with
     this.reportedMaxId = this.mode === 'mirror' ? this.mirror.lastLowerId : this.lower.snapshotMaxId;
     this.onNewPaths = onNewPaths;
+    this.onLowerLost = onLowerLost;
+    if (this.lowerCensus === null) this.lowerLostPaths(); // lazy mode (mirror mode counted at its import)
     // A tick while a check waits (a lower DB that does not answer) adds nothing to wait.
     this.timer = setInterval(() => { if (this.following === null) this.follow().catch(() => undefined); }, intervalMs);
     this.timer.unref();
@@ -485,7 +490,10 @@ export class Metadata {
       // Counted at every change of the snapshot, whoever reopened it: any read of the lower DB
       // meanwhile (an upper add's lowerHas, a lookup, a sync) reopens it too, and the change it
       // took in would otherwise never be counted here.
-      if (this.roots !== null && this.lower.openedSignature !== this.censusSignature && this.lowerLostPaths()) this.rootsNeedSync = true;
+      if (this.lower.openedSignature !== this.censusSignature && this.lowerLostPaths()) {
+        if (this.roots !== null) this.rootsNeedSync = true;
+        this.onLowerLost();
+      }
       if (this.rootsNeedSync) await this.resyncRoots();
       // A lower DB replaced by one with other ids: the rows up to the last id imported are looked
       // at again (the import skips the paths the merged DB has), else new ones there never show.

@@ -30,6 +30,12 @@ const REFRESH_BUSY_MS = 10_000;
 /** How long status waits for each file check of its health report. */
 const HEALTH_WAIT_MS = 2000;
 
+/**
+ * How long after the lower DB last lost rows the mount looks for merged rows whose object is
+ * gone: Nix deletes a path's row, then its files, one path after another through a whole GC.
+ */
+const GONE_CHECK_DELAY_MS = 2000;
+
 /** Reads the first bytes of a SQLite DB file (asynchronously), and checks they are SQLite's. */
 async function readSqliteHeader(file: string): Promise<void> {
   const fh = await fs.promises.open(file, 'r');
@@ -62,6 +68,13 @@ export class Daemon {
    * splits the two: the layerReplaced check names it.
    */
   private layerIds: { dir: string; what: string; id: string }[] = [];
+  /**
+   * The merged DB's rows whose object neither layer has, as last looked for (rowsWithoutObject),
+   * and the two DBs' versions then (dbVersions): status looks again once either changed.
+   */
+  private gone: { paths: string[]; referrers: string[]; seen: string } | null = null;
+  /** The look for such rows after the lower DB lost rows (GONE_CHECK_DELAY_MS). */
+  private goneCheck: NodeJS.Timeout | null = null;
   /** The replaced layers already logged (one warning each). */
   private readonly layersWarned = new Set<string>();
   private poll: PollGovernor | null = null;
@@ -163,7 +176,10 @@ export class Daemon {
       this.metadata.upperObjects = () => [...this.overlay.index.upperEntries()].filter(([, kind]) => kind === 'object').map(([name]) => name);
       this.metadata.gcLockFile = path.join(merged.dbDir, '..', 'gc.lock');
       // The lower store changed since the last mount: it may have lost paths the merged DB lists.
-      if (hadDb && !roots.current(this.overlay.duplicates())) this.warnRowsWithoutObject(lower.storeDir);
+      if (hadDb && !roots.current(this.overlay.duplicates())) {
+        const text = this.lookForRowsWithoutObject();
+        if (text !== null) this.warn(text);
+      }
       // The roots are written in the background once mounted; no GC can start before.
       gcLock = await holdGcLockShared(path.join(merged.dbDir, '..', 'gc.lock'));
     } else {
@@ -234,6 +250,16 @@ export class Daemon {
       // a lookup just before (up to --negative-timeout) would show a valid path as missing
       // ("getting status of ...: No such file or directory"), so the kernel forgets those names.
       this.fuse?.forgetEntries(names);
+    }, () => {
+      // The lower store lost paths while mounted (its GC, another version of it): merged paths
+      // may now be "valid" without an object. Looked for once its deletions have paused.
+      if (this.goneCheck) clearTimeout(this.goneCheck);
+      this.goneCheck = setTimeout(() => {
+        this.goneCheck = null;
+        const text = this.lookForRowsWithoutObject();
+        if (text !== null) log.warn(text);
+      }, GONE_CHECK_DELAY_MS);
+      this.goneCheck.unref();
     });
     this.control = new ControlServer(controlSocketPath(cfg.mergedRoot), this);
     await this.control.listen();
@@ -383,23 +409,40 @@ export class Daemon {
   }
 
   /**
-   * Warns when the merged DB lists paths neither layer has (the lower store lost them since they
-   * were imported: its GC, or another image version at the same path), naming the paths of the
-   * merged store that refer to them, which Nix takes for valid although what they need is gone.
+   * Looks for the merged DB's rows whose object neither layer has (the lower store lost them
+   * since they were imported: its GC, or another image version at the same path), and the
+   * paths of the merged store that refer to them, which Nix takes for valid although what they
+   * need is gone. Kept for status (health). Returns what the operator should know, or null.
    */
-  private warnRowsWithoutObject(lowerStore: string): void {
+  private lookForRowsWithoutObject(): string | null {
+    const lowerStore = rootLayout(this.cfg.lowerRoot).storeDir;
     const upper = new Set([...this.overlay.index.upperEntries()].filter(([, kind]) => kind === 'object').map(([name]) => name));
     const t0 = Date.now();
+    const seen = this.dbVersions();
     const { paths, referrers } = this.metadata.rowsWithoutObject((name) => upper.has(name)
       || fs.lstatSync(path.join(lowerStore, name), { throwIfNoEntry: false }) !== undefined);
     log.info(`rows without an object: ${paths.length} (looked for in ${Date.now() - t0} ms)`);
-    if (paths.length === 0) return;
-    const some = (list: string[]): string => `${list.slice(0, 3).join(', ')}${list.length > 3 ? `, and ${list.length - 3} more` : ''}`;
+    this.gone = paths.length === 0 ? null : { paths, referrers, seen };
+    if (paths.length === 0) return null;
     const root = this.cfg.mergedRoot;
-    this.warn(`the merged DB lists ${paths.length} path${paths.length === 1 ? '' : 's'} that neither layer has (the lower store lost them: its GC, or another version of it): ${some(paths)}. `
+    return `the merged DB lists ${paths.length} path${paths.length === 1 ? '' : 's'} that neither layer has (the lower store lost them: its GC, or another version of it): ${some(paths)}. `
       + (referrers.length === 0
         ? `Nothing refers to them: a GC of the merged root, or \`local-overlay verify --repair ${root}\`, drops their rows`
-        : `${referrers.length} path${referrers.length === 1 ? '' : 's'} of the merged store refer to them (${some(referrers)}), which Nix takes for valid though what they need is gone: \`local-overlay verify ${root}\` lists them all and what to do`));
+        : `${referrers.length} path${referrers.length === 1 ? '' : 's'} of the merged store refer to them (${some(referrers)}), which Nix takes for valid though what they need is gone: \`local-overlay verify ${root}\` lists them all and what to do`);
+  }
+
+  /** Which versions of the merged DB (as other connections commit) and of the lower DB's files the daemon sees. */
+  private dbVersions(): string {
+    return `${String(this.metadata.upper.db.pragma('data_version', { simple: true }))} ${this.metadata.lower.openedSignature}`;
+  }
+
+  /** Status's view of rows without an object: looked for again if either DB changed since. */
+  private rowsWithoutObjectProblem(): string | null {
+    if (this.gone !== null && this.gone.seen !== this.dbVersions()) this.lookForRowsWithoutObject();
+    if (this.gone === null) return null;
+    const { paths, referrers } = this.gone;
+    return `rows without an object: the merged DB lists ${paths.length} path${paths.length === 1 ? '' : 's'} neither layer has (${some(paths)})`
+      + `${referrers.length > 0 ? `, and ${referrers.length} path${referrers.length === 1 ? '' : 's'} of the merged store refer to them` : ''}: \`local-overlay verify ${this.cfg.mergedRoot}\` says what to do`;
   }
 
   /** A warning for the operator: in the log, and on the stderr of `mount` (serve passes them on). */
@@ -418,6 +461,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       if (this.watchdog) clearInterval(this.watchdog);
       if (this.lowerWatch) clearInterval(this.lowerWatch);
+      if (this.goneCheck) clearTimeout(this.goneCheck);
       this.poll?.stop();
       this.metadata?.stop();
       await this.control?.close();
@@ -465,12 +509,6 @@ export class Daemon {
     return f;
   }
 
-  /**
-   * Forgets what the daemon knows of both layers: the upper dir is read again, and the lower DB
-   * is looked at as the follower does (in mirror mode its new rows are imported before this
-   * returns). Reopening the lower DB's snapshot without importing would hide its new rows from
-   * the follower, which imports only when the files differ from the snapshot's.
-   */
   /** `local-overlay sync` on this mount: the closures of lower paths `paths` copied now (Metadata.sync). */
   async sync(paths: string[]): Promise<number> {
     const n = await this.metadata.sync(paths);
@@ -480,6 +518,12 @@ export class Daemon {
     return n;
   }
 
+  /**
+   * Forgets what the daemon knows of both layers: the upper dir is read again, and the lower DB
+   * is looked at as the follower does (in mirror mode its new rows are imported before this
+   * returns). Reopening the lower DB's snapshot without importing would hide its new rows from
+   * the follower, which imports only when the files differ from the snapshot's.
+   */
   async refresh(): Promise<void> {
     this.overlay.refresh();
     this.fuse?.invalidateListings(true);
@@ -594,6 +638,12 @@ export class Daemon {
     ]);
     // The upper DB is local (every write of the mount goes next to it): asked on this thread.
     try { this.metadata.upper.idOf('/nix/store/health-check'); } catch (err) { results.push(`upper DB unreadable: ${String(err)}`); }
+    try {
+      const gone = this.rowsWithoutObjectProblem();
+      if (gone !== null) results.push(gone);
+    } catch (err) {
+      results.push(`rows without an object: not looked for: ${String(err)}`);
+    }
     const problems = results.filter((r): r is string => r !== null);
     return { ok: problems.length === 0, problems };
   }
@@ -624,6 +674,11 @@ export class Daemon {
       done.then(() => { clearTimeout(timer); resolve(null); }, (err: unknown) => { clearTimeout(timer); resolve(`${problem}: ${String(err)}`); });
     });
   }
+}
+
+/** The first three of `list`, and how many more. */
+function some(list: readonly string[]): string {
+  return `${list.slice(0, 3).join(', ')}${list.length > 3 ? `, and ${list.length - 3} more` : ''}`;
 }
 
 /** A dir's identity: which one it is, whatever its path. */

@@ -41,6 +41,25 @@ async function rsyncAndRefresh(t: ExecutionContext, m: Merged, lower: string, ne
   t.true(fs.existsSync(path.join(m.store, rel(added))), 'the new lower path is not visible after refresh');
 }
 
+/**
+ * Takes `paths` out of lower root `lower` as its GC would (rows, then objects). By hand, not with
+ * nix-store --delete: the suite's other tests use these same store paths (one fixture), and Nix's
+ * GC takes them for live while any process names them.
+ */
+async function dropFromLower(lower: string, paths: string[]): Promise<void> {
+  const lowerDb = new Database(dbFile(lower));
+  lowerDb.pragma('foreign_keys = ON');
+  for (const p of paths) lowerDb.prepare('DELETE FROM ValidPaths WHERE path = ?').run(p);
+  lowerDb.close();
+  for (const p of paths) {
+    await check('chmod', ['-R', 'u+w', path.join(lower, p)]);
+    fs.rmSync(path.join(lower, p), { recursive: true });
+  }
+}
+
+/** Both orders of `a` and `b` joined by ", ", for a RegExp. */
+const eitherOrder = (a: string, b: string): string => `(?:${a}, ${b}|${b}, ${a})`;
+
 test('a lower store replaced between mounts by one whose DB file has the same size and mtime: the remount roots the new paths, a merged GC keeps them', async (t) => {
   const dir = tempDir(t);
   const lower = await freshLower(dir);
@@ -125,18 +144,9 @@ test('a remount over a lower store that lost paths the merged DB lists warns, na
   const onLib = (await nixOk('nix-build', ['--store', m.root, '--no-out-link', ...await derivation(dir, 'on-lib', { lib: libOut }, 'echo ${lib} > $out')])).trim();
   await m.unmount();
   // The next version of the lower store lacks lib (and app, which refers to it).
-  // Made by hand, not with nix-store --delete: the suite's other tests use these same store
-  // paths (one fixture), and Nix's GC takes them for live while any process names them.
-  const lowerDb = new Database(dbFile(lower.root));
-  lowerDb.pragma('foreign_keys = ON');
-  for (const p of [appOut, libOut]) lowerDb.prepare('DELETE FROM ValidPaths WHERE path = ?').run(p);
-  lowerDb.close();
-  for (const p of [appOut, libOut]) {
-    await check('chmod', ['-R', 'u+w', path.join(lower.root, p)]);
-    fs.rmSync(path.join(lower.root, p), { recursive: true });
-  }
+  await dropFromLower(lower.root, [appOut, libOut]);
   m = await mountMerged(t, lower.root, { dir });
-  t.regex(m.mountStderr, new RegExp(`warning: the merged DB lists 2 paths that neither layer has .*: ${appOut}, ${libOut}|${libOut}, ${appOut}`));
+  t.regex(m.mountStderr, new RegExp(`warning: the merged DB lists 2 paths that neither layer has .*: ${eitherOrder(appOut, libOut)}\\.`));
   // The output built on lib, and its derivation (lib is one of its inputs).
   const referrers = /(\d+) paths? of the merged store refer to them \(([^)]*)\), which Nix takes for valid .* `local-overlay verify (\S+)`/.exec(m.mountStderr);
   t.truthy(referrers, m.mountStderr);
@@ -147,4 +157,32 @@ test('a remount over a lower store that lost paths the merged DB lists warns, na
   await m.unmount();
   m = await mountMerged(t, lower.root, { dir });
   t.notRegex(m.mountStderr, /neither layer has/, 'the lower store is as the last mount saw it');
+});
+
+test('a lower store that loses paths under a live mount: the log warns, naming them and the merged paths that refer to them; status is unhealthy until their rows go', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const { appOut, libOut } = lower.manifest.paths;
+  const m = await mountMerged(t, lower.root, { dir });
+  const onLib = (await nixOk('nix-build', ['--store', m.root, '--no-out-link', ...await derivation(dir, 'on-lib', { lib: libOut }, 'echo ${lib} > $out')])).trim();
+  const onLibDrv = (await nixOk('nix-store', ['--store', m.root, '--query', '--deriver', onLib])).trim();
+  t.is((await cli(['status', m.root])).code, 0, 'healthy at first');
+  // The lower store's GC takes lib (and app, which refers to it) while the root is mounted.
+  await dropFromLower(lower.root, [appOut, libOut]);
+  const log = path.join(m.root, 'nix/var/log/local-overlay.log');
+  const warning = (): string | undefined => fs.readFileSync(log, 'utf8').split('\n').find((l) => l.includes('neither layer has'));
+  const deadline = Date.now() + 15_000;
+  while (warning() === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  t.regex(warning() ?? '(no warning in the log)', new RegExp(`the merged DB lists 2 paths that neither layer has .*: ${eitherOrder(appOut, libOut)}\\. 2 paths of the merged store refer to them \\(${eitherOrder(onLib, onLibDrv)}\\)`));
+  const s = await cli(['status', m.root]);
+  t.is(s.code, 1, s.stdout);
+  t.regex(s.stdout, new RegExp(`UNHEALTHY \\(.*rows without an object: the merged DB lists 2 paths neither layer has \\(${eitherOrder(appOut, libOut)}\\), and 2 paths of the merged store refer to them`));
+  // What the operator does: the paths built on lib go, then verify --repair drops the rows.
+  await nixOk('nix-store', ['--store', m.root, '--delete', onLib, onLibDrv]);
+  const still = await cli(['status', m.root]);
+  t.regex(still.stdout, /rows without an object: the merged DB lists 2 paths neither layer has \([^)]*\):/, 'the rows are still there, no longer referred to');
+  const r = await cli(['verify', '--repair', m.root]);
+  t.is(r.code, 0, r.stdout + r.stderr);
+  const after = await cli(['status', m.root]);
+  t.is(after.code, 0, after.stdout);
 });
