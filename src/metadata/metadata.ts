@@ -208,23 +208,22 @@ export class Metadata {
   /**
    * Copies the closures of lower paths `paths` now (`local-overlay sync` on a mounted root): as a
    * lookup's copy, in one transaction when it can, else in pieces, and what it makes valid sets
-   * aside the upper leftovers of those paths. Returns the rows copied.
+   * aside the upper leftovers of those paths. Returns the rows copied and the lower paths that
+   * have rows now and had none before (null: more than LIST_LIMIT).
    */
-  async sync(paths: readonly string[]): Promise<number> {
+  async sync(paths: readonly string[]): Promise<{ rows: number; copied: string[] | null }> {
     const before = maxValidId(this.upper.db);
     const r = await copyClosureInPieces(this.upper, this.lower, paths, this.lookupHooks);
     if (r.stopped) throw new Error('the mount is closing');
     for (const p of paths) if (this.upper.idOf(p) !== undefined) this.known.set(p, true);
+    // The rows above `before` are this copy's and the follower's, and those a merged-store
+    // client registered meanwhile: its own paths, not the lower store's.
+    const copied = r.rows === 0 ? [] : pathsAbove(this.upper.db, before).filter((p) => this.lower.isValid(p));
     // Mirror mode roots what it copies, as the follower's imports (or Nix's GC drops the rows);
-    // the rows above `before` are this copy's and the follower's, rooted either way, and those
-    // a merged-store client registered meanwhile: its own paths, not the lower store's, stay
-    // unrooted (a path the lower store also has is a duplicate, which added() leaves collectable).
-    if (this.roots && r.rows > 0) {
-      const copied = pathsAbove(this.upper.db, before).filter((p) => this.lower.isValid(p));
-      this.rootsDo(() => this.roots?.added(copied, this.duplicates()));
-    }
+    // a path the lower store and a client both have is a duplicate, which added() leaves collectable.
+    if (this.roots && copied.length > 0) this.rootsDo(() => this.roots?.added(copied, this.duplicates()));
     this.stats.count('rowsCopied', r.rows);
-    return r.rows;
+    return { rows: r.rows, copied: copied.length > LIST_LIMIT ? null : copied };
   }
 
   /** Lookup hook: null when nothing needs doing, else the pending closure copy. */

@@ -235,22 +235,7 @@ export class Daemon {
     }
 
     this.watchLowerStore(lower.storeDir, cfg.followIntervalMs);
-    this.metadata.startFollower(cfg.followIntervalMs, (names, settled) => {
-      // New rows can make a bookkeeping-like lower name a store object (layers.ts).
-      this.fuse?.invalidateListings(false);
-      if (names === null) {
-        this.overlay.index.refresh();
-        return;
-      }
-      for (const n of names) {
-        this.overlay.index.forgetLower(n); // it may have been looked up, and missed, just before
-        if (settled) this.overlay.index.lowerServed(n); // its row is in the merged DB now
-      }
-      // Valid to Nix from now on (or, lazy, there to be looked up): a miss the kernel keeps from
-      // a lookup just before (up to --negative-timeout) would show a valid path as missing
-      // ("getting status of ...: No such file or directory"), so the kernel forgets those names.
-      this.fuse?.forgetEntries(names);
-    }, () => {
+    this.metadata.startFollower(cfg.followIntervalMs, (names, settled) => this.lowerNamesNew(names, settled), () => {
       // The lower store lost paths while mounted (its GC, another version of it): merged paths
       // may now be "valid" without an object. Looked for once its deletions have paused.
       if (this.goneCheck) clearTimeout(this.goneCheck);
@@ -509,13 +494,35 @@ export class Daemon {
     return f;
   }
 
+  /**
+   * Lower objects `names` (null: too many to list) are new to the merged view: in the lower DB
+   * (the follower), or with rows in the merged DB now (`settled`: imported, copied).
+   */
+  private lowerNamesNew(names: string[] | null, settled: boolean): void {
+    // New rows can make a bookkeeping-like lower name a store object (layers.ts).
+    this.fuse?.invalidateListings(false);
+    if (names === null) {
+      this.overlay.index.refresh();
+      return;
+    }
+    for (const n of names) {
+      this.overlay.index.forgetLower(n); // it may have been looked up, and missed, just before
+      if (settled) this.overlay.index.lowerServed(n); // its row is in the merged DB now
+    }
+    // Valid to Nix from now on (or, lazy, there to be looked up): a miss the kernel keeps from
+    // a lookup just before (up to --negative-timeout) would show a valid path as missing
+    // ("getting status of ...: No such file or directory"), so the kernel forgets those names.
+    this.fuse?.forgetEntries(names);
+  }
+
   /** `local-overlay sync` on this mount: the closures of lower paths `paths` copied now (Metadata.sync). */
   async sync(paths: string[]): Promise<number> {
-    const n = await this.metadata.sync(paths);
-    // A lookup of one before the copy may have left the kernel a miss that would hide it.
-    this.fuse?.forgetEntries(paths.map((p) => path.basename(p)));
-    log.info(`sync: copied ${n} rows for ${paths.length} lower path${paths.length === 1 ? '' : 's'}`);
-    return n;
+    const { rows, copied } = await this.metadata.sync(paths);
+    // Every path of the closures, not only the ones named: any may have been looked up, and
+    // missed, before the lower store had it.
+    this.lowerNamesNew(copied?.map((p) => path.basename(p)) ?? null, true);
+    log.info(`sync: copied ${rows} rows for ${paths.length} lower path${paths.length === 1 ? '' : 's'}`);
+    return rows;
   }
 
   /**

@@ -357,6 +357,29 @@ test('lazy metadata: sync, mounted (through the daemon) or not, sets aside a par
   }
 });
 
+test('lazy metadata: sync through the daemon makes the kernel forget a miss of any path of the closures it copies, not only of the paths named', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  // The follower would tell the kernel too (it reports every new lower name): it waits an hour.
+  const m = await mountMerged(t, lower.root, { metadata: 'lazy', dir, extra: ['--follow-interval', '3600000', '--negative-timeout', '60'] });
+  const expr = path.join(dir, 'closure.nix');
+  await fs.promises.writeFile(expr, `rec {
+  member = derivation { name = "sync-member"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo member > $out" ]; };
+  top = derivation { name = "sync-top"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo \${member} > $out" ]; };
+}
+`);
+  const memberDrv = (await nixOk('nix-instantiate', ['--store', lower.root, expr, '-A', 'member'])).trim();
+  const member = (await nixOk('nix-store', ['--store', lower.root, '--query', '--outputs', memberDrv])).trim();
+  // Looked up before the lower store has it: the kernel keeps the miss for --negative-timeout.
+  await t.throwsAsync(fs.promises.lstat(path.join(m.store, rel(member))), { code: 'ENOENT' });
+  const top = (await nixOk('nix-build', ['--store', lower.root, '--no-out-link', expr, '-A', 'top'])).trim();
+  const r = await cli(['sync', '--root', m.root, top]);
+  t.is(r.code, 0, r.stderr);
+  t.is((await nix('nix-store', ['--store', m.root, '--check-validity', member])).code, 0, 'the member is valid in the merged DB after sync');
+  const st = await fs.promises.lstat(path.join(m.store, rel(member))).catch((err: NodeJS.ErrnoException) => err.code);
+  t.not(st, 'ENOENT', 'the member of the synced closure still looks missing: the kernel kept the miss');
+});
+
 test('lazy metadata: the first lookup of a lower object copies its closure into the upper DB', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root, { metadata: 'lazy' });
