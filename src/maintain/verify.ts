@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Db } from '../metadata/sqlite';
-import { PathRow, rowDifferences } from '../metadata/rows';
+import { mergedSignatures, PathRow, rowDifferences } from '../metadata/rows';
 import { isWhiteoutDevice } from '../layers/layers';
 import { narHash } from '../store/nar';
 import { optimise } from './optimise';
@@ -123,7 +123,7 @@ export async function verify(view: RootView, opts: VerifyOptions): Promise<Verif
           const pr = add('row-differs', row.path, `the upper DB row differs from the lower DB row of the object it serves (${diffs.map((d) => d.field).join(', ')}; \`local-overlay explain\` shows both)`);
           if (opts.repair) {
             up.db.prepare('UPDATE ValidPaths SET hash = ?, narSize = ?, deriver = ?, ca = ?, sigs = ?, ultimate = ?, registrationTime = ? WHERE id = ?')
-              .run(lrow.hash, lrow.narSize, lrow.deriver, lrow.ca, lrow.sigs, lrow.ultimate, lrow.registrationTime, row.id);
+              .run(lrow.hash, lrow.narSize, lrow.deriver, lrow.ca, mergedSignatures(row, lrow), lrow.ultimate, lrow.registrationTime, row.id);
             pr.repaired = !diffs.some((d) => d.field === 'references');
             if (!pr.repaired) pr.detail += ' (its references differ too: not rewritten)';
           }

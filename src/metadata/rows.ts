@@ -74,12 +74,37 @@ export interface RowDifference {
  * row-differs and `explain` shows. Not compared: registrationTime and ultimate, which say when
  * and how this store registered the path (`nix-store --load-db` resets ultimate; a path added
  * to the merged store first has its own time). No signatures (NULL) and none ('') are alike.
+ * Signatures differ only when the upper row lacks one of the lower row's: a store gathers
+ * signatures (`nix store sign`, `nix copy` add them to the row), so one the merged store added
+ * to a lower path is its own, not a disagreement with the lower store.
  */
 export function rowDifferences(upper: PathRow, upperRefs: readonly string[], lower: PathRow, lowerRefs: readonly string[]): RowDifference[] {
-  const sigs = (r: PathRow): string[] => (r.sigs ?? '').split(' ').filter(Boolean);
-  const pairs: [RowDifference['field'], RowDifference['upper'], RowDifference['lower']][] = [
-    ['narHash', upper.hash, lower.hash], ['narSize', upper.narSize, lower.narSize], ['deriver', upper.deriver, lower.deriver],
-    ['ca', upper.ca, lower.ca], ['signatures', sigs(upper), sigs(lower)], ['references', [...upperRefs].sort(), [...lowerRefs].sort()],
+  const differ = (u: unknown, l: unknown): boolean => JSON.stringify(u) !== JSON.stringify(l);
+  const upperSigs = signatures(upper);
+  const lowerSigs = signatures(lower);
+  const fields: [RowDifference['field'], RowDifference['upper'], RowDifference['lower'], boolean][] = [
+    ['narHash', upper.hash, lower.hash, differ(upper.hash, lower.hash)],
+    ['narSize', upper.narSize, lower.narSize, differ(upper.narSize, lower.narSize)],
+    ['deriver', upper.deriver, lower.deriver, differ(upper.deriver, lower.deriver)],
+    ['ca', upper.ca, lower.ca, differ(upper.ca, lower.ca)],
+    ['signatures', upperSigs, lowerSigs, lowerSigs.some((s) => !upperSigs.includes(s))],
+    ['references', [...upperRefs].sort(), [...lowerRefs].sort(), differ([...upperRefs].sort(), [...lowerRefs].sort())],
   ];
-  return pairs.filter(([, u, l]) => JSON.stringify(u) !== JSON.stringify(l)).map(([field, u, l]) => ({ field, upper: u, lower: l }));
+  return fields.filter(([, , , d]) => d).map(([field, u, l]) => ({ field, upper: u, lower: l }));
+}
+
+/** A row's signatures (none for NULL and ''), as Nix keeps them: space-separated. */
+export function signatures(r: PathRow): string[] {
+  return (r.sigs ?? '').split(' ').filter(Boolean);
+}
+
+/**
+ * The signatures a row repaired from the lower row keeps: the lower row's, then the ones only
+ * the merged store had (added there by `nix store sign` or `nix copy`), which repair must not
+ * drop. NULL when there are none, as Nix writes a row without signatures.
+ */
+export function mergedSignatures(upper: PathRow, lower: PathRow): string | null {
+  const lowerSigs = signatures(lower);
+  const all = [...lowerSigs, ...signatures(upper).filter((s) => !lowerSigs.includes(s))];
+  return all.length > 0 ? all.join(' ') : null;
 }

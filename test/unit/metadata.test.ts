@@ -13,7 +13,7 @@ import { LowerRoots } from '../../src/metadata/gc-roots';
 import { LowerDb } from '../../src/metadata/lower-db';
 import { Metadata } from '../../src/metadata/metadata';
 import { Mirror } from '../../src/metadata/mirror';
-import { pagedValidNames, VALID_PAGE_SQL } from '../../src/metadata/rows';
+import { mergedSignatures, pagedValidNames, PathRow, rowDifferences, VALID_PAGE_SQL } from '../../src/metadata/rows';
 import { seedFromLower } from '../../src/metadata/seed';
 import { isTornRead, LowerFileChanged, withBusyRetry } from '../../src/metadata/sqlite';
 import { UpperDb } from '../../src/metadata/upper-db';
@@ -1052,4 +1052,17 @@ test('mirror: the lower store\'s GC of its newest path is not taken for a replac
   t.true(mirror.renumbered(), 'a DB made afresh');
   mirror.rewind();
   t.false(mirror.renumbered(), 'rewound: nothing to compare until the next import');
+});
+
+test('rowDifferences: signatures the merged row adds are its own; one of the lower row\'s it lacks is a difference, which repair restores beside its own', (t) => {
+  const row = (sigs: string | null): PathRow => ({
+    id: 1, path: '/nix/store/00000000000000000000000000000000-x', hash: 'sha256:00', registrationTime: 1, deriver: null, narSize: 1, ultimate: 0, sigs, ca: null,
+  });
+  t.deepEqual(rowDifferences(row('local:a'), [], row(null), []), [], 'a signature only the merged row has');
+  t.deepEqual(rowDifferences(row('lower:b local:a'), [], row('lower:b'), []), [], 'the lower row\'s signature and one more');
+  t.deepEqual(rowDifferences(row(''), [], row(null), []), [], 'none and NULL are alike');
+  t.deepEqual(rowDifferences(row('local:a'), [], row('lower:b'), []), [{ field: 'signatures', upper: ['local:a'], lower: ['lower:b'] }]);
+  t.is(mergedSignatures(row('local:a'), row('lower:b')), 'lower:b local:a');
+  t.is(mergedSignatures(row('lower:b'), row('lower:b')), 'lower:b');
+  t.is(mergedSignatures(row(null), row('')), null);
 });
