@@ -122,8 +122,11 @@ export async function verify(view: RootView, opts: VerifyOptions): Promise<Verif
         if (diffs.length > 0) {
           const pr = add('row-differs', row.path, `the upper DB row differs from the lower DB row of the object it serves (${diffs.map((d) => d.field).join(', ')}; \`local-overlay explain\` shows both)`);
           if (opts.repair) {
+            // The merged store's own signatures stay only while they sign what the row says: a
+            // signature covers the NAR hash, size and references.
+            const otherContent = diffs.some((d) => d.field === 'narHash' || d.field === 'narSize' || d.field === 'references');
             up.db.prepare('UPDATE ValidPaths SET hash = ?, narSize = ?, deriver = ?, ca = ?, sigs = ?, ultimate = ?, registrationTime = ? WHERE id = ?')
-              .run(lrow.hash, lrow.narSize, lrow.deriver, lrow.ca, mergedSignatures(row, lrow), lrow.ultimate, lrow.registrationTime, row.id);
+              .run(lrow.hash, lrow.narSize, lrow.deriver, lrow.ca, otherContent ? lrow.sigs : mergedSignatures(row, lrow), lrow.ultimate, lrow.registrationTime, row.id);
             pr.repaired = !diffs.some((d) => d.field === 'references');
             if (!pr.repaired) pr.detail += ' (its references differ too: not rewritten)';
           }
