@@ -960,8 +960,10 @@ const rows: Row[] = [
       const fh = await fs.promises.open(lock, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
       try {
         t.is((await fs.promises.stat(path.join(d.upper, `${obj}.lock`))).mode & 0o777, 0o600, 'the lock file is in the upper dir, mode 0600');
-        // Another process holds the lock: a second non-blocking attempt must fail.
-        const holder = spawn('flock', ['-x', lock, '-c', 'echo locked; sleep 1']);
+        // Another process holds the lock (until its stdin closes, however slow the machine is):
+        // a second non-blocking attempt must fail.
+        const holder = spawn('flock', ['-x', lock, '-c', 'echo locked; read -r _ || :']);
+        t.teardown(() => { holder.stdin.end(); });
         const locked = new Promise<void>((resolve, reject) => {
           holder.stdout.on('data', (b: Buffer) => { if (b.toString().includes('locked')) resolve(); });
           holder.on('exit', (code) => reject(new Error(`flock holder exited ${code} before locking`)));
@@ -970,6 +972,7 @@ const rows: Row[] = [
         await locked;
         const contended = await run('flock', ['-x', '-n', lock, '-c', 'true']);
         t.is(contended.code, 1, 'flock -n fails while another process holds the lock');
+        holder.stdin.end();
         t.is(await exited, 0, 'the holder ran');
         const free = await run('flock', ['-x', '-n', lock, '-c', 'true']);
         t.is(free.code, 0, `flock -n succeeds once released: ${free.stderr}`);
