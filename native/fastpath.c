@@ -1019,6 +1019,8 @@ static void lo_wrap_ops(struct fuse_operations *ops) {
 #define LO_FUSE_RELEASEDIR 29
 #define LO_FUSE_FSYNCDIR 30
 #define LO_FUSE_LOOKUP 1
+#define LO_FUSE_FORGET 2
+#define LO_FUSE_BATCH_FORGET 42
 #define LO_FUSE_IOCTL 39
 #define LO_FUSE_READDIRPLUS 44
 #define LO_FUSE_DO_READDIRPLUS (1u << 13)
@@ -1083,6 +1085,14 @@ typedef struct {
   uint64_t lock_owner;
   uint32_t flags, padding;
 } lo_read_in;
+
+typedef struct {
+  uint32_t count, dummy;
+} lo_batch_forget_in; // then `count` of lo_forget_one
+
+typedef struct {
+  uint64_t nodeid, nlookup;
+} lo_forget_one;
 
 typedef struct {
   uint64_t ino;
@@ -1575,6 +1585,11 @@ static int32_t lo_passthrough_id(lo_chan *c, int devfd, uint64_t fh, int *held) 
 
 // ---- listings --------------------------------------------------------------------------------
 
+// Where nodeid `n` would go in a table of `mask + 1` slots.
+static inline size_t lo_listed_home(uint64_t n, size_t mask) {
+  return (size_t) (n * 0x9E3779B97F4A7C15ull) & mask;
+}
+
 // Remembers that directory `nodeid` was listed (the kernel keeps the listing), for refresh.
 static void lo_listed(lo_chan *c, uint64_t nodeid) {
   pthread_mutex_lock(&c->lock);
@@ -1589,7 +1604,7 @@ static void lo_listed(lo_chan *c, uint64_t nodeid) {
     for (size_t i = 0; i < c->listed_cap; i++) {
       uint64_t n = c->listed[i];
       if (n == 0) continue;
-      size_t j = (size_t) (n * 0x9E3779B97F4A7C15ull) & (cap - 1);
+      size_t j = lo_listed_home(n, cap - 1);
       while (grown[j] != 0) j = (j + 1) & (cap - 1);
       grown[j] = n;
     }
@@ -1598,11 +1613,50 @@ static void lo_listed(lo_chan *c, uint64_t nodeid) {
     c->listed_cap = cap;
   }
   size_t mask = c->listed_cap - 1;
-  size_t j = (size_t) (nodeid * 0x9E3779B97F4A7C15ull) & mask;
+  size_t j = lo_listed_home(nodeid, mask);
   while (c->listed[j] != 0 && c->listed[j] != nodeid) j = (j + 1) & mask;
   if (c->listed[j] == 0) {
     c->listed[j] = nodeid;
-    c->listed_count++;
+    __atomic_store_n(&c->listed_count, c->listed_count + 1, __ATOMIC_RELAXED);
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
+// Lets directory `nodeid` go from the listed set: the kernel forgot its inode (FORGET), and
+// with it any listing it kept. Without this the set would hold every directory ever listed
+// (a daemon's lifetime of build outputs) until refresh. Backward-shift deletion: each entry
+// after the hole that may move to it does, so no probe chain is cut. Holds c->lock.
+static void lo_unlisted_locked(lo_chan *c, uint64_t nodeid) {
+  if (c->listed_count == 0) return;
+  size_t mask = c->listed_cap - 1;
+  size_t hole = lo_listed_home(nodeid, mask);
+  while (c->listed[hole] != nodeid) {
+    if (c->listed[hole] == 0) return;
+    hole = (hole + 1) & mask;
+  }
+  for (size_t j = (hole + 1) & mask; c->listed[j] != 0; j = (j + 1) & mask) {
+    size_t home = lo_listed_home(c->listed[j], mask);
+    // The entry at j stays unless its home is outside (hole, j], cyclically.
+    int stays = hole < j ? (home > hole && home <= j) : (home > hole || home <= j);
+    if (stays) continue;
+    c->listed[hole] = c->listed[j];
+    hole = j;
+  }
+  c->listed[hole] = 0;
+  __atomic_store_n(&c->listed_count, c->listed_count - 1, __ATOMIC_RELAXED);
+}
+
+// A FORGET or BATCH_FORGET read from the device (libfuse then drops its nodes as before).
+static void lo_forgotten(lo_chan *c, uint32_t opcode, uint64_t nodeid, const char *arg, size_t arg_len) {
+  if (__atomic_load_n(&c->listed_count, __ATOMIC_RELAXED) == 0) return;
+  pthread_mutex_lock(&c->lock);
+  if (opcode == LO_FUSE_FORGET) {
+    lo_unlisted_locked(c, nodeid);
+  } else if (arg_len >= sizeof(lo_batch_forget_in)) {
+    size_t count = ((const lo_batch_forget_in *) arg)->count;
+    size_t fits = (arg_len - sizeof(lo_batch_forget_in)) / sizeof(lo_forget_one);
+    const lo_forget_one *one = (const lo_forget_one *) (arg + sizeof(lo_batch_forget_in));
+    for (size_t i = 0; i < count && i < fits; i++) lo_unlisted_locked(c, one[i].nodeid);
   }
   pthread_mutex_unlock(&c->lock);
 }
@@ -1618,7 +1672,8 @@ static void lo_invalidate(lo_chan *c, int all) {
       uint64_t *listed = c->listed;
       size_t cap = c->listed_cap;
       c->listed = NULL;
-      c->listed_cap = c->listed_count = 0;
+      c->listed_cap = 0;
+      __atomic_store_n(&c->listed_count, 0, __ATOMIC_RELAXED);
       pthread_mutex_unlock(&c->lock);
       // ENOENT for a directory the kernel has forgotten meanwhile: nothing to drop.
       for (size_t i = 0; i < cap; i++) {
@@ -1949,6 +2004,10 @@ static int lo_chan_receive(struct fuse_chan **chp, char *buf, size_t size) {
       // fuse_rename_in (newdir), then the old name and the new one, each NUL-terminated.
       r->rename_tmp_link = in->nodeid == LO_FUSE_ROOT_ID && arg_len >= sizeof(uint64_t) + 11
         && memcmp(arg + sizeof(uint64_t), ".tmp-link-", 10) == 0;
+      break;
+    case LO_FUSE_FORGET:
+    case LO_FUSE_BATCH_FORGET:
+      lo_forgotten(c, in->opcode, in->nodeid, arg, arg_len);
       break;
     case LO_FUSE_OPEN:
       if (arg_len >= sizeof(lo_open_in)) r->open_flags = ((const lo_open_in *) arg)->flags;
@@ -2498,7 +2557,7 @@ NAPI_METHOD(fuse_native_fast_counters) {
     napi_get_null(env, &out);
     return out;
   }
-  napi_create_array_with_length(env, LO_C_COUNT + 2, &out);
+  napi_create_array_with_length(env, LO_C_COUNT + 3, &out);
   for (int i = 0; i < LO_C_COUNT; i++) {
     napi_value v;
     napi_create_double(env, (double) __atomic_load_n(&f->counters[i], __ATOMIC_RELAXED), &v);
@@ -2512,5 +2571,8 @@ NAPI_METHOD(fuse_native_fast_counters) {
   napi_set_element(env, out, LO_C_COUNT, v);
   napi_create_double(env, (double) __atomic_load_n(&f->enabled, __ATOMIC_ACQUIRE), &v);
   napi_set_element(env, out, LO_C_COUNT + 1, v);
+  lo_chan *c = f->chan;
+  napi_create_double(env, c == NULL ? 0 : (double) __atomic_load_n(&c->listed_count, __ATOMIC_RELAXED), &v);
+  napi_set_element(env, out, LO_C_COUNT + 2, v);
   return out;
 }

@@ -1,7 +1,10 @@
 import Fuse = require('fuse-native');
 import { TopLevelSink } from '../layers/layers';
 
-/** Names of the fast path's counters, in native/fastpath.c's order (then the table size and whether it is on). */
+/**
+ * Names of the fast path's counters, in native/fastpath.c's order (then the table size, whether it
+ * is on, and how many listed directories the kernel has not forgotten: `refresh` reaches those).
+ */
 const COUNTERS = [
   'getattr', 'fgetattr', 'readlink', 'open', 'create', 'read', 'write', 'release', 'fsync',
   'ftruncate', 'readdir', 'mkdir', 'unlink', 'rmdir', 'symlink', 'rename', 'link', 'chmod',
@@ -16,7 +19,7 @@ const COUNTERS = [
   'polled',
 ] as const;
 
-export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries', number> & { on: boolean };
+export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries' | 'listedDirs', number> & { on: boolean };
 
 const KIND = { upper: 0, lower: 1, whiteout: 2 } as const;
 
@@ -94,7 +97,11 @@ export class FastPath implements TopLevelSink {
 
   counters(): FastCounters {
     const values = Fuse.fastPath.counters(this.thread) ?? [];
-    const out = { entries: values[COUNTERS.length] ?? 0, on: values[COUNTERS.length + 1] === 1 } as FastCounters;
+    const out = {
+      entries: values[COUNTERS.length] ?? 0,
+      on: values[COUNTERS.length + 1] === 1,
+      listedDirs: values[COUNTERS.length + 2] ?? 0,
+    } as FastCounters;
     COUNTERS.forEach((name, i) => { out[name] = values[i] ?? 0; });
     return out;
   }

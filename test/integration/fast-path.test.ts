@@ -408,6 +408,40 @@ test('refresh: an upper copy put beside the mount over a lower object whose list
   t.deepEqual(await listing(obj), [...before, 'UPPER'].sort(), 'and kept');
 });
 
+test('a listed directory the kernel forgets (removed through the mount) leaves the set refresh invalidates', async (t) => {
+  const dir = tempDir(t);
+  const lower = await freshLower(dir);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm') });
+  const listedDirs = async (): Promise<number> => n((await status(m.root)).fastPath, 'listedDirs');
+  const obj = path.join(m.store, '0000000000000000000000000000002f-fast-forgotten');
+  const subdirs = Array.from({ length: 40 }, (_, i) => path.join(obj, `d${String(i)}`));
+  for (const d of subdirs) await fs.promises.mkdir(path.join(d, 'inner'), { recursive: true });
+
+  // Other tests drop the kernel's caches meanwhile (machine-wide): list again if one did.
+  let peak = 0;
+  for (let attempt = 0; attempt < 3 && peak < subdirs.length; attempt++) {
+    await check('ls', ['-A', ...subdirs]);
+    peak = await listedDirs();
+  }
+  t.true(peak >= subdirs.length, `the ${String(subdirs.length)} listed directories are remembered (status shows ${String(peak)})`);
+
+  // Removed, their inodes are evicted and the kernel sends FORGETs (with the next requests).
+  await fs.promises.rm(obj, { recursive: true });
+  let after = peak;
+  for (let i = 0; i < 40 && after > peak - subdirs.length; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    after = await listedDirs();
+  }
+  t.true(after <= peak - subdirs.length, `forgotten directories leave the set (${String(peak)} before the removal, ${String(after)} after)`);
+
+  // The set still takes new listings, and refresh still reaches them.
+  await fs.promises.mkdir(path.join(obj, 'again'), { recursive: true });
+  await listing(path.join(obj, 'again'));
+  t.true((await listedDirs()) >= 1);
+  t.is((await cli(['refresh', m.root])).code, 0);
+  t.is(await listedDirs(), 0, 'refresh invalidates every remembered listing and starts the set over');
+});
+
 test('--no-fast-path: every listing reaches the daemon', async (t) => {
   const lower = await sharedLower();
   const m = await mountMerged(t, lower.root, { extra: ['--no-fast-path'] });

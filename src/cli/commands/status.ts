@@ -116,13 +116,13 @@ function formatStale(s: Record<string, any>): string {
   return lines.join('\n');
 }
 
-/** `on: 12345 requests answered natively, 67 passed to JS (2,100 names known); listings kept by the kernel 40, READDIRPLUS 80, passthrough opens 9; reader handed over 70 times, taken by the watchdog 0, found 900 requests while polling`. */
+/** `on: 12345 requests answered natively, 67 passed to JS (2,100 names known); listings served for the kernel to keep 40 (12 directories still known to it), READDIRPLUS 80, passthrough opens 9; reader handed over 70 times, taken by the watchdog 0, found 900 requests while polling`. */
 function fastPathLine(f: Record<string, number | boolean>): string {
   let answered = 0;
   for (const [k, v] of Object.entries(f)) {
-    if (typeof v === 'number' && !['upper', 'lower', 'passed', 'entries', 'listings', 'passthrough', 'handoffs', 'stalls', 'polled'].includes(k)) answered += v;
+    if (typeof v === 'number' && !['upper', 'lower', 'passed', 'entries', 'listedDirs', 'listings', 'passthrough', 'handoffs', 'stalls', 'polled'].includes(k)) answered += v;
   }
-  return `${f.on ? 'on' : 'off'}: ${answered} requests answered natively, ${String(f.passed)} passed to JS (${String(f.entries)} names known); listings kept by the kernel ${String(f.listings ?? 0)}, READDIRPLUS ${String(f.readdirplus ?? 0)}, passthrough opens ${String(f.passthrough ?? 0)}; reader handed over ${String(f.handoffs ?? 0)} times, taken by the watchdog ${String(f.stalls ?? 0)}, found ${String(f.polled ?? 0)} requests while polling`;
+  return `${f.on ? 'on' : 'off'}: ${answered} requests answered natively, ${String(f.passed)} passed to JS (${String(f.entries)} names known); listings served for the kernel to keep ${String(f.listings ?? 0)} (${String(f.listedDirs ?? 0)} directories still known to it), READDIRPLUS ${String(f.readdirplus ?? 0)}, passthrough opens ${String(f.passthrough ?? 0)}; reader handed over ${String(f.handoffs ?? 0)} times, taken by the watchdog ${String(f.stalls ?? 0)}, found ${String(f.polled ?? 0)} requests while polling`;
 }
 
 /** The follower's check of the lower DB files, when it has waited long (a hung server). */
