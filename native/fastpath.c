@@ -80,6 +80,9 @@ typedef struct {
   size_t nbuckets;   // a power of two
   size_t count;
   size_t lower_count;
+  // Lower entries the table holds at most (LO_MAX_LOWER_ENTRIES; fewer in tests): at this many,
+  // they are all forgotten and come back as their lookups reach JS again.
+  size_t lower_max;
 
   char dir[2][PATH_MAX];
   size_t dir_len[2];
@@ -206,7 +209,7 @@ static int lo_put(lo_fast *f, const char *name, size_t len, int kind) {
     f->count--;
   }
   if (kind >= 0) {
-    if (kind == LO_LOWER && f->lower_count >= LO_MAX_LOWER_ENTRIES) lo_clear_locked(f, 1);
+    if (kind == LO_LOWER && f->lower_count >= f->lower_max) lo_clear_locked(f, 1);
     if (f->count >= f->nbuckets) {
       lo_grow_locked(f);
       p = lo_slot(f, name, len, h);
@@ -2263,6 +2266,7 @@ static lo_fast *lo_fast_new(void) {
   f->passthrough_min = -1;
   f->fd[0] = f->fd[1] = -1;
   f->nbuckets = 1024;
+  f->lower_max = LO_MAX_LOWER_ENTRIES;
   f->buckets = calloc(f->nbuckets, sizeof(lo_entry *));
   if (f->buckets == NULL || pthread_rwlock_init(&f->lock, NULL) != 0) {
     free(f->buckets);
@@ -2301,14 +2305,16 @@ static int lo_is_local_fs(const char *dir) {
   return 0;
 }
 
-// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin[, hiddenDir]):
+// fuse_native_fast_config(thread, upperDir, lowerDir, upperDev, lowerDev, passthroughMin[, hiddenDir[, lowerMax]]):
 // configures the fast path (disabled and empty until enabled); lower files of at least
 // passthroughMin bytes are opened with FUSE passthrough if the kernel has it (-1: never);
-// hiddenDir is where the overlay keeps libfuse's hidden files (lo_drop_orphan).
+// hiddenDir is where the overlay keeps libfuse's hidden files (lo_drop_orphan); lowerMax, below
+// LO_MAX_LOWER_ENTRIES, lowers the table's bound on lower entries (tests reach it with a small
+// lower store).
 // Once per mount; before the kernel's INIT is answered (the JS init handler) for passthrough
 // to be asked for.
 NAPI_METHOD(fuse_native_fast_config) {
-  NAPI_ARGV(7)
+  NAPI_ARGV(8)
   fuse_thread_t *ft;
   size_t ft_len;
   NAPI_STATUS_THROWS(napi_get_buffer_info(env, argv[0], (void **) &ft, &ft_len));
@@ -2346,6 +2352,13 @@ NAPI_METHOD(fuse_native_fast_config) {
     NAPI_ARGV_UTF8(hidden, PATH_MAX, 6)
     // As /proc/self/fd shows the descriptors' files (lo_drop_orphan).
     if (realpath(hidden, f->hidden) != NULL) f->hidden_len = strlen(f->hidden);
+  }
+  napi_valuetype max_type = napi_undefined;
+  if (argc >= 8) NAPI_STATUS_THROWS(napi_typeof(env, argv[7], &max_type));
+  if (max_type == napi_number) {
+    double lower_max;
+    NAPI_STATUS_THROWS(napi_get_value_double(env, argv[7], &lower_max));
+    if (lower_max >= 1 && lower_max < LO_MAX_LOWER_ENTRIES) f->lower_max = (size_t) lower_max;
   }
   for (int i = 0; i < 2; i++) {
     f->slow[i] = !lo_is_local_fs(f->dir[i]);

@@ -24,6 +24,16 @@ export type FastCounters = Record<(typeof COUNTERS)[number] | 'entries' | 'liste
 const KIND = { upper: 0, lower: 1, whiteout: 2 } as const;
 
 /**
+ * The table holds at most 2^19 lower objects, then forgets them all (native/fastpath.c,
+ * LO_MAX_LOWER_ENTRIES). Tests reach that bound with a small lower store by setting
+ * LOCAL_OVERLAY_TEST_FAST_LOWER_MAX; undefined (the native bound) otherwise.
+ */
+function testLowerMax(): number | undefined {
+  const v = Number(process.env.LOCAL_OVERLAY_TEST_FAST_LOWER_MAX);
+  return Number.isInteger(v) && v > 0 ? v : undefined;
+}
+
+/**
  * The native fast path (native/fastpath.c): answers requests below a store object whose layer
  * is decided, and lookups of absent names, on libfuse's threads without a round trip to this
  * one. It learns the top-level index from TopLevelIndex (as its sink); everything it cannot
@@ -39,7 +49,7 @@ export class FastPath implements TopLevelSink {
    * native side removes those libfuse can no longer name when they are released).
    */
   constructor(private readonly thread: Buffer, dirs: { upperDir: string; lowerDir: string }, devs: [number, number], passthroughMin: number, hiddenDir?: string) {
-    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin, hiddenDir);
+    Fuse.fastPath.config(thread, dirs.upperDir, dirs.lowerDir, devs[0], devs[1], passthroughMin, hiddenDir, testLowerMax());
   }
 
   set(name: string, kind: keyof typeof KIND): void {

@@ -14,7 +14,7 @@ declare module 'fuse-native' {
     _thread: Buffer | null;
     /** The local-overlay patch's fast path (native/fastpath.c). */
     static fastPath: {
-      config(thread: Buffer, upperDir: string, lowerDir: string, upperDev: number, lowerDev: number, passthroughMin: number, hiddenDir?: string): void;
+      config(thread: Buffer, upperDir: string, lowerDir: string, upperDev: number, lowerDev: number, passthroughMin: number, hiddenDir?: string, lowerMax?: number): void;
       set(thread: Buffer, name: string, kind: number): void;
       reset(thread: Buffer): void;
       enable(thread: Buffer, on: boolean): void;
