@@ -210,10 +210,11 @@ static int lo_put(lo_fast *f, const char *name, size_t len, int kind) {
   }
   if (kind >= 0) {
     if (kind == LO_LOWER && f->lower_count >= f->lower_max) lo_clear_locked(f, 1);
-    if (f->count >= f->nbuckets) {
-      lo_grow_locked(f);
-      p = lo_slot(f, name, len, h);
-    }
+    if (f->count >= f->nbuckets) lo_grow_locked(f);
+    // `p` is the `next` field of the chain's last entry (or the bucket): the clear may have
+    // freed that entry, the growth moved the buckets. Linked through a stale `p`, the new entry
+    // would be written into freed memory (heap corruption) and be missing from the table.
+    p = lo_slot(f, name, len, h);
     lo_entry *e = malloc(sizeof(lo_entry) + len);
     if (e == NULL) {
       res = -ENOMEM;

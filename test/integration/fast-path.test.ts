@@ -1,8 +1,10 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
+import Database = require('better-sqlite3');
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { mirrorRoot } from '../../bench/synth';
 import { check, cli, CLI, run } from '../helpers/exec';
 import { freshLower, lowerAdd, sharedLower } from '../helpers/fixture';
 import { Merged, mountMerged, tempDir } from '../helpers/mount';
@@ -793,4 +795,51 @@ test('the same for the store dir, whose listings JS serves', async (t) => {
   const m = await mountMerged(t, lower.root);
   const others = await otherDirs(path.join(m.store, '0000000000000000000000000000007b-js-offsets'));
   await continuedListings(t, m.store, others, true);
+});
+
+/**
+ * A synthetic lower root (bench/synth.ts) of `n` registered paths, each with an object in the
+ * lower store dir (an empty dir, or an empty file for a .drv), so that the store dir and the DB
+ * agree.
+ */
+async function synthLower(dir: string, n: number): Promise<{ root: string; names: string[] }> {
+  const root = path.join(await mirrorRoot(dir, n), 'root');
+  const db = new Database(path.join(root, 'nix/var/nix/db/db.sqlite'), { readonly: true, fileMustExist: true });
+  let names: string[];
+  try {
+    names = (db.prepare('SELECT path FROM ValidPaths').pluck().all() as string[]).map(rel);
+  } finally {
+    db.close();
+  }
+  const store = path.join(root, 'nix/store');
+  for (const name of names) {
+    if (name.endsWith('.drv')) fs.writeFileSync(path.join(store, name), '', { mode: 0o444 });
+    else fs.mkdirSync(path.join(store, name), { mode: 0o555 });
+  }
+  return { root, names };
+}
+
+// The table holds a bounded number of lower objects (LO_MAX_LOWER_ENTRIES, 2^19), and forgets
+// them all when one more comes. That used to free the chain entry the new one was then linked
+// behind: heap corruption, and the daemon aborted ("malloc_consolidate(): unaligned fastbin
+// chunk detected") during an `ls -l` of a lower store of a million paths. Here the bound is
+// 200 (LOCAL_OVERLAY_TEST_FAST_LOWER_MAX) over 3,000 lower objects: the mount settles them all
+// (15 times the bound), then every lookup of a forgotten one settles it again.
+test('more lower objects than the fast path\'s table holds: it forgets them again and again, and the mount goes on answering', async (t) => {
+  const dir = tempDir(t);
+  const lower = await synthLower(dir, 3000);
+  const m = await mountMerged(t, lower.root, { dir: path.join(dir, 'm'), env: { LOCAL_OVERLAY_TEST_FAST_LOWER_MAX: '200' } });
+  const expected = lower.names.slice().sort();
+  for (let pass = 0; pass < 3; pass++) {
+    // Every object looked up and, for a dir, listed; then the kernel forgets them, so that the
+    // next pass asks the daemon again.
+    const out = await check('find', [m.store, '-mindepth', '1', '-maxdepth', '2', '-printf', '%P\n']);
+    t.deepEqual(out.trim().split('\n').sort(), expected, `pass ${pass}: every object listed, once`);
+    await fs.promises.writeFile('/proc/sys/vm/drop_caches', '2');
+  }
+  const s = await status(m.root);
+  t.true(s.fastPath?.on, 'the fast path is still on');
+  t.true(n(s.fastPath, 'entries') <= 200 + 10, 'the table stays within its bound');
+  t.true(n(s.fastPath, 'passed') > 0, 'forgotten objects were looked up through JS and settled again');
+  t.notThrows(() => process.kill(m.pid, 0), 'the daemon is alive');
 });
